@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+
+from tests.receiver import Receiver
+
+# Every variable loopstat reads; tests start from none of them set.
+ENV_VARS = (
+    "DD_DOGSTATSD_URL",
+    "DD_AGENT_HOST",
+    "DD_DOGSTATSD_PORT",
+    "STATSD_HOST",
+    "STATSD_PORT",
+    "STATSD_PREFIX",
+    "DD_SERVICE",
+    "DD_ENV",
+    "DD_VERSION",
+    "DD_TAGS",
+    "DATADOG_TAGS",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every async test once on the stdlib loop and once on uvloop."""
+    if inspect.iscoroutinefunction(metafunc.function):
+        metafunc.parametrize("event_loop_policy", LOOPS, indirect=True)
+
+
+@pytest.fixture
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    if getattr(request, "param", "asyncio") == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rx = Receiver()
+    yield rx
+    rx.close()
+    assert rx.bad == [], f"malformed lines received: {rx.bad}"
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback UDP port on which nothing listens."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def loopstat_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="loopstat")
+    return caplog

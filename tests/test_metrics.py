@@ -1,0 +1,121 @@
+"""What a monitor sends: names, types, units, tags, and values that track the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import loopstat
+from tests.receiver import Receiver
+
+
+async def test_each_sample_sends_lag_gauge_lag_timing_and_tasks_gauge(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 9)
+    assert [(x.name, x.type) for x in lines[:6]] == [
+        ("myapp.lag", "g"),
+        ("myapp.lag", "ms"),
+        ("myapp.tasks", "g"),
+    ] * 2
+    assert all(x.tags == {} for x in lines)
+
+
+async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02) as monitor:
+        await receiver.wait_count("myapp.lag", "ms", 5)
+        lag = monitor.lag
+    gauges = receiver.values("myapp.lag", "g")
+    timings = receiver.values("myapp.lag", "ms")
+    assert gauges[: len(timings)] == timings[: len(gauges)]
+    # An idle loop wakes well within 20 ms of its deadline, even when loaded.
+    assert all(0 <= value < 20 for value in timings)
+    assert 0 <= lag < 20
+
+
+async def test_default_prefix_is_loopstat(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
+
+
+async def test_empty_prefix_sends_bare_names(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, prefix="", interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert {x.name for x in lines} == {"lag", "tasks"}
+
+
+async def test_dogstatsd_flavor_sends_tags_on_every_line(receiver: Receiver) -> None:
+    tags = {"team": "payments", "region": "eu-west-1"}
+    async with loopstat.install("127.0.0.1", receiver.port, tags=tags, interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 6)
+    assert all(x.tags == tags for x in lines)
+    assert b"|#team:payments,region:eu-west-1" in receiver.datagrams[0]
+
+
+async def test_tags_may_be_key_value_strings(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, tags=["team:payments", "shard:3"], interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert all(x.tags == {"team": "payments", "shard": "3"} for x in lines)
+
+
+async def test_statsd_flavor_sends_plain_lines_without_tags(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, tags={"team": "payments"}, flavor="statsd", interval=0.02):
+        await receiver.wait_for(lambda lines: len(lines) >= 6)
+    assert all(b"|#" not in datagram for datagram in receiver.datagrams)
+    assert all(datagram.count(b"|") == 1 for datagram in receiver.datagrams)
+
+
+async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_injected(receiver: Receiver) -> None:
+    tags = {"a|b": "x|y", "c#d": "#1", "e,f": "1,2", "g@h": "@0.5", "i\nj": "evil\nmetric:1|c", "k:l": "m:n"}
+    async with loopstat.install("127.0.0.1", receiver.port, tags=tags, interval=0.02):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
+    assert lines[0].tags == {
+        "a_b": "x_y",
+        "c_d": "_1",
+        "e_f": "1_2",
+        "g_h": "_0.5",
+        "i_j": "evil_metric:1_c",
+        "k_l": "m:n",
+    }
+    assert all(datagram.count(b"\n") == 0 for datagram in receiver.datagrams)
+
+
+async def test_lag_reflects_a_block_on_the_loop(receiver: Receiver) -> None:
+    interval = 0.05
+    async with loopstat.install("127.0.0.1", receiver.port, interval=interval):
+        await receiver.wait_count("loopstat.lag", "ms", 2)
+        time.sleep(0.3)  # the blocking call an application should not make
+        await receiver.wait_for(lambda lines: any(x.value >= 200 for x in lines if x.type == "ms"))
+    peak = max(receiver.values("loopstat.lag", "ms"))
+    # Sleep overshoot sees the part of the block past the sampler's deadline:
+    # between the block minus one interval and the block plus scheduling noise.
+    assert 300 - interval * 1000 - 5 <= peak <= 300 + 60
+    assert max(receiver.values("loopstat.lag", "g")) == peak
+
+
+async def test_tasks_counts_live_application_tasks_exactly(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02) as monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 2)
+        # Only this test's own task: neither the sampler nor the client's listener count.
+        assert monitor.tasks == 1
+        release = asyncio.Event()
+        workers = [asyncio.create_task(release.wait()) for _ in range(5)]
+        seen = len(receiver.values("loopstat.tasks", "g"))
+        values = await receiver.wait_count("loopstat.tasks", "g", seen + 2)
+        assert values[-1] == 6
+        assert monitor.tasks == 6
+        release.set()
+        await asyncio.gather(*workers)
+        seen = len(receiver.values("loopstat.tasks", "g"))
+        values = await receiver.wait_count("loopstat.tasks", "g", seen + 2)
+        assert values[-1] == 1
+
+
+async def test_monitor_exposes_latest_sample(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02) as monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 3)
+        assert isinstance(monitor.lag, float)
+        assert monitor.tasks == 1
+        assert monitor.running
+    assert not monitor.running

@@ -1,0 +1,110 @@
+"""Bad input: a ValueError at install() that names the parameter or variable and the accepted form."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+import loopstat
+
+
+@pytest.mark.parametrize("interval", [0, -1, math.nan, math.inf, "0.25", None, True])
+def test_interval_must_be_a_finite_positive_number(interval: object) -> None:
+    with pytest.raises(ValueError, match=r"interval: .* expected a finite number of seconds > 0"):
+        loopstat.install(interval=interval)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "8125", 8125.0, True])
+def test_port_must_be_an_int_in_1_to_65535(port: object) -> None:
+    with pytest.raises(ValueError, match=r"port: .* expected an integer in 1\.\.65535"):
+        loopstat.install(port=port)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["", " dd-agent", 42])
+def test_host_must_be_a_name_or_address(host: object) -> None:
+    with pytest.raises(ValueError, match=r"host: .* expected a host name or IP address"):
+        loopstat.install(host=host)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flavor", ["datadog", "", None, "DOGSTATSD"])
+def test_flavor_must_be_dogstatsd_or_statsd(flavor: object) -> None:
+    with pytest.raises(ValueError, match=r"flavor: .* expected 'dogstatsd' or 'statsd'"):
+        loopstat.install(flavor=flavor)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["1app", "my-app", "my app", "app.", ".app", "a..b", "app|x", "é", "a" * 200, 5])
+def test_prefix_must_be_a_dotted_name(prefix: object) -> None:
+    with pytest.raises(ValueError, match=r"prefix: .* expected a letter followed by letters, digits"):
+        loopstat.install(prefix=prefix)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ("team:payments", r"tags: got a single str"),
+        ({"team": None}, r"tags: tag 'team' has a value of type NoneType"),
+        ({"team": True}, r"tags: tag 'team' has a value of type bool"),
+        ({"team": ["a"]}, r"tags: tag 'team' has a value of type list"),
+        ({1: "a"}, r"tags: tag keys must be str, got int"),
+        (["team"], r"tags: tag 'team' is not of the form \"key:value\""),
+        ([("team", "a")], r"tags: tags must be \"key:value\" strings, got tuple"),
+        (["team:"], r"tags: tag 'team':'' needs a non-empty key and value"),
+        ({"": "x"}, r"tags: tag '':'x' needs a non-empty key and value"),
+        (42, r"tags: got int; expected a mapping"),
+    ],
+)
+def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        loopstat.install(tags=tags)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STATSD_PORT", "eighty", r"STATSD_PORT: 'eighty' is not a port"),
+        ("STATSD_PORT", "70000", r"STATSD_PORT: 70000 is not a port"),
+        ("DD_DOGSTATSD_PORT", "-1", r"DD_DOGSTATSD_PORT: '-1' is not a port"),
+        ("STATSD_PREFIX", "my-app", r"STATSD_PREFIX: 'my-app' is not a valid prefix"),
+        (
+            "DD_DOGSTATSD_URL",
+            "unix:///var/run/datadog/dsd.socket",
+            r"DD_DOGSTATSD_URL: unix:// sockets are not supported yet",
+        ),
+        (
+            "DD_DOGSTATSD_URL",
+            "tcp://agent:8125",
+            r"DD_DOGSTATSD_URL: 'tcp://agent:8125' is not valid; expected udp://host:port",
+        ),
+        ("DD_DOGSTATSD_URL", "udp://agent:notaport", r"DD_DOGSTATSD_URL: .* expected udp://host:port"),
+        ("DD_DOGSTATSD_URL", "agent:8125", r"DD_DOGSTATSD_URL: .* expected udp://host:port"),
+        ("DD_TAGS", "team:a,canary", r"DD_TAGS: tag 'canary' is not of the form \"key:value\""),
+        ("DATADOG_TAGS", ":x", r"DATADOG_TAGS: tag '':'x' needs a non-empty key and value"),
+    ],
+)
+def test_malformed_environment_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        loopstat.install()
+
+
+def test_install_without_a_running_loop_or_loop_argument_says_how_to_call_it() -> None:
+    with pytest.raises(
+        RuntimeError, match=r"needs an event loop: call it from code running on the loop .* or pass loop="
+    ):
+        loopstat.install()
+
+
+def test_loop_must_be_an_event_loop() -> None:
+    with pytest.raises(ValueError, match=r"loop: expected an asyncio event loop, got str"):
+        loopstat.install(loop="main")  # type: ignore[arg-type]
+
+
+def test_closed_loop_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loopstat.install(loop=loop)
