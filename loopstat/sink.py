@@ -21,7 +21,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional, Set, Tuple, Union
+from collections import deque
+from typing import Any, Callable, Deque, Optional, Set, Tuple, Union
 
 import aiodogstatsd
 from aiodogstatsd.client import DatagramProtocol
@@ -95,7 +96,9 @@ class Sink:
         self.errors = 0
         self._client: Optional[_Client] = None
         self._address: Optional[Address] = None
-        self._lookup: Optional[Lookup] = None
+        # Filled by the lookup thread, emptied by the loop: deque's append and
+        # popleft are atomic, so no result is lost between the two threads.
+        self._lookups: Deque[Lookup] = deque()
         self._looking_up = False
         self._next_lookup = 0.0
         self._retry = FIRST_RETRY_SECONDS
@@ -115,7 +118,7 @@ class Sink:
         except ValueError:
             self._start_lookup()
         else:
-            self._lookup = (self.settings.host, self.settings.port)
+            self._lookups.append((self.settings.host, self.settings.port))
 
     def _start_lookup(self) -> None:
         self._looking_up = True
@@ -127,10 +130,9 @@ class Sink:
                 result = lookup(host, port)
             except Exception as exc:  # gaierror, UnicodeError, anything: report, never raise
                 result = exc
-            # A plain attribute store is atomic: the loop picks it up on its
-            # next sample, and a closed loop is never touched from here.
-            self._lookup = result
-            self._looking_up = False
+            # The loop picks the result up at its next sample; a closed loop is
+            # never touched from this thread.
+            self._lookups.append(result)
 
         threading.Thread(target=work, name="loopstat-lookup", daemon=True).start()
 
@@ -142,13 +144,14 @@ class Sink:
                 self._failing = False
                 self._retry = FIRST_RETRY_SECONDS
                 log.info("loopstat: metrics reach %s again", self.settings.address)
-            elif not self._looking_up and self._lookup is None and now >= self._next_lookup:
+            elif not self._looking_up and now >= self._next_lookup:
                 self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
                 self._next_lookup = now + self._retry
                 self._start_lookup()
-        result, self._lookup = self._lookup, None
-        if result is None or self._closed:
+        if not self._lookups or self._closed:
             return
+        result = self._lookups.popleft()
+        self._looking_up = False
         if isinstance(result, BaseException):
             self._fail(f"cannot resolve {self.settings.host!r} ({type(result).__name__}: {result})")
         elif result != self._address or self._client is None:
