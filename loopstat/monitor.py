@@ -42,6 +42,7 @@ class Monitor:
         self._sink = Sink(settings)
         self._task: Optional[asyncio.Task[None]] = None
         self._stopped = False
+        self._pid = os.getpid()
         self._fault_logged_at = -math.inf
         self._faults_held = 0
 
@@ -65,6 +66,8 @@ class Monitor:
         try:
             while True:
                 lag = await _lag.overshoot(interval)
+                if self._pid != os.getpid():
+                    return  # inherited by a forked child: the parent's, not ours
                 try:
                     await sink.maintain()
                     self._sample(lag)
@@ -131,6 +134,23 @@ def _forget(monitor: Monitor) -> None:
         ref = _monitors.get(monitor._loop)
         if ref is not None and ref() is monitor:
             del _monitors[monitor._loop]
+
+
+def _after_fork_in_child() -> None:
+    # The child gets copies of the parent's monitors; they must neither send
+    # through the parent's socket nor stop a new install() on their loop.
+    global _monitors_lock
+    _monitors_lock = threading.Lock()  # another thread may have held it at fork
+    for ref in list(_monitors.values()):
+        monitor = ref()
+        if monitor is not None:
+            monitor._stopped = True
+            monitor._sink.abandon()
+    _monitors.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

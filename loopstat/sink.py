@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple, Union
 
 import aiodogstatsd
 from aiodogstatsd.client import DatagramProtocol
@@ -41,6 +41,9 @@ RECOVERY_SECONDS = 3.0
 # (it may have moved), this often at first, doubling up to the cap.
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
+
+# Clients a forked child inherited from its parent (see Sink.abandon).
+_inherited: List[Any] = []
 
 Address = Tuple[str, int]
 Lookup = Union[Address, BaseException]
@@ -209,6 +212,18 @@ class Sink:
                 client.increment(name, value=value)
         self.sent += len(lines)
         self._sent_since_error += len(lines)
+
+    def abandon(self) -> None:
+        """Let go of the client in a forked child without touching its socket.
+
+        The child shares the parent's selector: closing the transport here
+        would unregister the parent's socket. The client is parked, so it is
+        never collected and never closed; its descriptor goes with the child.
+        """
+        self._closed = True
+        if self._client is not None:
+            _inherited.append(self._client)
+            self._client = None
 
     async def close(self) -> None:
         """Flush and close; safe to call twice and while the loop shuts down."""

@@ -51,6 +51,8 @@ class Receiver:
         self.sock.settimeout(0.05)
         self.port: int = self.sock.getsockname()[1]
         self.datagrams: List[bytes] = []
+        #: The source port of each datagram, in step with ``datagrams``.
+        self.ports: List[int] = []
         self.lines: List[Line] = []
         self.bad: List[str] = []
         self._lock = threading.Lock()
@@ -61,13 +63,14 @@ class Receiver:
     def _read(self) -> None:
         while self._open:
             try:
-                data = self.sock.recv(65535)
+                data, (_, port) = self.sock.recvfrom(65535)
             except socket.timeout:
                 continue
             except OSError:
                 return
             with self._lock:
                 self.datagrams.append(data)
+                self.ports.append(port)
                 for text in data.decode("utf-8", "replace").split("\n"):
                     line = parse(text)
                     if line is None:
@@ -83,6 +86,11 @@ class Receiver:
     def snapshot(self) -> List[Line]:
         with self._lock:
             return list(self.lines)
+
+    def ports_of(self, prefix: bytes) -> set[int]:
+        """Source ports of the datagrams whose first line starts with ``prefix``."""
+        with self._lock:
+            return {port for data, port in zip(self.datagrams, self.ports) if data.startswith(prefix)}
 
     def values(self, name: str, type: str) -> List[float]:
         return [line.value for line in self.snapshot() if line.name == name and line.type == type]

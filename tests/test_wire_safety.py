@@ -1,0 +1,119 @@
+"""No prefix or tag, however hostile, can change what a datagram says."""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Union
+
+import pytest
+from aiodogstatsd import protocol
+from aiodogstatsd.typedefs import MType
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import loopstat
+from loopstat.settings import MAX_DATAGRAM, Settings, resolve
+from loopstat.tags import sanitize
+from tests.receiver import Receiver, parse
+
+VALID_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+WIRE = "|#,:@\n\r\x00 ;=~!\u2028\u0085"
+
+hostile_text = st.text(alphabet=st.characters() | st.sampled_from(WIRE), max_size=300)
+prefixes = st.one_of(st.from_regex(VALID_PREFIX, fullmatch=True).filter(lambda p: len(p) <= 183), hostile_text)
+tag_values = st.one_of(hostile_text, st.integers(), st.floats(allow_nan=False))
+tag_maps = st.dictionaries(hostile_text, tag_values, max_size=40)
+
+TagArg = Dict[str, Union[str, int, float]]
+
+
+def lines_for(settings: Settings, value: float) -> list[bytes]:
+    """The bytes aiodogstatsd puts on the wire for one sample with these settings."""
+    return [
+        protocol.build(
+            name=name,
+            namespace=settings.prefix or None,
+            value=value,
+            type_=kind,
+            tags=dict(settings.tags),
+            sample_rate=1,
+        )
+        for name, kind in (("lag", MType.GAUGE), ("lag", MType.TIMING), ("tasks", MType.GAUGE))
+    ]
+
+
+def resolved_or_rejected(prefix: str, tags: TagArg) -> Settings | None:
+    try:
+        return resolve("127.0.0.1", 8125, prefix=prefix, tags=tags, environ={})
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith(("prefix: ", "tags: ")), message
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=prefixes, tags=tag_maps, value=st.floats(min_value=0, max_value=1e7))
+def test_every_line_parses_as_exactly_the_intended_metric(prefix: str, tags: TagArg, value: float) -> None:
+    settings = resolved_or_rejected(prefix, tags)
+    if settings is None:
+        return
+    expected_tags = dict(settings.tags)
+    for key, tag_value in expected_tags.items():
+        assert (key, tag_value) == sanitize(key, tag_value)
+        assert ":" not in key
+    value = round(value, 3)
+    for data, (name, kind) in zip(lines_for(settings, value), [("lag", "g"), ("lag", "ms"), ("tasks", "g")]):
+        assert len(data) <= MAX_DATAGRAM
+        assert b"\n" not in data
+        line = parse(data.decode())
+        assert line is not None, data
+        full = f"{settings.prefix}.{name}" if settings.prefix else name
+        assert (line.name, line.type, line.value, line.tags) == (full, kind, value, expected_tags)
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=prefixes)
+def test_a_prefix_is_accepted_exactly_when_it_is_a_dotted_name(prefix: str) -> None:
+    valid = prefix == "" or (VALID_PREFIX.fullmatch(prefix) is not None and len(prefix) <= 183)
+    if valid:
+        assert resolve(prefix=prefix, environ={}).prefix == prefix
+    else:
+        with pytest.raises(ValueError, match=r"^prefix: "):
+            resolve(prefix=prefix, environ={})
+
+
+@settings(max_examples=200, deadline=None)
+@given(tags=tag_maps)
+def test_tag_keys_and_values_keep_their_safe_characters(tags: TagArg) -> None:
+    settings = resolved_or_rejected("app", tags)
+    if settings is None:
+        assert any(key == "" or str(value) == "" for key, value in tags.items())
+        return
+    safe = re.compile(r"[\w\-./:]+")
+    for key, value in settings.tags:
+        assert safe.fullmatch(key)
+        assert ":" not in key
+        assert safe.fullmatch(value)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tags=tag_maps)
+async def test_hostile_tags_arrive_as_sanitized_tags_over_udp(receiver: Receiver, tags: TagArg) -> None:
+    try:
+        monitor = loopstat.install("127.0.0.1", receiver.port, prefix="fuzz", tags=tags, interval=0.005)
+    except ValueError:
+        return
+    expected = dict(monitor.settings.tags)
+    start = len(receiver.snapshot())
+    async with monitor:
+        lines = await receiver.wait_for(lambda lines: len(lines) >= start + 3)
+    assert receiver.bad == []
+    assert all(line.tags == expected for line in lines[start:])
+    assert {line.name for line in lines[start:]} <= {"fuzz.lag", "fuzz.tasks"}
+
+
+@pytest.mark.parametrize("count", [60, 200])
+def test_over_long_tag_sets_never_exceed_one_datagram(count: int) -> None:
+    tags = {f"k{i}": "v" * 190 for i in range(count)}
+    settings = resolve(prefix="a" * 183, tags=tags, environ={})
+    assert all(len(data) <= MAX_DATAGRAM for data in lines_for(settings, 1e7))
