@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Optional, Set, Type
+from typing import Any, Callable, Optional, Set, Type
 
 from loopstat import settings as _settings
 from loopstat.probes import lag as _lag
@@ -41,6 +41,7 @@ class Monitor:
         self._loop = loop
         self._sink = Sink(settings)
         self._task: Optional[asyncio.Task[None]] = None
+        self._close_guard: Optional[Callable[[], None]] = None
         self._stopped = False
         self._pid = os.getpid()
         self._fault_logged_at = -math.inf
@@ -58,11 +59,15 @@ class Monitor:
     def _start(self) -> None:
         if not self._stopped:
             self._task = self._loop.create_task(self._run())
+            # A loop closed without cancelling its tasks drops the sampler;
+            # that is the application's choice, not an error worth a log line.
+            self._task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     async def _run(self) -> None:
         sink = self._sink
         interval = self.settings.interval
         sink.start()
+        self._guard_close()
         try:
             while True:
                 lag = await _lag.overshoot(interval)
@@ -74,10 +79,45 @@ class Monitor:
                 except Exception:
                     self._fault()
         finally:
-            # Reached by stop() and by asyncio.run() cancelling leftover tasks.
+            # Reached by stop(), by asyncio.run() cancelling leftover tasks, and
+            # by the garbage collector closing the sampler of a dropped loop.
             self._stopped = True
             _forget(self)
-            await sink.close()
+            self._unguard_close()
+            if _running_loop() is self._loop:
+                await sink.close()
+            else:
+                sink.discard()
+
+    def _guard_close(self) -> None:
+        """Make ``loop.close()`` stop the monitor first, so nothing queued is lost or left open.
+
+        Code that runs a loop by hand often closes it without cancelling its
+        tasks; without this, the socket would be left for the garbage collector.
+        """
+        loop = self._loop
+        original = loop.close
+        monitor_ref = weakref.ref(self)
+
+        def close() -> None:
+            monitor = monitor_ref()
+            if monitor is not None and monitor.running and not loop.is_running() and not loop.is_closed():
+                try:
+                    loop.run_until_complete(monitor.stop())
+                except Exception as exc:  # e.g. another loop runs in this thread
+                    log.debug("loopstat: could not stop the monitor before the loop closed: %r", exc)
+            original()
+
+        try:
+            loop.close = close  # type: ignore[method-assign]
+        except AttributeError:  # a loop class without instance attributes
+            return
+        self._close_guard = close
+
+    def _unguard_close(self) -> None:
+        guard, self._close_guard = self._close_guard, None
+        if guard is not None and getattr(self._loop, "__dict__", {}).get("close") is guard:
+            del self._loop.close
 
     def _own_tasks(self) -> Set[asyncio.Future[Any]]:
         own = self._sink.own_tasks()

@@ -8,9 +8,10 @@ here, in the one module that touches it (its version is pinned in setup.cfg):
   thread of its own and hands aiodogstatsd an IP address;
 * its protocol ignores ``error_received``, so an absent agent is invisible:
   the sink installs a protocol that reports errors, to warn once per outage;
-* its ``close()`` waits for a listener that polls a queue: the sink runs the
-  listener without a poll timeout (no idle wake-ups) and cancels it to close,
-  which makes the listener flush what is queued and end at once.
+* its listener polls a queue every 0.5 s and awaits while it ends, so its
+  ``close()`` may wait and a collected loop makes it fail: the sink's client
+  has a listener that sleeps until a metric is queued and flushes without
+  awaiting, and the sink cancels it to close.
 """
 
 from __future__ import annotations
@@ -70,11 +71,36 @@ class _Protocol(DatagramProtocol):
 
 
 class _Client(aiodogstatsd.Client):
-    __slots__ = ()
+    __slots__ = ("_wakeup",)
 
     def __init__(self, protocol: _Protocol, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._protocol = protocol
+        self._wakeup: Optional[asyncio.Future[None]] = None
+
+    def _report(self, *args: Any, **kwargs: Any) -> None:
+        super()._report(*args, **kwargs)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _listen(self) -> None:
+        # Replaces aiodogstatsd's listener, which polls its queue and awaits
+        # while ending: when a dropped loop is collected, ending must not need
+        # the loop, so this one sleeps on a plain future and flushes without awaiting.
+        queue = self._pending_queue
+        loop = asyncio.get_running_loop()
+        try:
+            while self.connected:
+                while not queue.empty():
+                    self._protocol.send(queue.get_nowait())
+                self._wakeup = loop.create_future()
+                await self._wakeup
+        finally:
+            while not queue.empty():
+                self._protocol.send(queue.get_nowait())
+            if not self._listen_future_join.done():
+                self._listen_future_join.set_result(True)
 
     def listener(self) -> asyncio.Future[None]:
         return self._listen_future
@@ -87,6 +113,24 @@ class _Client(aiodogstatsd.Client):
         await asyncio.wait([listener])
         await self._protocol.close()
         self._state = CState.DISCONNECTED
+
+    def discard(self) -> None:
+        """Send what is queued and release the socket, without running anything on the loop."""
+        self._state = CState.DISCONNECTED
+        transport = self._protocol._transport
+        if transport is None:
+            return
+        queue = self._pending_queue
+        while not queue.empty():
+            self._protocol.send(queue.get_nowait())
+        try:
+            transport.close()
+        except RuntimeError:
+            # The loop is closed, so the transport could not schedule its own
+            # cleanup; run it now, or the socket would wait for the collector.
+            finish = getattr(transport, "_call_connection_lost", None)
+            if finish is not None:
+                finish(None)
 
 
 class Sink:
@@ -167,14 +211,14 @@ class Sink:
             port=address[1],
             namespace=self.settings.prefix or None,
             constant_tags=dict(self.settings.tags),
-            # No poll timeout: the listener sleeps until there is something to send.
-            read_timeout=None,
         )
         try:
             await client.connect()
         except OSError as exc:
             self._fail(f"cannot open a socket to {address[0]}:{address[1]} ({exc})")
             return
+        # As for the sampler: a loop closed under a pending listener is no error.
+        client.listener()._log_destroy_pending = False  # type: ignore[attr-defined]
         old, self._client, self._address = self._client, client, address
         if old is not None:
             await old.shut()
@@ -224,6 +268,13 @@ class Sink:
         if self._client is not None:
             _inherited.append(self._client)
             self._client = None
+
+    def discard(self) -> None:
+        """Close without the loop, which is closed or being collected."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            client.discard()
 
     async def close(self) -> None:
         """Flush and close; safe to call twice and while the loop shuts down."""

@@ -12,37 +12,61 @@ import pytest
 from tests.receiver import Receiver
 
 APP = """
-import asyncio, sys, time
+import asyncio, gc, sys, time
 import loopstat
 
-STOP = {stop}
+END = "{end}"
+
+def new_loop():
+    if "{loop}" == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 async def main():
     monitor = loopstat.install("127.0.0.1", {port}, interval=0.01)
     await asyncio.sleep(0.1)
     time.sleep(0.05)
     monitor._sink.send([("last", "g", 1.0)])  # still queued when main() returns
-    if STOP:
+    if END == "stop":
         await monitor.stop()
 
-if "{loop}" == "uvloop":
-    import uvloop
-    uvloop.run(main())
+if END in ("stop", "run"):
+    asyncio.set_event_loop_policy(None)
+    if "{loop}" == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 else:
-    asyncio.run(main())
+    loop = new_loop()
+    loop.run_until_complete(main())
+    if END == "close":
+        loop.close()  # without cancelling the monitor first
+    del loop
+    gc.collect()
 print("clean exit")
 """
 
+# How an application can end its loop.
+ENDINGS = (
+    "stop",  # await monitor.stop(), then asyncio.run() returns
+    "run",  # asyncio.run() cancels the monitor
+    "close",  # loop.close() by hand, monitor still running
+    "drop",  # the loop is never closed: the collector ends the monitor
+)
+
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("stop", [True, False], ids=["after-stop", "without-stop"])
-def test_asyncio_run_ends_without_warnings_and_flushes(
-    tmp_path: Path, receiver: Receiver, loop: str, stop: bool
+@pytest.mark.parametrize("end", ENDINGS)
+def test_ending_the_loop_leaves_no_warnings_and_flushes(
+    tmp_path: Path, receiver: Receiver, loop: str, end: str
 ) -> None:
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(APP.format(port=receiver.port, loop=loop, stop=stop)))
+    script.write_text(textwrap.dedent(APP.format(port=receiver.port, loop=loop, end=end)))
     done = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        # The warning about the loop left open is the application's, not loopstat's.
+        [sys.executable, "-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
