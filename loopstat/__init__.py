@@ -1,7 +1,8 @@
-"""loopstat: event-loop lag and live tasks of asyncio applications, sent to StatsD/DogStatsD."""
+"""loopstat: the health of asyncio event loops (lag, tasks, utilization, stalls), sent to StatsD/DogStatsD."""
 
 from loopstat.monitor import Monitor, install
+from loopstat.probes.stalls import Stall
 from loopstat.settings import Settings
 
-__all__ = ["Monitor", "Settings", "__version__", "install"]
+__all__ = ["Monitor", "Settings", "Stall", "__version__", "install"]
 __version__ = "0.1.0"

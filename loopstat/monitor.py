@@ -10,12 +10,16 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Optional, Set, Type
+from typing import Any, Callable, List, Optional, Set, Type
 
 from loopstat import settings as _settings
+from loopstat.probes import executor as _executor
+from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
 from loopstat.probes import tasks as _tasks
-from loopstat.sink import Sink
+from loopstat.probes.stalls import Stall, StallLog, StallProbe
+from loopstat.probes.utilization import SelectorClock, Utilization
+from loopstat.sink import Line, Sink
 from loopstat.tags import TagsArg
 
 log = logging.getLogger("loopstat")
@@ -30,7 +34,7 @@ _monitors_lock = threading.Lock()
 
 
 class Monitor:
-    """Watches one event loop: ``lag`` and ``tasks`` hold the latest sample."""
+    """Watches one event loop; its attributes hold the latest readings."""
 
     def __init__(self, settings: _settings.Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
@@ -38,6 +42,13 @@ class Monitor:
         self.lag = 0.0
         #: Tasks alive on the loop at the latest sample, loopstat's own excluded.
         self.tasks = 0
+        #: Share of the last sampling interval the loop spent running callbacks,
+        #: 0 to 1; None on loops whose waits loopstat cannot time (uvloop) or when off.
+        self.utilization: Optional[float] = None
+        #: Stalls longer than ``stall_threshold`` seen so far.
+        self.stalls = 0
+        #: The latest of them, for a health page.
+        self.last_stall: Optional[Stall] = None
         self._loop = loop
         self._sink = Sink(settings)
         self._task: Optional[asyncio.Task[None]] = None
@@ -46,6 +57,11 @@ class Monitor:
         self._pid = os.getpid()
         self._fault_logged_at = -math.inf
         self._faults_held = 0
+        self._clock: Optional[SelectorClock] = None
+        self._utilization: Optional[Utilization] = None
+        self._stall_probe: Optional[StallProbe] = None
+        self._stall_log = StallLog()
+        self._gc_pauses: Optional[_gc.Pauses] = None
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
@@ -68,7 +84,12 @@ class Monitor:
         interval = self.settings.interval
         sink.start()
         self._guard_close()
+        self._attach_probes()
         try:
+            try:
+                await sink.maintain()  # an address needs no lookup: connect before the first sample
+            except Exception:
+                self._fault()
             while True:
                 lag = await _lag.overshoot(interval)
                 if self._pid != os.getpid():
@@ -84,10 +105,43 @@ class Monitor:
             self._stopped = True
             _forget(self)
             self._unguard_close()
+            self._detach_probes()
             if _running_loop() is self._loop:
                 await sink.close()
             else:
                 sink.discard()
+
+    def _attach_probes(self) -> None:
+        settings = self.settings
+        if settings.utilization or settings.stall_threshold is not None:
+            self._clock = SelectorClock.attach(self._loop)
+        if settings.utilization and self._clock is not None:
+            self._utilization = Utilization(self._clock)
+        if settings.stall_threshold is not None:
+            self._stall_probe = StallProbe(self._loop, settings.stall_threshold, self._clock, self._on_stall)
+        if settings.gc:
+            self._gc_pauses = _gc.watch()
+
+    def _detach_probes(self) -> None:
+        if self._stall_probe is not None:
+            self._stall_probe.close()
+            self._stall_probe = None
+        if self._clock is not None:
+            self._clock.detach()
+            self._clock = None
+        self._utilization = None
+        if self._gc_pauses is not None:
+            _gc.unwatch(self._gc_pauses)
+            self._gc_pauses = None
+
+    def _on_stall(self, stall: Stall) -> None:
+        try:
+            self.stalls += 1
+            self.last_stall = stall
+            self._stall_log.report(stall)
+            self._sink.send([("stalls", "c", 1), ("stall", "ms", round(stall.duration, 3))])
+        except Exception:
+            self._fault()
 
     def _guard_close(self) -> None:
         """Make ``loop.close()`` stop the monitor first, so nothing queued is lost or left open.
@@ -131,7 +185,18 @@ class Monitor:
         self.tasks = tasks
         # Microseconds are plenty and keep the datagrams short.
         value = round(lag, 3)
-        self._sink.send([("lag", "g", value), ("lag", "ms", value), ("tasks", "g", tasks)])
+        lines: List[Line] = [("lag", "g", value), ("lag", "ms", value), ("tasks", "g", tasks)]
+        if self._utilization is not None:
+            self.utilization = self._utilization.read()
+            lines.append(("utilization", "g", round(self.utilization, 4)))
+        if self.settings.executor:
+            load = _executor.load(self._loop)
+            if load is not None:
+                lines.extend((("executor.queue", "g", load[0]), ("executor.threads", "g", load[1])))
+        if self._gc_pauses is not None:
+            pause, collections = self._gc_pauses.take()
+            lines.extend((("gc.pause", "g", round(pause, 3)), ("gc.collections", "c", collections)))
+        self._sink.send(lines)
 
     def _fault(self) -> None:
         now = time.monotonic()
@@ -225,6 +290,10 @@ def install(
     interval: float = _settings.DEFAULT_INTERVAL,
     flavor: str = "dogstatsd",
     loop: Optional[asyncio.AbstractEventLoop] = None,
+    stall_threshold: Optional[float] = _settings.DEFAULT_STALL_THRESHOLD,
+    utilization: bool = True,
+    executor: bool = True,
+    gc: bool = False,
 ) -> Monitor:
     """Start monitoring a loop (the running one unless ``loop`` is given); return its monitor.
 
@@ -233,7 +302,17 @@ def install(
     running monitor.
     """
     settings = _settings.resolve(
-        host, port, prefix=prefix, tags=tags, interval=interval, flavor=flavor, environ=os.environ
+        host,
+        port,
+        prefix=prefix,
+        tags=tags,
+        interval=interval,
+        flavor=flavor,
+        stall_threshold=stall_threshold,
+        utilization=utilization,
+        executor=executor,
+        gc=gc,
+        environ=os.environ,
     )
     target = _target_loop(loop)
     with _monitors_lock:

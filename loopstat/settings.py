@@ -16,6 +16,8 @@ DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8125
 DEFAULT_PREFIX = "loopstat"
 DEFAULT_INTERVAL = 0.25
+# asyncio's own slow_callback_duration.
+DEFAULT_STALL_THRESHOLD = 0.1
 FLAVORS = ("dogstatsd", "statsd")
 
 # DogStatsD's guidance for UDP: larger datagrams may be fragmented or dropped.
@@ -43,6 +45,11 @@ class Settings:
     tags: Tuple[Tuple[str, str], ...]
     interval: float
     flavor: str
+    #: Seconds without progress that make a stall; None: no stall watchdog.
+    stall_threshold: Optional[float] = DEFAULT_STALL_THRESHOLD
+    utilization: bool = True
+    executor: bool = True
+    gc: bool = False
 
     @property
     def address(self) -> str:
@@ -83,6 +90,22 @@ def _interval(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"interval: {value!r} is not valid; expected a finite number of seconds > 0")
     return float(value)
+
+
+def _stall_threshold(value: object) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"stall_threshold: {value!r} is not valid; expected a finite number of seconds > 0, or None to turn it off"
+        )
+    return float(value)
+
+
+def _switch(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: {value!r} is not valid; expected True or False")
+    return value
 
 
 def _flavor(value: object) -> str:
@@ -160,10 +183,15 @@ def resolve(
     tags: object = None,
     interval: object = DEFAULT_INTERVAL,
     flavor: object = "dogstatsd",
+    stall_threshold: object = DEFAULT_STALL_THRESHOLD,
+    utilization: object = True,
+    executor: object = True,
+    gc: object = False,
     environ: Mapping[str, str],
 ) -> Settings:
     """Validate arguments, fill the rest from ``environ``; raise ValueError naming what is wrong."""
     checked_interval = _interval(interval)
+    checked_threshold = _stall_threshold(stall_threshold)
     checked_flavor = _flavor(flavor)
     explicit = _tags.parse(tags)
     resolved_host, resolved_port = _address(host, port, environ)
@@ -188,4 +216,8 @@ def resolve(
         tags=tuple(rendered.items()),
         interval=checked_interval,
         flavor=checked_flavor,
+        stall_threshold=checked_threshold,
+        utilization=_switch(utilization, "utilization"),
+        executor=_switch(executor, "executor"),
+        gc=_switch(gc, "gc"),
     )

@@ -46,8 +46,13 @@ MAX_RETRY_SECONDS = 60.0
 # Clients a forked child inherited from its parent (see Sink.abandon).
 _inherited: List[Any] = []
 
+# Lines held for the first connection, at most: a few seconds of samples.
+EARLY_LINES = 200
+
 Address = Tuple[str, int]
 Lookup = Union[Address, BaseException]
+#: One metric to send: (name without prefix, StatsD type, value).
+Line = Tuple[str, str, float]
 
 
 def lookup(host: str, port: int) -> Address:
@@ -153,6 +158,9 @@ class Sink:
         self._last_error = 0.0
         self._sent_since_error = 0
         self._closed = False
+        # Lines sent before the first connection (a stall during startup):
+        # held until it is made, dropped if it fails.
+        self._early: Optional[List[Line]] = []
 
     def own_tasks(self) -> Set[asyncio.Future[Any]]:
         """Tasks the client runs on the loop, which are not the application's."""
@@ -227,8 +235,13 @@ class Sink:
             self._last_error = time.monotonic()
             self._sent_since_error = 0
         log.debug("loopstat: sending to %s (%s:%d)", self.settings.address, *address)
+        early, self._early = self._early, None
+        if early:
+            self.send(early)
 
     def _fail(self, reason: str) -> None:
+        early, self._early = self._early, None
+        self.dropped += len(early or ())
         now = time.monotonic()
         if not self._failing:
             log.warning("loopstat: %s; metrics are dropped until %s is reachable", reason, self.settings.address)
@@ -241,11 +254,15 @@ class Sink:
         self.errors += 1
         self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
 
-    def send(self, lines: list[tuple[str, str, float]]) -> None:
+    def send(self, lines: List[Line]) -> None:
         """Queue ``(name, type, value)`` lines; with no connection, count them as dropped."""
         client = self._client
         if client is None or self._closed:
-            self.dropped += len(lines)
+            early = self._early
+            if early is not None and not self._closed and len(early) + len(lines) <= EARLY_LINES:
+                early.extend(lines)
+            else:
+                self.dropped += len(lines)
             return
         for name, kind, value in lines:
             if kind == "g":

@@ -21,7 +21,7 @@ async def test_statsd_variables_configure_host_port_and_prefix(
     monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
     monkeypatch.setenv("STATSD_PORT", str(receiver.port))
     monkeypatch.setenv("STATSD_PREFIX", "fromenv")
-    async with loopstat.install(interval=0.02):
+    async with loopstat.install(interval=0.02, utilization=False, stall_threshold=None):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     assert {x.name for x in lines} == {"fromenv.lag", "fromenv.tasks"}
 
@@ -46,7 +46,9 @@ async def test_dogstatsd_url_beats_dd_agent_variables(monkeypatch: pytest.Monkey
 async def test_arguments_beat_every_variable(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
     monkeypatch.setenv("DD_DOGSTATSD_URL", "udp://url.invalid:1")
     monkeypatch.setenv("STATSD_PREFIX", "fromenv")
-    async with loopstat.install("127.0.0.1", receiver.port, prefix="fromarg", interval=0.02):
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, prefix="fromarg", interval=0.02, utilization=False, stall_threshold=None
+    ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     assert {x.name for x in lines} == {"fromarg.lag", "fromarg.tasks"}
 

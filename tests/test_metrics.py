@@ -10,7 +10,9 @@ from tests.receiver import Receiver
 
 
 async def test_each_sample_sends_lag_gauge_lag_timing_and_tasks_gauge(receiver: Receiver) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02):
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, prefix="myapp", interval=0.02, utilization=False, stall_threshold=None
+    ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 9)
     assert [(x.name, x.type) for x in lines[:6]] == [
         ("myapp.lag", "g"),
@@ -33,20 +35,24 @@ async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Rec
 
 
 async def test_default_prefix_is_loopstat(receiver: Receiver) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02):
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, utilization=False, stall_threshold=None):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
 
 
 async def test_empty_prefix_sends_bare_names(receiver: Receiver) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, prefix="", interval=0.02):
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, prefix="", interval=0.02, utilization=False, stall_threshold=None
+    ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     assert {x.name for x in lines} == {"lag", "tasks"}
 
 
 async def test_dogstatsd_flavor_sends_tags_on_every_line(receiver: Receiver) -> None:
     tags = {"team": "payments", "region": "eu-west-1"}
-    async with loopstat.install("127.0.0.1", receiver.port, tags=tags, interval=0.02):
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, tags=tags, interval=0.02, utilization=False, stall_threshold=None
+    ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 6)
     assert all(x.tags == tags for x in lines)
     assert b"|#team:payments,region:eu-west-1" in receiver.datagrams[0]
@@ -67,7 +73,9 @@ async def test_statsd_flavor_sends_plain_lines_without_tags(receiver: Receiver) 
 
 async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_injected(receiver: Receiver) -> None:
     tags = {"a|b": "x|y", "c#d": "#1", "e,f": "1,2", "g@h": "@0.5", "i\nj": "evil\nmetric:1|c", "k:l": "m:n"}
-    async with loopstat.install("127.0.0.1", receiver.port, tags=tags, interval=0.02):
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, tags=tags, interval=0.02, utilization=False, stall_threshold=None
+    ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
     assert lines[0].tags == {

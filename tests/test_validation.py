@@ -108,3 +108,16 @@ def test_closed_loop_is_refused() -> None:
     loop.close()
     with pytest.raises(RuntimeError, match="closed"):
         loopstat.install(loop=loop)
+
+
+@pytest.mark.parametrize("threshold", [0, -0.1, math.nan, math.inf, "0.1", True])
+def test_stall_threshold_must_be_a_positive_number_or_none(threshold: object) -> None:
+    with pytest.raises(ValueError, match=r"stall_threshold: .* expected a finite number of seconds > 0, or None"):
+        loopstat.install(stall_threshold=threshold)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("switch", ["utilization", "executor", "gc"])
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_probe_switches_must_be_true_or_false(switch: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"{switch}: .* expected True or False"):
+        loopstat.install(**{switch: value})  # type: ignore[arg-type]

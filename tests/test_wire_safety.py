@@ -109,7 +109,13 @@ async def test_hostile_tags_arrive_as_sanitized_tags_over_udp(receiver: Receiver
         lines = await receiver.wait_for(lambda lines: len(lines) >= start + 3)
     assert receiver.bad == []
     assert all(line.tags == expected for line in lines[start:])
-    assert {line.name for line in lines[start:]} <= {"fuzz.lag", "fuzz.tasks"}
+    assert {line.name for line in lines[start:]} <= {
+        "fuzz.lag",
+        "fuzz.tasks",
+        "fuzz.utilization",
+        "fuzz.stalls",
+        "fuzz.stall",
+    }
 
 
 @pytest.mark.parametrize("count", [60, 200])

@@ -1,0 +1,25 @@
+"""Executor: how loaded the thread pool behind ``loop.run_in_executor(None, …)`` is."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Tuple
+
+
+def default_executor(loop: asyncio.AbstractEventLoop) -> Optional[ThreadPoolExecutor]:
+    """The loop's default executor if it exists and is a thread pool."""
+    executor = getattr(loop, "_default_executor", None)
+    if executor is None and not isinstance(loop, asyncio.BaseEventLoop):
+        # uvloop keeps it in a C attribute; the collector's view of the loop shows it.
+        executor = next((r for r in gc.get_referents(loop) if isinstance(r, ThreadPoolExecutor)), None)
+    return executor if isinstance(executor, ThreadPoolExecutor) else None
+
+
+def load(loop: asyncio.AbstractEventLoop) -> Optional[Tuple[int, int]]:
+    """(work items waiting for a thread, threads in the pool), or None without a pool."""
+    executor = default_executor(loop)
+    if executor is None:
+        return None
+    return executor._work_queue.qsize(), len(executor._threads)
