@@ -29,7 +29,7 @@ import aiodogstatsd
 from aiodogstatsd.client import DatagramProtocol
 from aiodogstatsd.typedefs import CState
 
-from loopstat.settings import Settings
+from loopstat.settings import MAX_DATAGRAM, Settings
 
 log = logging.getLogger("loopstat")
 
@@ -76,36 +76,36 @@ class _Protocol(DatagramProtocol):
 
 
 class _Client(aiodogstatsd.Client):
-    __slots__ = ("_wakeup",)
-
     def __init__(self, protocol: _Protocol, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._protocol = protocol
-        self._wakeup: Optional[asyncio.Future[None]] = None
-
-    def _report(self, *args: Any, **kwargs: Any) -> None:
-        super()._report(*args, **kwargs)
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
 
     async def _listen(self) -> None:
         # Replaces aiodogstatsd's listener, which polls its queue and awaits
         # while ending: when a dropped loop is collected, ending must not need
-        # the loop, so this one sleeps on a plain future and flushes without awaiting.
-        queue = self._pending_queue
-        loop = asyncio.get_running_loop()
+        # the loop, so this one sleeps on a plain future and flushes without
+        # awaiting. Sink.send() flushes as it queues (UDP never blocks), so it
+        # only wakes to end.
         try:
-            while self.connected:
-                while not queue.empty():
-                    self._protocol.send(queue.get_nowait())
-                self._wakeup = loop.create_future()
-                await self._wakeup
+            await asyncio.get_running_loop().create_future()  # until shut() cancels it
         finally:
-            while not queue.empty():
-                self._protocol.send(queue.get_nowait())
+            self.flush()
             if not self._listen_future_join.done():
                 self._listen_future_join.set_result(True)
+
+    def flush(self) -> None:
+        """Send what is queued in as few datagrams as fit: a sample costs one system call, not one per line."""
+        queue = self._pending_queue
+        batch = b""
+        while not queue.empty():
+            line: bytes = queue.get_nowait()
+            if batch and len(batch) + 1 + len(line) > MAX_DATAGRAM:
+                self._protocol.send(batch)
+                batch = line
+            else:
+                batch = batch + b"\n" + line if batch else line
+        if batch:
+            self._protocol.send(batch)
 
     def listener(self) -> asyncio.Future[None]:
         return self._listen_future
@@ -125,9 +125,7 @@ class _Client(aiodogstatsd.Client):
         transport = self._protocol._transport
         if transport is None:
             return
-        queue = self._pending_queue
-        while not queue.empty():
-            self._protocol.send(queue.get_nowait())
+        self.flush()
         try:
             transport.close()
         except RuntimeError:
@@ -271,6 +269,7 @@ class Sink:
                 client.timing(name, value=value)
             else:
                 client.increment(name, value=value)
+        client.flush()
         self.sent += len(lines)
         self._sent_since_error += len(lines)
 

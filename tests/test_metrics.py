@@ -22,6 +22,15 @@ async def test_each_sample_sends_lag_gauge_lag_timing_and_tasks_gauge(receiver: 
     assert all(x.tags == {} for x in lines)
 
 
+async def test_each_sample_goes_out_as_one_datagram(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02, stall_threshold=None):
+        await receiver.wait_count("myapp.tasks", "g", 5)
+    samples = [datagram.split(b"\n") for datagram in receiver.datagrams]
+    assert all(lines[0].startswith(b"myapp.lag:") for lines in samples)
+    assert all(line.startswith(b"myapp.tasks:") for lines in samples for line in lines[2:3])
+    assert len(samples) == len(receiver.values("myapp.tasks", "g"))
+
+
 async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02) as monitor:
         await receiver.wait_count("myapp.lag", "ms", 5)
@@ -68,7 +77,7 @@ async def test_statsd_flavor_sends_plain_lines_without_tags(receiver: Receiver) 
     async with loopstat.install("127.0.0.1", receiver.port, tags={"team": "payments"}, flavor="statsd", interval=0.02):
         await receiver.wait_for(lambda lines: len(lines) >= 6)
     assert all(b"|#" not in datagram for datagram in receiver.datagrams)
-    assert all(datagram.count(b"|") == 1 for datagram in receiver.datagrams)
+    assert all(line.count(b"|") == 1 for datagram in receiver.datagrams for line in datagram.split(b"\n"))
 
 
 async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_injected(receiver: Receiver) -> None:
@@ -86,7 +95,8 @@ async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_inj
         "i_j": "evil_metric:1_c",
         "k_l": "m:n",
     }
-    assert all(datagram.count(b"\n") == 0 for datagram in receiver.datagrams)
+    sent = [line for datagram in receiver.datagrams for line in datagram.split(b"\n")]
+    assert all(line.startswith((b"loopstat.lag:", b"loopstat.tasks:")) for line in sent)
 
 
 async def test_lag_reflects_a_block_on_the_loop(receiver: Receiver) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import threading
 import time
 
 import pytest
 
 import loopstat
+from loopstat.probes import stalls
 from tests.receiver import Receiver
 
 
@@ -184,3 +186,20 @@ async def test_a_stall_before_the_first_connection_still_arrives(receiver: Recei
         await wait_for_stalls(monitor, 1)
         await receiver.wait_count("loopstat.stall", "ms", 1)
     assert monitor._sink.dropped == 0
+
+
+async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_runs_it() -> None:
+    """CPU starvation or a collection between callbacks: no application frame is to blame."""
+    async with loopstat.install("127.0.0.1", 9) as monitor:
+        await asyncio.sleep(0.05)
+        probe = monitor._stall_probe
+        assert probe is not None
+        loop_thread = threading.get_ident()
+
+        def stack_of_the_idle_loop() -> tuple[stalls.Frame, ...]:
+            time.sleep(0.1)  # meanwhile the loop waits in its selector, in no callback
+            return stalls.frames_of(sys._current_frames()[loop_thread])
+
+        frames = await asyncio.get_running_loop().run_in_executor(None, stack_of_the_idle_loop)
+    assert stalls.locate(frames) is not None  # blind to the loop's frames, it would name a caller
+    assert stalls.locate(frames, probe._outer) is None

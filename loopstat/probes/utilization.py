@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 from time import perf_counter
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 
 class SelectorClock:
@@ -21,6 +21,10 @@ class SelectorClock:
         self.idle = 0.0
         #: ``perf_counter()`` when the loop last came out of a wait.
         self.woke = perf_counter()
+        #: True while the loop waits in its selector (read by the stall watchdog).
+        self.waiting = False
+        #: Called on the loop's thread each time it comes out of a wait.
+        self.on_wake: Optional[Callable[[], None]] = None
         self._selector = selector
         inner = selector.select
 
@@ -28,12 +32,16 @@ class SelectorClock:
             if timeout == 0:
                 return inner(0)
             start = perf_counter()
+            self.waiting = True
             try:
                 return inner(timeout)
             finally:
                 end = perf_counter()
+                self.waiting = False
                 self.idle += end - start
                 self.woke = end
+                if self.on_wake is not None:
+                    self.on_wake()
 
         self._select = select
         selector.select = select  # type: ignore[method-assign]
