@@ -33,6 +33,40 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def close_leftover_loop() -> Iterator[None]:
+    """Close the unused loop pytest-asyncio leaves set on the policy after an async test.
+
+    A later ``asyncio.run()`` would drop it unclosed, and its ResourceWarning
+    (an error here) would land on whichever test the collector runs in.
+    """
+    yield
+    policy = asyncio.get_event_loop_policy()
+    loop = getattr(getattr(policy, "_local", None), "_loop", None)
+    if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running() and not loop.is_closed():
+        loop.close()
+
+
+# Whole programs and real servers: run once per tox run (the e2e env), not once per Python.
+E2E_MODULES = {
+    "test_pipeline",
+    "test_agent_faults",
+    "test_cli",
+    "test_run",
+    "test_contrib",
+    "test_dashboards",
+    "test_package",
+    "test_soak_smoke",
+    "test_bench_smoke",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 LOOPS = ("asyncio", "uvloop")
 
 

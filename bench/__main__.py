@@ -1,0 +1,158 @@
+"""``python -m bench [overhead|fidelity|all] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
+
+Runs the variants side by side and prints markdown tables on stdout; progress
+goes to stderr. Installs nothing: the peers come from the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from bench import fidelity, idle, loops, report, variants, web, workloads
+from bench.udp import Receiver
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each part runs."""
+
+    repeats: int
+    run_seconds: float
+    warmup_seconds: float
+    http_repeats: int
+    http_seconds: float
+    http_warmup: float
+    idle_repeats: int
+    idle_warmup: float
+    idle_window: float
+    fidelity_rounds: int
+    fidelity_per_size: int
+    fidelity_settle: float
+    fidelity_gaps: Tuple[float, float]
+    # --quick runs the process-based parts and fidelity on the first loop only.
+    all_loops_everywhere: bool
+
+
+FULL = Plan(15, 0.2, 0.05, 5, 1.0, 0.3, 3, 1.0, 10.0, 10, 10, 0.6, fidelity.GAP_SECONDS, True)
+QUICK = Plan(1, 0.1, 0.02, 1, 0.2, 0.05, 1, 0.2, 0.3, 2, 1, 0.3, (0.08, 0.12), False)
+
+
+def parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("what", nargs="?", default="all", choices=("overhead", "fidelity", "all"))
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
+    parser.add_argument("--loop", default="asyncio,uvloop", help="comma-separated loops (asyncio, uvloop)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="interleaved rounds of every overhead comparison (default 15 in-process, 5 HTTP, 3 idle)",
+    )
+    args = parser.parse_args(argv)
+    args.loops = [name.strip() for name in args.loop.split(",") if name.strip()]
+    for name in args.loops:
+        reason = loops.missing(name)
+        if reason:
+            parser.error(f"--loop: {reason}")
+    if not args.loops:
+        parser.error("--loop: name at least one loop")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats: at least 1")
+    return args
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def emit(text: str) -> None:
+    print(text + "\n", flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse(argv)
+    plan = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        plan = dataclasses.replace(plan, repeats=args.repeats, http_repeats=args.repeats, idle_repeats=args.repeats)
+    web.quiet_loopstat()
+    started = time.perf_counter()
+    names = list(variants.VARIANTS)
+    skipped: Dict[str, str] = {}
+    for name in names:
+        reason = variants.missing(name)
+        if reason:
+            skipped[name] = reason
+            progress(f"skipping {name}: {reason}")
+    runnable = [n for n in names if n not in skipped]
+    other_loops = args.loops if plan.all_loops_everywhere else args.loops[:1]
+    import loopstat
+
+    emit(
+        f"### loopstat benchmarks{' (--quick: smoke counts, not a measurement)' if args.quick else ''}\n\n"
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} cores; loopstat {loopstat.__version__}; loops: {', '.join(args.loops)}. "
+        "Ratios are to `none` in the same round (median, interquartile range in brackets).\n\n"
+        + report.variants_legend(names, skipped)
+    )
+    targets: List[report.Target] = []
+    receiver = Receiver()
+    try:
+        if args.what in ("overhead", "all"):
+            progress(f"overhead: in-process workloads, {plan.repeats} rounds of {plan.run_seconds} s runs")
+            results = workloads.run_all(
+                runnable, args.loops, receiver.port, plan.repeats, plan.run_seconds, plan.warmup_seconds
+            )
+            emit(report.overhead_tables(results, names, skipped, targets))
+            progress(f"overhead: HTTP, {plan.http_repeats} rounds of {plan.http_seconds} s loads")
+            http = web.run_all(
+                runnable,
+                other_loops,
+                receiver.port,
+                plan.http_repeats,
+                plan.http_seconds,
+                plan.http_warmup,
+            )
+            emit(
+                f"#### HTTP: aiohttp server (variant inside) and aiohttp client ({web.CONCURRENCY} concurrent "
+                "requests, keep-alive) in separate processes on loopback\n\n"
+                + report.http_table(http, names, skipped, targets)
+            )
+            progress(f"overhead: idle processes, {plan.idle_repeats} rounds of {plan.idle_window} s windows")
+            quiet = idle.run_all(
+                runnable, other_loops, receiver.port, plan.idle_repeats, plan.idle_warmup, plan.idle_window
+            )
+            emit(
+                f"#### Idle process: CPU over a {plan.idle_window:g} s window scaled to a minute, and RSS "
+                "(all variants idle at the same time, one process each)\n\n"
+                + report.idle_table(quiet, names, skipped, targets)
+            )
+        if args.what in ("fidelity", "all"):
+            progress(
+                f"fidelity: {plan.fidelity_rounds} rounds of {plan.fidelity_per_size} blocks per size "
+                f"({', '.join(f'{s:g}' for s in fidelity.SIZES_MS)} ms)"
+            )
+            scores = fidelity.run_all(
+                other_loops, plan.fidelity_rounds, plan.fidelity_per_size, plan.fidelity_settle, plan.fidelity_gaps
+            )
+            emit(
+                "#### Fidelity: blocks injected by `blocking_work()` at random times, all tools watching "
+                f"(loopstat and loopstat-all take turns, so each sees half the blocks); a lag under "
+                f"{fidelity.LAG_FLOOR_MS:g} ms is not a report\n\n"
+                + report.fidelity_tables(scores, names, skipped, targets)
+            )
+    finally:
+        receiver.close()
+    emit("#### Targets\n\n" + report.targets_table(targets))
+    elapsed = time.perf_counter() - started
+    emit(f"Wall time: {elapsed:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Fidelity: inject blocks of known length into a loop and score what each monitor reported.
+
+All monitoring variants watch the same loop at once, so they see the very same
+blocks. loopstat's two variants cannot share a loop (one monitor per loop),
+so rounds alternate between them; each round is a fresh loop. The ground truth
+is the ``perf_counter()`` span of each call to ``blocking_work``.
+
+A report is matched to a block when their time spans overlap:
+
+- a lag sample of L ms taken at t spans [t - L, t] (the part of the block
+  after the sampler's deadline); samples under ``LAG_FLOOR_MS`` are not reports;
+- loopstat's stall and aiodebug's slow callback span [end - duration, end];
+- loopstat's utilization gauge covers the window since its previous sample:
+  busy share x window, up to the injected time in that window, counts as seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from functools import partial
+from time import perf_counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from bench import loops, stats, variants
+from bench.udp import Datagram, Receiver
+
+SIZES_MS = (5.0, 20.0, 50.0, 200.0)
+# Tools watching every round; loopstat's two variants take turns.
+SHARED = ("naive", "aiodebug", "loopmon")
+TAKING_TURNS = ("loopstat", "loopstat-all")
+TOOLS = ("naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
+# Lag under this is the loop's ordinary jitter, not a report of a block.
+LAG_FLOOR_MS = 1.0
+# Wait between blocks (uniform): longer than loopstat's heartbeat (50 ms), so a
+# stall is reported before the next block begins.
+GAP_SECONDS = (0.1, 0.3)
+SETTLE_SECONDS = 0.6
+# Lag lines as each tool sends them over UDP.
+LAG_METRICS = {
+    "loopstat": "loopstat.lag",
+    "loopstat-all": "loopstat.lag",
+    "aiodebug": "aiodebug.monitor_loop_lag",
+    "loopmon": "loopmon.lag",
+}
+UTILIZATION_METRIC = "loopstat.utilization"
+
+
+def blocking_work(ms: float) -> None:
+    """Hold the loop (and the GIL, but for switch intervals) for ``ms`` milliseconds of pure Python."""
+    end = perf_counter() + ms / 1000.0
+    while perf_counter() < end:
+        pass
+
+
+@dataclass(frozen=True)
+class Block:
+    """One injected block: nominal size, and its real span in ``perf_counter()`` seconds."""
+
+    size: float
+    start: float
+    end: float
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1000.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something a tool said about a span of time: ``ms`` long, ending at ``end``."""
+
+    start: float
+    end: float
+    ms: float
+    kind: str
+    where: Optional[str] = None
+
+
+@dataclass
+class Seen:
+    """What one tool reported across its rounds."""
+
+    blocks: List[Block] = field(default_factory=list)
+    reports: List[Report] = field(default_factory=list)
+    # (window start, window end, busy share)
+    utilization: List[Tuple[float, float, float]] = field(default_factory=list)
+    stall_threshold_ms: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """One tool's fidelity on one loop."""
+
+    tool: str
+    blocks: int
+    seen_by_size: Dict[float, float]
+    seen: float
+    time_seen: float
+    time_method: str
+    error_median: float
+    error_p99: float
+    named: Optional[float]
+    named_example: Optional[str]
+    unnamed_example: Optional[str]
+    busy_ratio: Optional[float]
+    stall_threshold_ms: Optional[float]
+    within_tolerance: Optional[float]
+
+
+def _lag_reports(lines: Sequence[Datagram], metric: str) -> List[Report]:
+    return [
+        Report(line.at - line.value / 1000.0, line.at, line.value, "lag")
+        for line in lines
+        if line.name == metric and line.type == "ms" and line.value >= LAG_FLOOR_MS
+    ]
+
+
+def _utilization(lines: Sequence[Datagram]) -> List[Tuple[float, float, float]]:
+    samples = [(line.at, line.value) for line in lines if line.name == UTILIZATION_METRIC and line.type == "g"]
+    return [(a[0], b[0], b[1]) for a, b in zip(samples, samples[1:])]
+
+
+async def _round(
+    sizes: List[float],
+    tools: Sequence[str],
+    port: int,
+    rng: random.Random,
+    settle: float,
+    gaps: Tuple[float, float],
+) -> Tuple[List[Block], Dict[str, variants.Attached]]:
+    attached = {tool: variants.attach(tool, port) for tool in tools}
+    blocks: List[Block] = []
+    try:
+        await asyncio.sleep(settle)
+        for size in sizes:
+            await asyncio.sleep(rng.uniform(*gaps))
+            for one in attached.values():
+                one.poll()
+            start = perf_counter()
+            blocking_work(size)
+            blocks.append(Block(size, start, perf_counter()))
+        await asyncio.sleep(settle)
+    finally:
+        for one in attached.values():
+            await one.detach()
+    return blocks, attached
+
+
+def run(
+    loop: str,
+    rounds: int,
+    per_size: int,
+    settle: float = SETTLE_SECONDS,
+    gaps: Tuple[float, float] = GAP_SECONDS,
+    seed: int = 5,
+) -> Dict[str, Seen]:
+    """``rounds`` fresh loops of kind ``loop``, each with ``per_size`` blocks of every size, shuffled."""
+    rng = random.Random(seed)
+    usable = [t for t in TOOLS if variants.missing(t) is None]
+    seen: Dict[str, Seen] = {tool: Seen() for tool in usable}
+    receiver = Receiver(keep=True)
+    try:
+        for number in range(rounds):
+            turn = [t for t in TAKING_TURNS if t in usable]
+            tools = [t for t in SHARED if t in usable] + ([turn[number % len(turn)]] if turn else [])
+            sizes = [size for size in SIZES_MS for _ in range(per_size)]
+            rng.shuffle(sizes)
+            began = perf_counter()
+            blocks, attached = loops.run(partial(_round, sizes, tools, receiver.port, rng, settle, gaps), loop)
+            receiver.settle()
+            lines = [line for line in receiver.lines() if line.at >= began]
+            for tool, one in attached.items():
+                got = seen[tool]
+                got.blocks.extend(blocks)
+                got.reports.extend(Report(s.at - s.ms / 1000.0, s.at, s.ms, s.kind, s.where) for s in one.samples)
+                if tool in LAG_METRICS:
+                    got.reports.extend(_lag_reports(lines, LAG_METRICS[tool]))
+                if tool in TAKING_TURNS:
+                    got.utilization.extend(_utilization(lines))
+                    got.stall_threshold_ms = getattr(one, "stall_threshold_ms", None)
+    finally:
+        receiver.close()
+    return seen
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def _covered(block: Block, reports: Sequence[Report]) -> float:
+    """Seconds of ``block`` inside the union of the reports' spans."""
+    spans = sorted((max(r.start, block.start), min(r.end, block.end)) for r in reports)
+    total, reach = 0.0, block.start
+    for start, end in spans:
+        start = max(start, reach)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
+
+
+def score(tool: str, got: Seen) -> Score:
+    """Share of blocks and of blocked time seen, duration error, and naming, for one tool."""
+    errors: List[float] = []
+    tolerance_ok: List[bool] = []
+    seen_by_size: Dict[float, List[bool]] = {size: [] for size in SIZES_MS}
+    covered = 0.0
+    named: List[bool] = []
+    example: Optional[str] = None
+    unnamed: Optional[str] = None
+    names_code = tool in ("loopstat", "loopstat-all", "aiodebug")
+    threshold = got.stall_threshold_ms
+    # Blocks a stall watchdog must name: twice its threshold (aiodebug: its 50 ms slow-callback limit).
+    must_name = 2 * threshold if threshold is not None else 200.0
+    for block in got.blocks:
+        matched = [r for r in got.reports if r.start < block.end and r.end > block.start]
+        seen_by_size[block.size].append(bool(matched))
+        covered += _covered(block, matched)
+        if not matched:
+            if names_code and block.size >= must_name:
+                named.append(False)
+                unnamed = unnamed or "(no report)"
+            continue
+        events = [r for r in matched if r.kind != "lag"]
+        reported = max(r.ms for r in (events or matched))
+        error = abs(reported - block.ms)
+        errors.append(error)
+        if threshold is not None and block.size >= 2 * threshold:
+            tolerance_ok.append(error <= 10.0 + 0.05 * block.ms)
+        if names_code and block.size >= must_name:
+            wheres = [r.where for r in events if r.where]
+            named.append(any("blocking_work" in w for w in wheres))
+            if named[-1]:
+                example = example or wheres[0]
+            else:
+                if wheres:
+                    unnamed = unnamed or wheres[0]
+                elif events:
+                    unnamed = unnamed or f"({events[0].kind} reported without a location)"
+                else:
+                    unnamed = unnamed or "(lag only, no stall reported)"
+    injected = sum(b.end - b.start for b in got.blocks)
+    method = "spans"
+    busy_ratio: Optional[float] = None
+    if got.utilization:
+        method = "utilization"
+        covered = busy_total = 0.0
+        for w0, w1, busy in got.utilization:
+            inside = sum(_overlap(w0, w1, b.start, b.end) for b in got.blocks)
+            if inside:
+                busy_total += busy * (w1 - w0)
+            covered += min(busy * (w1 - w0), inside)
+        busy_ratio = busy_total / injected if injected else None
+    seen_all = [s for flags in seen_by_size.values() for s in flags]
+    return Score(
+        tool=tool,
+        blocks=len(got.blocks),
+        seen_by_size={size: _share(flags) for size, flags in seen_by_size.items()},
+        seen=_share(seen_all),
+        time_seen=covered / injected if injected else float("nan"),
+        time_method=method,
+        error_median=stats.median(errors),
+        error_p99=stats.percentile(errors, 99.0),
+        named=_share(named) if names_code else None,
+        named_example=example,
+        unnamed_example=unnamed,
+        busy_ratio=busy_ratio,
+        stall_threshold_ms=threshold,
+        within_tolerance=_share(tolerance_ok) if tolerance_ok else None,
+    )
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+# results[loop] = one Score per tool
+Results = Dict[str, List[Score]]
+
+
+def run_all(
+    loop_names: List[str],
+    rounds: int,
+    per_size: int,
+    settle: float = SETTLE_SECONDS,
+    gaps: Tuple[float, float] = GAP_SECONDS,
+) -> Results:
+    """Fidelity of every tool on every loop."""
+    return {
+        loop: [score(tool, got) for tool, got in run(loop, rounds, per_size, settle, gaps).items()]
+        for loop in loop_names
+    }

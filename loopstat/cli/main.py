@@ -1,0 +1,126 @@
+"""Entry points: ``python -m loopstat``, the ``loopstat`` script and the ``loopstat-run`` script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import List, NoReturn, Optional
+
+import loopstat
+
+DEMO_SECONDS = 24.0
+DEMO_MIN_SECONDS = 2.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the usage is one --help away.
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected an integer in 0..65535 (0: any free port)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= DEMO_MIN_SECONDS or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a number of seconds >= {DEMO_MIN_SECONDS:g}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="loopstat",
+        description="Event-loop health for asyncio services: see it live, run programs with it.",
+    )
+    top.add_argument("--version", action="version", version=f"loopstat {loopstat.__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    watch = commands.add_parser(
+        "watch",
+        help="receive StatsD/DogStatsD metrics on a local port and show them live",
+        description="A StatsD/DogStatsD receiver for development: a live table in a terminal, "
+        "one line per metric per second otherwise.",
+    )
+    watch.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    watch.add_argument("--port", type=_port, default=8125, help="UDP port to listen on (default: 8125)")
+
+    demo = commands.add_parser(
+        "demo",
+        help="watch a demo service block its loop, then move the work to an executor",
+        description="Starts the receiver and a small service with loopstat installed, and shows how "
+        "blocking work on the loop looks next to the same work in run_in_executor.",
+    )
+    demo.add_argument(
+        "--seconds", type=_seconds, default=DEMO_SECONDS, help=f"length of the demo (default: {DEMO_SECONDS:g})"
+    )
+
+    commands.add_parser(
+        "run",
+        help="run a Python program with loopstat on every event loop (same as loopstat-run)",
+        description="loopstat run -- COMMAND [ARGS...]",
+        add_help=False,
+    )
+    return top
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m loopstat COMMAND``; returns the exit status."""
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["run"]:
+        # Everything after "run" belongs to the command: argparse must not read it.
+        from loopstat.cli.run import main as run_main
+
+        return run_main(args_list[1:], prog="loopstat run")
+    args = parser().parse_args(args_list)
+    try:
+        if args.command == "watch":
+            return _watch(args.host, args.port)
+        return _demo(args.seconds)
+    except KeyboardInterrupt:
+        # Ctrl-C before the handlers are in place: still a clean exit.
+        return 0
+
+
+def _watch(host: str, port: int) -> int:
+    from loopstat.cli.listen import ListenError
+    from loopstat.cli.watch import NeedsRich, watch
+
+    try:
+        asyncio.run(watch(host, port, sys.stdout, sys.stderr))
+    except (ListenError, NeedsRich) as exc:
+        print(f"loopstat watch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(seconds: float) -> int:
+    from loopstat.cli.demo import DemoError, demo
+    from loopstat.cli.listen import ListenError
+    from loopstat.cli.watch import NeedsRich
+
+    try:
+        asyncio.run(demo(seconds, sys.stdout, sys.stderr))
+    except (ListenError, NeedsRich, DemoError) as exc:
+        print(f"loopstat demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_script() -> NoReturn:
+    """The ``loopstat-run`` console script."""
+    from loopstat.cli.run import main as run_main
+
+    sys.exit(run_main(sys.argv[1:], prog="loopstat-run"))
+
+
+def script() -> NoReturn:
+    """The ``loopstat`` console script."""
+    sys.exit(main())

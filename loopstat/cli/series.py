@@ -1,0 +1,94 @@
+"""Series: what the watch view knows of one metric, over a sliding window of time."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, List, Optional, Tuple
+
+#: Seconds the min/avg/max columns cover.
+WINDOW = 10.0
+#: One-second buckets the trend (sparkline) covers.
+TREND = 30
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Min, average and maximum over the window, and how many values it holds."""
+
+    min: float
+    avg: float
+    max: float
+    count: int
+
+
+class Series:
+    """Values of one (name, type, tags) metric.
+
+    Counters are shown as totals and per-second sums; gauges and timings as
+    values, with each trend bucket holding the largest value of its second
+    (a spike is what a person looks for).
+    """
+
+    def __init__(self, name: str, type: str, tags: Tuple[str, ...]) -> None:
+        self.name = name
+        self.type = type
+        self.tags = tags
+        #: Latest value; for counters, the total since the first line.
+        self.last = 0.0
+        self.updated = 0.0
+        self._window: Deque[Tuple[float, float]] = deque()
+        self._buckets: Deque[Tuple[int, float]] = deque()
+
+    @property
+    def counter(self) -> bool:
+        return self.type in ("c", "s")
+
+    def add(self, now: float, value: float, relative: bool = False) -> None:
+        if self.counter:
+            self.last += value
+        elif relative:
+            value = self.last + value
+            self.last = value
+        else:
+            self.last = value
+        self.updated = now
+        self._window.append((now, value))
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            old = self._buckets[-1][1]
+            self._buckets[-1] = (second, old + value if self.counter else max(old, value))
+        else:
+            self._buckets.append((second, value))
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._window and self._window[0][0] <= now - WINDOW:
+            self._window.popleft()
+        while self._buckets and self._buckets[0][0] <= int(now) - TREND:
+            self._buckets.popleft()
+
+    def stats(self, now: float) -> Optional[Stats]:
+        """Min/avg/max over the window: of values, or for counters of per-second sums."""
+        self._prune(now)
+        if not self._window:
+            return None
+        if self.counter:
+            # Every second of the window counts, the silent ones as 0.
+            first = int(now) - int(WINDOW) + 1
+            sums = {second: 0.0 for second in range(first, int(now) + 1)}
+            for second, total in self._buckets:
+                if second in sums:
+                    sums[second] = total
+            values = list(sums.values())
+        else:
+            values = [value for _, value in self._window]
+        return Stats(min(values), sum(values) / len(values), max(values), len(self._window))
+
+    def trend(self, now: float) -> List[Optional[float]]:
+        """One value per second for the last ``TREND`` seconds, oldest first; None for a silent second."""
+        self._prune(now)
+        by_second = dict(self._buckets)
+        last = int(now)
+        empty = 0.0 if self.counter else None
+        return [by_second.get(second, empty) for second in range(last - TREND + 1, last + 1)]

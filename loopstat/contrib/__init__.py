@@ -1,0 +1,1 @@
+"""Integrations: start loopstat with a web framework's app, stop it on shutdown."""

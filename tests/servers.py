@@ -1,0 +1,538 @@
+"""Real servers for the pipeline tests: Etsy statsd 0.9.0 writing into a Graphite carbon-cache.
+
+Both are installed on demand, once per machine: statsd with npm into
+``~/.cache/loopstat-tests/statsd-0.9.0``, carbon with ``apt-get install
+graphite-carbon`` (as root). Each server runs in a temporary folder of its own,
+on ephemeral ports of 127.0.0.1 only, in a process group of its own that
+``stop()`` and ``kill()`` end as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import whisper  # type: ignore[import-untyped]
+
+STATSD_VERSION = "0.9.0"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loopstat-tests"
+LOOPBACK = "127.0.0.1"
+# A statsd flush every second into 1-second whisper slots: statsd stamps each
+# flush with its second, and its flushes fall on whole seconds, so no flush
+# overwrites another's slot (with 500 ms flushes, every other one would).
+FLUSH_MS = 1000
+RETENTION = "1s:10m"
+
+#: One stored point: (unix timestamp, value).
+Point = Tuple[int, float]
+
+
+class ServerError(RuntimeError):
+    """A server could not be installed or started."""
+
+
+@contextlib.contextmanager
+def _file_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock, so two processes never install the same thing at once."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = None) -> None:
+    result = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+        check=False,
+    )
+    if result.returncode != 0:
+        output = result.stdout.decode("utf-8", "replace")[-3000:]
+        raise ServerError(f"{' '.join(argv)} failed with exit code {result.returncode}:\n{output}")
+
+
+def apt_install(*packages: str) -> None:
+    """``apt-get install`` Debian packages, refreshing the package lists only if the first try fails."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise ServerError(f"{', '.join(packages)}: not installed, and installing needs apt-get as root")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    # Wait for another apt-get (another test run, an unattended upgrade) instead of failing.
+    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *packages]
+    with _file_lock("apt.lock"):
+        try:
+            _run(install, timeout=900, env=env)
+        except ServerError:
+            _run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], timeout=600, env=env)
+            _run(install, timeout=900, env=env)
+
+
+def ensure_carbon() -> str:
+    """The ``carbon-cache`` command, installed from Debian's graphite-carbon if missing."""
+    found = shutil.which("carbon-cache")
+    if found is None:
+        apt_install("graphite-carbon")
+        found = shutil.which("carbon-cache")
+        if found is None:
+            raise ServerError("graphite-carbon is installed but carbon-cache is not on PATH")
+    return found
+
+
+def carbon_python() -> str:
+    """The interpreter carbon-cache runs on (its ``#!`` line), which can import ``carbon``."""
+    with open(ensure_carbon(), "rb") as script:
+        first = script.readline().decode("utf-8", "replace")
+    if not first.startswith("#!") or not first[2:].split():
+        raise ServerError(f"carbon-cache has no #! line: {first!r}")
+    return first[2:].split()[0]
+
+
+def ensure_node() -> Tuple[str, str]:
+    """The ``node`` and ``npm`` commands, installed from Debian if missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        apt_install("nodejs", "npm")
+        node, npm = shutil.which("node"), shutil.which("npm")
+        if node is None or npm is None:
+            raise ServerError("nodejs and npm are installed but node or npm is not on PATH")
+    return node, npm
+
+
+def _installed_statsd(folder: Path) -> Optional[Path]:
+    package = folder / "node_modules" / "statsd"
+    try:
+        version = json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    script = package / "stats.js"
+    return script if version == STATSD_VERSION and script.is_file() else None
+
+
+def ensure_statsd() -> Path:
+    """Etsy statsd's ``stats.js``, installed with npm into the cache folder if missing."""
+    target = CACHE_DIR / f"statsd-{STATSD_VERSION}"
+    script = _installed_statsd(target)
+    if script is not None:
+        return script
+    _, npm = ensure_node()
+    with _file_lock("statsd.lock"):
+        script = _installed_statsd(target)  # another process may have finished meanwhile
+        if script is not None:
+            return script
+        # Install beside the target, then move it in whole: a half-done install is never used.
+        staging = Path(tempfile.mkdtemp(prefix=".statsd-", dir=CACHE_DIR))
+        staging.chmod(0o755)
+        try:
+            _run(
+                [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--no-save",
+                 "--loglevel=error", f"statsd@{STATSD_VERSION}"],
+                timeout=600,
+            )  # fmt: skip
+            if _installed_statsd(staging) is None:
+                raise ServerError(f"npm installed statsd into {staging}, but not version {STATSD_VERSION}")
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    script = _installed_statsd(target)
+    if script is None:
+        raise ServerError(f"statsd {STATSD_VERSION} is not in {target} after installing it")
+    return script
+
+
+def free_port(kind: socket.SocketKind) -> int:
+    """A port of 127.0.0.1 that is free for ``kind`` (SOCK_STREAM or SOCK_DGRAM) right now."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _udp_bound(port: int) -> bool:
+    """Whether some socket is bound to 127.0.0.1:``port`` (UDP), from /proc/net/udp."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/udp") as table:
+            return any(line.split()[1] == wanted for line in list(table)[1:])
+    except OSError:
+        return True  # no /proc: rely on the process staying alive
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Process:
+    """A server process in a session (and process group) of its own, its output in a file."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, cwd: Path) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        # The child writes to its own copy of the descriptor; ours is closed at once.
+        with open(log_path, "ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._popen.poll()
+
+    def output(self, limit: int = 4000) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")[-limit:]
+        except OSError:
+            return ""
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, sig)
+
+    def kill(self) -> None:
+        """End the whole process group at once (SIGKILL), as a crash would."""
+        self._signal_group(signal.SIGKILL)
+        self._popen.wait()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+        if self._popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(grace)
+        # Whatever the leader did, leave nothing of its group running.
+        self._signal_group(signal.SIGKILL)
+        self._popen.wait()
+
+
+def _wait_until(ready: Callable[[], bool], process: Process, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not process.alive():
+            raise ServerError(f"{what} exited with code {process.returncode}:\n{process.output()}")
+        if time.monotonic() > deadline:
+            raise ServerError(f"{what} was not ready within {timeout}s:\n{process.output()}")
+        time.sleep(0.05)
+
+
+def tagged_series(name: str, tags: Mapping[str, str]) -> str:
+    """A Graphite tagged series as carbon stores it: ``name;k1=v1;k2=v2``, tags sorted.
+
+    This is carbon's own normalisation (carbon.util.TaggedSeries.format), which
+    carbon-cache applies to every name it receives.
+    """
+    return name + "".join(sorted(f";{key}={value}" for key, value in tags.items()))
+
+
+def series_file(data_dir: Path, series: str) -> Path:
+    """The whisper file carbon-cache 1.1 writes ``series`` to (carbon.util.TaggedSeries.encode).
+
+    A plain name becomes folders, one per dot. A tagged name (``name;k=v...``,
+    already normalised as by ``tagged_series``) goes under ``_tagged/``, in
+    folders named after the first 3 and next 3 hex digits of the SHA-256 of the
+    name, in a file named after the whole digest (TAG_HASH_FILENAMES, on by default).
+    """
+    if ";" in series:
+        digest = hashlib.sha256(series.encode("utf-8")).hexdigest()
+        return data_dir / "_tagged" / digest[0:3] / digest[3:6] / f"{digest}.wsp"
+    return data_dir.joinpath(*series.split(".")).with_suffix(".wsp")
+
+
+class Carbon:
+    """A Graphite carbon-cache writing whisper files with 1-second slots."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.conf_dir = root / "conf"
+        self.data_dir = root / "whisper"
+        self.line_port = 0
+        self._process: Optional[Process] = None
+
+    def _write_config(self) -> Path:
+        for folder in (self.conf_dir, self.data_dir, self.root / "log", self.root / "run"):
+            folder.mkdir(parents=True, exist_ok=True)
+        carbon_conf = self.conf_dir / "carbon.conf"
+        carbon_conf.write_text(
+            f"""[cache]
+STORAGE_DIR = {self.root}/
+LOCAL_DATA_DIR = {self.data_dir}/
+CONF_DIR = {self.conf_dir}/
+LOG_DIR = {self.root}/log/
+PID_DIR = {self.root}/run/
+DATABASE = whisper
+USER =
+ENABLE_LOGROTATION = False
+MAX_CACHE_SIZE = inf
+MAX_UPDATES_PER_SECOND = inf
+MAX_CREATES_PER_MINUTE = inf
+LINE_RECEIVER_INTERFACE = {LOOPBACK}
+LINE_RECEIVER_PORT = {self.line_port}
+ENABLE_UDP_LISTENER = False
+UDP_RECEIVER_INTERFACE = {LOOPBACK}
+UDP_RECEIVER_PORT = 0
+PICKLE_RECEIVER_INTERFACE = {LOOPBACK}
+PICKLE_RECEIVER_PORT = 0
+CACHE_QUERY_INTERFACE = {LOOPBACK}
+CACHE_QUERY_PORT = 0
+MANHOLE_INTERFACE = {LOOPBACK}
+ENABLE_MANHOLE = False
+# Tags need graphite-web for their index; the whisper files do not.
+ENABLE_TAGS = False
+TAG_HASH_FILENAMES = True
+CARBON_METRIC_INTERVAL = 0
+LOG_LISTENER_CONN_SUCCESS = False
+LOG_CACHE_HITS = False
+LOG_UPDATES = False
+LOG_CREATES = True
+"""
+        )
+        (self.conf_dir / "storage-schemas.conf").write_text(f"[everything]\npattern = .*\nretentions = {RETENTION}\n")
+        (self.conf_dir / "storage-aggregation.conf").write_text(
+            "[everything]\npattern = .*\nxFilesFactor = 0\naggregationMethod = last\n"
+        )
+        return carbon_conf
+
+    def _listening(self, process: Process) -> bool:
+        """Carbon says it listens on the line port, and it does (not someone else)."""
+        said = f"CarbonReceiverFactory starting on {self.line_port}" in process.output(100_000)
+        return said and _tcp_open(self.line_port)
+
+    def start(self, timeout: float = 60.0) -> None:
+        executable = ensure_carbon()
+        for attempt in range(3):
+            # Carbon cannot report an ephemeral line port; pick a free one, and
+            # another if something takes it before carbon does.
+            self.line_port = free_port(socket.SOCK_STREAM)
+            config = self._write_config()
+            for stale in (self.root / "run").glob("*.pid"):
+                stale.unlink()
+            process = Process(
+                [executable, f"--config={config}", "--debug", "start"], self.root / "carbon.log", self.root
+            )
+            try:
+                _wait_until(functools.partial(self._listening, process), process, timeout, "carbon-cache")
+            except ServerError:
+                process.stop()
+                if attempt == 2:
+                    raise
+                continue
+            self._process = process
+            return
+
+    def stop(self) -> None:
+        """Kill carbon-cache: its files are thrown away, and a clean stop waits on its writer's sleep."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "carbon-cache is not running"
+        return self._process.pid
+
+    def file(self, series: str) -> Path:
+        return series_file(self.data_dir, series)
+
+    def points(self, series: str) -> List[Point]:
+        """The points stored for ``series`` (oldest first); [] while its file is not there yet."""
+        try:
+            (start, _end, step), values = whisper.fetch(str(self.file(series)), 0)
+        except (OSError, whisper.WhisperException, ValueError):
+            return []  # not created yet, or caught halfway through its creation
+        return [(start + i * step, value) for i, value in enumerate(values) if value is not None]
+
+    def wait_points(self, series: str, condition: Callable[[List[Point]], bool], timeout: float = 30.0) -> List[Point]:
+        """Poll ``series`` until ``condition`` holds for its points: carbon writes asynchronously."""
+        deadline = time.monotonic() + timeout
+        while True:
+            points = self.points(series)
+            if condition(points):
+                return points
+            if time.monotonic() > deadline:
+                stored = sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob("*.wsp"))
+                raise AssertionError(
+                    f"{series}: condition not met within {timeout}s; points {points[-10:]}, "
+                    f"file {self.file(series)}; {len(stored)} files stored: {stored[:40]}"
+                )
+            time.sleep(0.1)
+
+
+# One `key: value` pair in node's util.inspect of a flat object of numbers.
+_INSPECT_ITEM = re.compile(r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|([A-Za-z_$][\w$]*))\s*:\s*([^,\s}]+)""")
+
+
+def parse_inspect(text: str) -> Dict[str, float]:
+    """Parse node's util.inspect of a flat ``{key: number}`` object, as statsd's console prints it."""
+    items: Dict[str, float] = {}
+    for quoted, double_quoted, bare, value in _INSPECT_ITEM.findall(text):
+        key = quoted or double_quoted or bare
+        items[key.replace("\\'", "'")] = float(value)
+    return items
+
+
+class Statsd:
+    """Etsy statsd 0.9.0 on 127.0.0.1: UDP on ``port``, its console on ``mgmt_port``.
+
+    With ``graphite_port`` it flushes to carbon there every second, under
+    Graphite's non-legacy names (``stats.gauges.P``, ``stats.timers.P.upper``,
+    ``stats.counters.P.count``); without, it aggregates and discards.
+    """
+
+    def __init__(self, root: Path, port: Optional[int] = None, graphite_port: Optional[int] = None) -> None:
+        self.root = root
+        self.port = port or 0
+        self.mgmt_port = 0
+        self.graphite_port = graphite_port
+        self._fixed_port = port is not None
+        self._process: Optional[Process] = None
+        self._starts = 0
+
+    def _config(self) -> Dict[str, object]:
+        config: Dict[str, object] = {
+            "port": self.port,
+            "address": LOOPBACK,
+            "mgmt_port": self.mgmt_port,
+            "mgmt_address": LOOPBACK,
+            "flushInterval": FLUSH_MS,
+            "backends": ["./backends/graphite"],
+            "automaticConfigReload": False,
+            "graphite": {"legacyNamespace": False},
+        }
+        if self.graphite_port is not None:
+            config.update(graphiteHost=LOOPBACK, graphitePort=self.graphite_port)
+        return config
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start statsd, on ``port`` if one was given (a restart keeps it) or a free one."""
+        assert self._process is None, "statsd is running already"
+        script = ensure_statsd()
+        node, _ = ensure_node()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            if not self._fixed_port:
+                self.port = free_port(socket.SOCK_DGRAM)
+            self.mgmt_port = free_port(socket.SOCK_STREAM)
+            self._starts += 1
+            config = self.root / f"config-{self._starts}.js"
+            config.write_text(json.dumps(self._config(), indent=2))
+            process = Process([node, str(script), str(config)], self.root / "statsd.log", script.parent)
+            try:
+                _wait_until(
+                    lambda: _tcp_open(self.mgmt_port) and _udp_bound(self.port),
+                    process,
+                    timeout,
+                    f"statsd on udp {self.port}",
+                )
+                # statsd dies when its UDP port is taken: give that a moment to show.
+                time.sleep(0.05)
+                if not process.alive() or "health: up" not in self.command("health"):
+                    raise ServerError(f"statsd on udp {self.port} did not come up:\n{process.output()}")
+            except ServerError:
+                process.stop()
+                if attempt == 2:
+                    raise
+                continue
+            self._process = process
+            return
+
+    def kill(self) -> None:
+        """Kill statsd outright (SIGKILL), as a crash would; ``start()`` brings it back on the same port."""
+        process, self._process = self._process, None
+        assert process is not None, "statsd is not running"
+        process.kill()
+        self._fixed_port = True
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "statsd is not running"
+        return self._process.pid
+
+    def command(self, command: str, timeout: float = 10.0) -> str:
+        """Send one console command; return its answer."""
+        end = b"\n" if command == "health" else b"END\n\n"
+        answer = b""
+        with socket.create_connection((LOOPBACK, self.mgmt_port), timeout=timeout) as sock:
+            sock.sendall(command.encode() + b"\n")
+            while not answer.endswith(end):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.decode("utf-8", "replace")
+
+    def gauges(self) -> Dict[str, float]:
+        """The gauges statsd holds now (kept from flush to flush), by name."""
+        return parse_inspect(self.command("gauges"))
+
+    def stats(self) -> Dict[str, float]:
+        """statsd's own counts since it started, e.g. ``messages.bad_lines_seen``."""
+        stats: Dict[str, float] = {}
+        for line in self.command("stats").splitlines():
+            key, sep, value = line.partition(": ")
+            if sep:
+                with contextlib.suppress(ValueError):
+                    stats[key] = float(value)
+        return stats
+
+    def output(self) -> str:
+        return self._process.output() if self._process is not None else ""
+
+
+@contextlib.contextmanager
+def running_carbon(root: Path) -> Iterator[Carbon]:
+    carbon = Carbon(root)
+    carbon.start()
+    try:
+        yield carbon
+    finally:
+        carbon.stop()
+
+
+@contextlib.contextmanager
+def running_statsd(root: Path, port: Optional[int] = None, graphite_port: Optional[int] = None) -> Iterator[Statsd]:
+    statsd = Statsd(root, port, graphite_port)
+    statsd.start()
+    try:
+        yield statsd
+    finally:
+        statsd.stop()

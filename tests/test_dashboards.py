@@ -1,0 +1,181 @@
+"""dashboards/: every query names a metric loopstat really sends, and the Datadog one loads into the API client."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Set, Tuple
+
+import pytest
+from datadog_api_client import ApiClient, Configuration
+from datadog_api_client.model_utils import OpenApiModel, UnparsedObject
+from datadog_api_client.v1.model.dashboard import Dashboard
+
+import loopstat
+from tests.receiver import Receiver
+
+DASHBOARDS = Path(__file__).parent.parent / "dashboards"
+PREFIX = "loopstat"  # the dashboards are written for the default prefix
+# What the Datadog Agent makes of one DogStatsD timing (histogram aggregates, by default).
+DATADOG_TIMING_SUFFIXES = ("avg", "max", "median", "95percentile", "count")
+# What Etsy statsd writes to Graphite for one timer (with percentThreshold 90, 95 and 99).
+STATSD_TIMER_STATS = ("upper", "lower", "mean", "count", "sum", "upper_90", "upper_95", "upper_99", "mean_90")
+
+Metric = Tuple[str, str]  # name without the prefix, StatsD type
+
+
+@pytest.fixture(scope="module")
+def sent() -> Set[Metric]:
+    """Every (name, type) loopstat sends with all probes on, learnt from a real monitor, not from a list."""
+    receiver = Receiver()
+
+    async def exercise() -> None:
+        loop = asyncio.get_running_loop()
+        async with loopstat.install(
+            "127.0.0.1", receiver.port, prefix=PREFIX, interval=0.02, stall_threshold=0.05, gc=True
+        ):
+            await loop.run_in_executor(None, time.sleep, 0.01)  # the default executor now exists
+            gc.collect()
+            await asyncio.sleep(0.05)
+            time.sleep(0.12)  # a stall
+            await asyncio.sleep(0.15)
+
+    try:
+        asyncio.run(exercise())
+        lines = receiver.settle(lambda lines: any(x.name == f"{PREFIX}.stall" for x in lines))
+    finally:
+        receiver.close()
+    return {(line.name[len(PREFIX) + 1 :], line.type) for line in lines}
+
+
+def test_the_metric_list_comes_from_a_real_run_with_every_probe(sent: Set[Metric]) -> None:
+    names = {name for name, _ in sent}
+    assert {"lag", "tasks", "utilization", "stalls", "stall", "executor.queue", "gc.pause"} <= names
+
+
+def load_datadog() -> Any:
+    text = (DASHBOARDS / "datadog.json").read_text()
+    return ApiClient(Configuration()).deserialize(text, (Dashboard,), True)
+
+
+def unparsed(value: Any, path: str = "dashboard") -> Iterator[str]:
+    """Paths of every part the client could not parse (it marks them instead of raising)."""
+    if isinstance(value, UnparsedObject) or (isinstance(value, OpenApiModel) and value._unparsed):
+        yield path
+    if isinstance(value, OpenApiModel):
+        for key, item in value._data_store.items():
+            yield from unparsed(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from unparsed(item, f"{path}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from unparsed(item, f"{path}.{key}")
+
+
+def test_datadog_dashboard_loads_into_the_api_client_with_nothing_unparsed() -> None:
+    dashboard = load_datadog()
+    assert isinstance(dashboard, Dashboard)
+    assert list(unparsed(dashboard)) == []
+    assert len(dashboard.widgets) >= 7
+
+
+def test_an_unknown_widget_is_caught_as_unparsed(tmp_path: Path) -> None:
+    # Without this, a check that never finds anything would pass for the wrong reason.
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    broken = copy.deepcopy(data)
+    broken["widgets"][1]["definition"]["type"] = "no_such_widget"
+    dashboard = ApiClient(Configuration()).deserialize(json.dumps(broken), (Dashboard,), True)
+    assert list(unparsed(dashboard)) != []
+
+
+def test_datadog_dashboard_has_service_and_env_template_variables_used_by_every_query() -> None:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    assert [(v["name"], v["prefix"]) for v in data["template_variables"]] == [("service", "service"), ("env", "env")]
+    queries = datadog_queries(data)
+    assert queries
+    assert all("{$service,$env}" in query for query in queries)
+
+
+def datadog_queries(data: Any) -> List[str]:
+    found: List[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("query", "q") and isinstance(item, str):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return found
+
+
+def test_every_datadog_query_names_a_metric_loopstat_sends(sent: Set[Metric]) -> None:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    for query in datadog_queries(data):
+        (name,) = re.findall(rf"^\w+:{PREFIX}\.([\w.]+)\{{", query)
+        base, _, suffix = name.rpartition(".")
+        is_timing_aggregate = suffix in DATADOG_TIMING_SUFFIXES and (base, "ms") in sent
+        assert is_timing_aggregate or (name, "g") in sent or (name, "c") in sent, query
+
+
+def test_datadog_dashboard_shows_every_metric_loopstat_sends(sent: Set[Metric]) -> None:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    text = " ".join(datadog_queries(data))
+    for name, _ in sent:
+        assert re.search(rf":{PREFIX}\.{re.escape(name)}[.{{]", text), f"{name} is not on the dashboard"
+
+
+def graphite_paths(target: str) -> List[str]:
+    return re.findall(r"(?:name=)?(stats(?:_counts)?\.[\w.$]+)", target)
+
+
+def graphite_targets() -> List[str]:
+    data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
+    return [target["target"] for panel in data["panels"] for target in panel.get("targets", [])]
+
+
+def statsd_metric(path: str) -> Metric:
+    """The (name, type) Etsy statsd wrote ``path`` for."""
+    path = path.replace("$prefix", PREFIX).replace("$percentile", "95")
+    for head, kind in (("stats.gauges.", "g"), ("stats.timers.", "ms"), ("stats_counts.", "c"), ("stats.", "c")):
+        if path.startswith(head + PREFIX + "."):
+            name = path[len(head + PREFIX) + 1 :]
+            if kind == "ms":
+                name, _, stat = name.rpartition(".")
+                assert stat in STATSD_TIMER_STATS, path
+            return name, kind
+    raise AssertionError(f"not a path statsd writes for loopstat: {path}")
+
+
+def test_every_graphite_path_is_one_statsd_writes_for_a_metric_loopstat_sends(sent: Set[Metric]) -> None:
+    paths = [path for target in graphite_targets() for path in graphite_paths(target)]
+    assert paths
+    for path in paths:
+        assert statsd_metric(path) in sent, path
+
+
+def test_grafana_dashboard_covers_both_flavors_with_the_same_metrics() -> None:
+    plain, tagged = set(), set()
+    for target in graphite_targets():
+        for path in graphite_paths(target):
+            (tagged if "seriesByTag" in target else plain).add(statsd_metric(path))
+    assert plain == tagged
+    assert ("lag", "ms") in plain
+    assert ("utilization", "g") in plain
+
+
+def test_grafana_dashboard_has_prefix_percentile_service_and_env_variables() -> None:
+    data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
+    names = [variable["name"] for variable in data["templating"]["list"]]
+    assert names == ["datasource", "prefix", "percentile", "service", "env"]
