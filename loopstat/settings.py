@@ -86,20 +86,14 @@ def _prefix(value: object, source: str) -> str:
     return value
 
 
-def _interval(value: object) -> float:
+def _seconds(value: object, name: str, off: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"interval: {value!r} is not valid; expected a finite number of seconds > 0")
+        raise ValueError(f"{name}: {value!r} is not valid; expected a finite number of seconds > 0{off}")
     return float(value)
 
 
 def _stall_threshold(value: object) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"stall_threshold: {value!r} is not valid; expected a finite number of seconds > 0, or None to turn it off"
-        )
-    return float(value)
+    return None if value is None else _seconds(value, "stall_threshold", ", or None to turn it off")
 
 
 def _switch(value: object, name: str) -> bool:
@@ -190,7 +184,7 @@ def resolve(
     environ: Mapping[str, str],
 ) -> Settings:
     """Validate arguments, fill the rest from ``environ``; raise ValueError naming what is wrong."""
-    checked_interval = _interval(interval)
+    checked_interval = _seconds(interval, "interval")
     checked_threshold = _stall_threshold(stall_threshold)
     checked_flavor = _flavor(flavor)
     explicit = _tags.parse(tags)
