@@ -88,6 +88,7 @@ class StallProbe:
         self._on_stall = on_stall
         self._handle: Optional[asyncio.Handle] = loop.call_later(self.period, self._beat)
         self._restart_posted = False
+        self._closed = False
         self._outer = _outer_frames()
         if clock is not None:
             clock.on_wake = self._woke
@@ -119,7 +120,7 @@ class StallProbe:
     def _restart(self) -> None:
         """Posted by the watchdog when the loop has run for a while without waiting or beating."""
         self._restart_posted = False
-        if self._handle is not None:
+        if self._handle is not None or self._closed:
             return
         now = perf_counter()
         mark = self.mark()
@@ -172,6 +173,7 @@ class StallProbe:
         return now + self.threshold
 
     def close(self) -> None:
+        self._closed = True  # a restart the watchdog posted may still be on its way
         _watchdog.unwatch(self)
         if self._clock is not None:
             self._clock.on_wake = None
