@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -45,10 +46,11 @@ async def test_an_idle_loop_shows_utilization_near_zero(
 ) -> None:
     if not isinstance(event_loop_policy, asyncio.DefaultEventLoopPolicy):
         pytest.skip("uvloop exposes no idle time")
-    async with loopstat.install("127.0.0.1", receiver.port, interval=0.05) as monitor:
-        await receiver.wait_count("loopstat.utilization", "g", 5)
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.1) as monitor:
+        values = await receiver.wait_count("loopstat.utilization", "g", 5)
         assert monitor.utilization is not None
-        assert monitor.utilization < 0.05
+    # The sampler's own work and the receiver thread's share of the GIL are busy time too.
+    assert statistics.median(values) < 0.05
 
 
 async def test_uvloop_sends_no_utilization(
