@@ -4,6 +4,7 @@ import asyncio
 import inspect
 import logging
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -104,3 +105,17 @@ def free_port() -> int:
 def loopstat_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="loopstat")
     return caplog
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; whatever still runs at the end is killed."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()

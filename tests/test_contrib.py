@@ -2,73 +2,25 @@
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import List
 
-import pytest
-
 from tests.receiver import Receiver
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[List[subprocess.Popen[str]]]:
-    procs: List[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+from tests.web_servers import free_tcp_port, http_get, start_server, stop_server
 
 
 def start(tmp_path: Path, source: str, ready: str) -> subprocess.Popen[str]:
     """Run ``source`` under ``python -X dev`` (every warning shown) until it logs ``ready``."""
     path = tmp_path / "app.py"
     path.write_text(textwrap.dedent(source))
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "dev", str(path)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 20
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if ready in line:
-            return proc
-        assert time.monotonic() < deadline, "the app did not start"
-    raise AssertionError(f"the app exited with {proc.wait()}: {''.join(seen)}")
-
-
-def get(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    """Ctrl-C the app; return what it wrote to stderr while shutting down."""
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    return err
+    return start_server([sys.executable, "-X", "dev", str(path)], ready)
 
 
 def test_starlette_lifespan_runs_loopstat_with_the_app(
-    tmp_path: Path, receiver: Receiver, server: List[subprocess.Popen[str]]
+    tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
     port = free_tcp_port()
     proc = start(
@@ -97,16 +49,16 @@ def test_starlette_lifespan_runs_loopstat_with_the_app(
         """,
         "Uvicorn running on",
     )
-    server.append(proc)
-    assert get(port) == "ok True"
+    spawned.append(proc)
+    assert http_get(port) == b"ok True"
     receiver.settle(lambda lines: any(x.name == "web.lag" for x in lines))
-    err = stop(proc)
+    err = stop_server(proc)
     for trouble in ("Warning", "Traceback", "ERROR"):
         assert trouble not in err, err
 
 
 def test_aiohttp_cleanup_ctx_runs_loopstat_with_the_app(
-    tmp_path: Path, receiver: Receiver, server: List[subprocess.Popen[str]]
+    tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
     port = free_tcp_port()
     proc = start(
@@ -126,9 +78,9 @@ def test_aiohttp_cleanup_ctx_runs_loopstat_with_the_app(
         """,
         "Running on",
     )
-    server.append(proc)
-    assert get(port) == "True"
+    spawned.append(proc)
+    assert http_get(port) == b"True"
     receiver.settle(lambda lines: any(x.name == "web.lag" for x in lines))
-    err = stop(proc)
+    err = stop_server(proc)
     for trouble in ("Warning", "Traceback", "Error"):
         assert trouble not in err, err

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
 from tests.receiver import Line, Receiver
+from tests.web_servers import free_tcp_port, http_get, start_server
 
 BIN = Path(sys.executable).parent
 LOOPSTAT_RUN = str(BIN / "loopstat-run")
@@ -177,40 +174,6 @@ def test_an_unknown_command_fails_like_a_shell() -> None:
     assert done.stderr == "loopstat-run: no-such-command-here: command not found\n"
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-def served() -> Iterator[List[subprocess.Popen[str]]]:
-    procs: List[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def serve(command: List[str], env: Dict[str, str], cwd: Path, ready: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 20
-    for line in proc.stderr:
-        if ready in line:
-            return proc
-        assert time.monotonic() < deadline, "the server did not start"
-    raise AssertionError(f"the server exited with {proc.wait()} before it was ready")
-
-
-def get(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-        body: bytes = response.read()
-    return body
-
-
 ASGI_APP = """
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -226,14 +189,14 @@ ASGI_APP = """
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_uvicorn_app_is_monitored_without_code_changes(
-    tmp_path: Path, receiver: Receiver, served: List[subprocess.Popen[str]], loop: str
+    tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]], loop: str
 ) -> None:
     program(tmp_path, ASGI_APP)
     port = free_tcp_port()
     command = [LOOPSTAT_RUN, str(BIN / "uvicorn"), "app:app", "--port", str(port), "--loop", loop]
-    proc = serve(command, environment(receiver), tmp_path, "Uvicorn running on")
-    served.append(proc)
-    assert get(port) == b"ok"
+    proc = start_server(command, "Uvicorn running on", environment(receiver), tmp_path)
+    spawned.append(proc)
+    assert http_get(port) == b"ok"
     # A few samples, each of which sends utilization on the asyncio loop.
     lines = receiver.settle(lambda lines: sum(x.name == "loopstat.tasks" for x in lines) >= 4)
     # The utilization probe reads the stdlib selector; it never sends on uvloop: proof of the loop used.
@@ -243,7 +206,7 @@ def test_uvicorn_app_is_monitored_without_code_changes(
 
 
 def test_aiohttp_run_app_is_monitored_without_code_changes(
-    tmp_path: Path, receiver: Receiver, served: List[subprocess.Popen[str]]
+    tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
     port = free_tcp_port()
     app = program(
@@ -260,9 +223,9 @@ def test_aiohttp_run_app_is_monitored_without_code_changes(
         web.run_app(app, host="127.0.0.1", port={port}, print=lambda text: print(text, file=sys.stderr, flush=True))
         """,
     )
-    proc = serve([LOOPSTAT_RUN, sys.executable, app], environment(receiver), tmp_path, "Running on")
-    served.append(proc)
-    assert get(port) == b"ok"
+    proc = start_server([LOOPSTAT_RUN, sys.executable, app], "Running on", environment(receiver), tmp_path)
+    spawned.append(proc)
+    assert http_get(port) == b"ok"
     receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
