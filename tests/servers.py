@@ -250,6 +250,18 @@ def _wait_until(ready: Callable[[], bool], process: Process, timeout: float, wha
         time.sleep(0.05)
 
 
+def _start_retrying(attempt: Callable[[], Process]) -> Process:
+    """Start a server with ``attempt``, up to three times: a port free when chosen may be taken
+    before the server binds it. An attempt that fails stops its process and raises ServerError."""
+    for tries_left in (2, 1, 0):
+        try:
+            return attempt()
+        except ServerError:
+            if not tries_left:
+                raise
+    raise AssertionError("unreachable")
+
+
 def tagged_series(name: str, tags: Mapping[str, str]) -> str:
     """A Graphite tagged series as carbon stores it: ``name;k1=v1;k2=v2``, tags sorted.
 
@@ -334,7 +346,8 @@ LOG_CREATES = True
 
     def start(self, timeout: float = 60.0) -> None:
         executable = ensure_carbon()
-        for attempt in range(3):
+
+        def attempt() -> Process:
             # Carbon cannot report an ephemeral line port; pick a free one, and
             # another if something takes it before carbon does.
             self.line_port = free_port(socket.SOCK_STREAM)
@@ -348,11 +361,10 @@ LOG_CREATES = True
                 _wait_until(functools.partial(self._listening, process), process, timeout, "carbon-cache")
             except ServerError:
                 process.stop()
-                if attempt == 2:
-                    raise
-                continue
-            self._process = process
-            return
+                raise
+            return process
+
+        self._process = _start_retrying(attempt)
 
     def stop(self) -> None:
         """Kill carbon-cache: its files are thrown away, and a clean stop waits on its writer's sleep."""
@@ -443,7 +455,8 @@ class Statsd:
         script = ensure_statsd()
         node, _ = ensure_node()
         self.root.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):
+
+        def attempt() -> Process:
             if not self._fixed_port:
                 self.port = free_port(socket.SOCK_DGRAM)
             self.mgmt_port = free_port(socket.SOCK_STREAM)
@@ -464,11 +477,10 @@ class Statsd:
                     raise ServerError(f"statsd on udp {self.port} did not come up:\n{process.output()}")
             except ServerError:
                 process.stop()
-                if attempt == 2:
-                    raise
-                continue
-            self._process = process
-            return
+                raise
+            return process
+
+        self._process = _start_retrying(attempt)
 
     def kill(self) -> None:
         """Kill statsd outright (SIGKILL), as a crash would; ``start()`` brings it back on the same port."""
