@@ -32,6 +32,15 @@ Workload = Callable[[float, float], Awaitable[Rate]]
 YIELDING_TASKS = 100
 
 
+async def _rate_of(done: Callable[[], int], duration: float, warmup: float) -> Rate:
+    """After ``warmup`` seconds, how fast ``done()`` grows over ``duration`` seconds."""
+    await asyncio.sleep(warmup)
+    counted, started, cpu = done(), perf_counter(), process_time()
+    await asyncio.sleep(duration)
+    counted, elapsed, cpu = done() - counted, perf_counter() - started, process_time() - cpu
+    return Rate(counted / elapsed, counted / cpu)
+
+
 async def yielding(duration: float, warmup: float) -> Rate:
     """100 tasks, each ``await asyncio.sleep(0)`` in a loop: iterations per second."""
     count = 0
@@ -44,13 +53,10 @@ async def yielding(duration: float, warmup: float) -> Rate:
             count += 1
 
     workers = [asyncio.ensure_future(worker()) for _ in range(YIELDING_TASKS)]
-    await asyncio.sleep(warmup)
-    counted, started, cpu = count, perf_counter(), process_time()
-    await asyncio.sleep(duration)
-    counted, elapsed, cpu = count - counted, perf_counter() - started, process_time() - cpu
+    rate = await _rate_of(lambda: count, duration, warmup)
     stop = True
     await asyncio.gather(*workers)
-    return Rate(counted / elapsed, counted / cpu)
+    return rate
 
 
 async def ping_pong(duration: float, warmup: float) -> Rate:
@@ -76,13 +82,10 @@ async def ping_pong(duration: float, warmup: float) -> Rate:
         there.put_nowait(-1)
 
     tasks = [asyncio.ensure_future(partner()), asyncio.ensure_future(player())]
-    await asyncio.sleep(warmup)
-    counted, started, cpu = trips, perf_counter(), process_time()
-    await asyncio.sleep(duration)
-    counted, elapsed, cpu = trips - counted, perf_counter() - started, process_time() - cpu
+    rate = await _rate_of(lambda: trips, duration, warmup)
     stop = True
     await asyncio.gather(*tasks)
-    return Rate(counted / elapsed, counted / cpu)
+    return rate
 
 
 WORKLOADS: Dict[str, Workload] = {"yielding": yielding, "ping-pong": ping_pong}
