@@ -333,8 +333,7 @@ async def soak(opts: argparse.Namespace, watch: Watch, agent: Agent, result: Res
         await app.stop()
         await monitor.stop()
         result.app_work = app.work
-        sink = monitor._sink
-        result.sent, result.dropped, result.errors = sink.sent, sink.dropped, sink.errors
+        result.sent, result.dropped, result.errors = monitor.sent, monitor.dropped, monitor.errors
 
 
 def table(result: Result, agent: Agent, watch: Watch, opts: argparse.Namespace) -> str:

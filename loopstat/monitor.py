@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import os
@@ -10,9 +11,10 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, List, Optional, Set, Type
+from typing import Any, Callable, Coroutine, List, Optional, Set, Tuple, Type
 
 from loopstat import settings as _settings
+from loopstat import sink as _sink_module
 from loopstat.probes import executor as _executor
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
@@ -26,11 +28,18 @@ log = logging.getLogger("loopstat")
 
 # A failing sample is logged at most this often; the rest are counted.
 FAULT_LOG_SECONDS = 60.0
+# stop() waits at most this long for the sampler task to end once everything is
+# released; a task that lost its wake-up to Ctrl-C would never end.
+STOP_WAIT_SECONDS = 1.0
+# The attribute a wrapper found was the class's own, not an instance attribute.
+_ABSENT: Any = object()
 
 # Values are weak: a running sampler keeps its monitor alive, and a loop that
 # is dropped without being stopped must not be kept alive by the registry.
 _monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
-_monitors_lock = threading.Lock()
+# Reentrant: the collector may end a dropped loop's monitor (which forgets it)
+# while this thread holds the lock in install().
+_monitors_lock = threading.RLock()
 
 
 class Monitor:
@@ -52,8 +61,10 @@ class Monitor:
         self._loop = loop
         self._sink = Sink(settings)
         self._task: Optional[asyncio.Task[None]] = None
-        self._close_guard: Optional[Callable[[], None]] = None
+        self._coro: Optional[Coroutine[Any, Any, None]] = None
+        self._close_guard: Optional[Tuple[Callable[[], None], Any]] = None
         self._stopped = False
+        self._shut = False
         self._pid = os.getpid()
         self._fault_logged_at = -math.inf
         self._faults_held = 0
@@ -69,25 +80,43 @@ class Monitor:
 
     @property
     def running(self) -> bool:
-        """True until ``stop()`` is called or the loop shuts the sampler down."""
-        return not self._stopped
+        """True until ``stop()`` is called, the loop closes or the loop shuts the sampler down."""
+        return not self._stopped and not self._loop.is_closed()
+
+    @property
+    def sent(self) -> int:
+        """Metric lines sent in datagrams the socket accepted (not proof that the agent got them)."""
+        return self._sink.sent
+
+    @property
+    def dropped(self) -> int:
+        """Metric lines not sent: no connection yet, the agent refusing, a full socket buffer, or stopped."""
+        return self._sink.dropped
+
+    @property
+    def errors(self) -> int:
+        """Sends the socket refused; an absent agent refuses about every other datagram."""
+        return self._sink.errors
 
     def _start(self) -> None:
-        if not self._stopped:
-            self._task = self._loop.create_task(self._run())
-            # A loop closed without cancelling its tasks drops the sampler;
-            # that is the application's choice, not an error worth a log line.
-            self._task._log_destroy_pending = False  # type: ignore[attr-defined]
+        """Create the sampler task; runs on the loop's thread."""
+        if self._stopped or self._loop.is_closed():
+            return
+        self._coro = self._run()
+        self._task = self._loop.create_task(self._coro)
+        # A loop closed or dropped without cancelling its tasks drops the
+        # sampler with them: that is the application's choice, and the
+        # sampler's resources are already released (see _shutdown), so it is
+        # no error worth a log line. asyncio has no public way to say so.
+        self._task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     async def _run(self) -> None:
         sink = self._sink
         interval = self.settings.interval
-        sink.start()
-        self._guard_close()
-        self._attach_probes()
         try:
             try:
-                await sink.maintain()  # an address needs no lookup: connect before the first sample
+                sink.start()
+                self._attach_probes()
             except Exception:
                 self._fault()
             while True:
@@ -95,21 +124,28 @@ class Monitor:
                 if self._pid != os.getpid():
                     return  # inherited by a forked child: the parent's, not ours
                 try:
-                    await sink.maintain()
+                    sink.maintain()
                     self._sample(lag)
                 except Exception:
                     self._fault()
         finally:
             # Reached by stop(), by asyncio.run() cancelling leftover tasks, and
             # by the garbage collector closing the sampler of a dropped loop.
-            self._stopped = True
+            # Nothing here awaits, so a second cancellation cannot cut it short.
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Release everything now (close guard, probes, socket); never waits, safe to repeat, any path."""
+        self._stopped = True
+        if self._shut:
+            return
+        self._shut = True
+        try:
             _forget(self)
             self._unguard_close()
             self._detach_probes()
-            if _running_loop() is self._loop:
-                await sink.close()
-            else:
-                sink.discard()
+        finally:
+            self._sink.close()
 
     def _attach_probes(self) -> None:
         settings = self.settings
@@ -144,40 +180,53 @@ class Monitor:
             self._fault()
 
     def _guard_close(self) -> None:
-        """Make ``loop.close()`` stop the monitor first, so nothing queued is lost or left open.
+        """Make ``loop.close()`` release the monitor first, so nothing is left open.
 
         Code that runs a loop by hand often closes it without cancelling its
         tasks; without this, the socket would be left for the garbage collector.
+        The guard never runs the loop: after Ctrl-C a task may wait forever on a
+        future that already finished (the signal can land in ``_run_once``
+        between taking a wake-up off the ready queue and running it), so
+        anything that waited for the sampler there could hang ``close()``.
         """
         loop = self._loop
-        original = loop.close
+        previous = getattr(loop, "__dict__", {}).get("close", _ABSENT)
+        inner = loop.close
         monitor_ref = weakref.ref(self)
 
         def close() -> None:
             monitor = monitor_ref()
-            if monitor is not None and monitor.running and not loop.is_running() and not loop.is_closed():
-                try:
-                    loop.run_until_complete(monitor.stop())
-                except Exception as exc:  # e.g. another loop runs in this thread
-                    log.debug("loopstat: could not stop the monitor before the loop closed: %r", exc)
-            original()
+            if monitor is not None and not loop.is_running() and not loop.is_closed():
+                monitor._on_loop_close()
+            inner()
 
         try:
             loop.close = close  # type: ignore[method-assign]
         except AttributeError:  # a loop class without instance attributes
             return
-        self._close_guard = close
+        self._close_guard = (close, previous)
 
     def _unguard_close(self) -> None:
         guard, self._close_guard = self._close_guard, None
-        if guard is not None and getattr(self._loop, "__dict__", {}).get("close") is guard:
+        if guard is None:
+            return
+        close, previous = guard
+        if getattr(self._loop, "__dict__", {}).get("close") is not close:
+            return  # another tool wrapped close() after us: our guard stays in its chain, and only passes the call on
+        if previous is _ABSENT:
             del self._loop.close
+        else:
+            self._loop.close = previous  # type: ignore[method-assign]
+
+    def _on_loop_close(self) -> None:
+        self._shutdown()
+        coro = self._coro
+        if coro is not None and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+            # The loop never ran the sampler: close it, or it warns "never awaited".
+            coro.close()
 
     def _own_tasks(self) -> Set[asyncio.Future[Any]]:
-        own = self._sink.own_tasks()
-        if self._task is not None:
-            own.add(self._task)
-        return own
+        return {self._task} if self._task is not None else set()
 
     def _sample(self, lag: float) -> None:
         tasks = _tasks.alive(self._loop, self._own_tasks())
@@ -209,18 +258,21 @@ class Monitor:
         self._faults_held = 0
 
     async def stop(self) -> None:
-        """Stop sampling, flush what is queued and close the socket; safe to call twice."""
-        self._stopped = True
-        _forget(self)
+        """Stop sampling and close the socket; safe to call twice, or several times at once.
+
+        Everything is released before the first ``await``; then the sampler
+        task is given at most STOP_WAIT_SECONDS to end.
+        """
         task = self._task
-        if task is None or task.done():
+        if self._shut and (task is None or task.done()):
             return
-        if asyncio.get_running_loop() is not self._loop:
+        if _running_loop() is not self._loop:
             raise RuntimeError("Monitor.stop() must be awaited on the event loop the monitor watches")
+        self._shutdown()
+        if task is None or task.done() or task is asyncio.current_task():
+            return
         task.cancel()
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("loopstat: closing the monitor failed: %r", task.exception())
+        await asyncio.wait([task], timeout=STOP_WAIT_SECONDS)
 
     async def __aenter__(self) -> Monitor:
         return self
@@ -245,13 +297,15 @@ def _after_fork_in_child() -> None:
     # The child gets copies of the parent's monitors; they must neither send
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
-    _monitors_lock = threading.Lock()  # another thread may have held it at fork
+    _monitors_lock = threading.RLock()  # another thread may have held it at fork
     for ref in list(_monitors.values()):
         monitor = ref()
         if monitor is not None:
             monitor._stopped = True
+            monitor._shut = True
             monitor._sink.abandon()
     _monitors.clear()
+    _sink_module.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
@@ -327,9 +381,16 @@ def install(
             return existing
         monitor = Monitor(settings, target)
         _monitors[target] = weakref.ref(monitor)
-    if _running_loop() is target or not target.is_running():
+    monitor._guard_close()
+    if _running_loop() is target:
         monitor._start()
-    else:
-        # create_task() is not thread-safe; let the loop's own thread do it.
+        return monitor
+    # Not on the loop: it may start or stop in another thread at any moment,
+    # and create_task() is not thread-safe. The loop creates the sampler when
+    # it next runs; if it is closed first, the close guard ends the monitor.
+    try:
         target.call_soon_threadsafe(monitor._start)
+    except RuntimeError:  # closed meanwhile, by another thread
+        monitor._shutdown()
+        raise RuntimeError("loopstat.install(): the event loop passed as loop= is closed") from None
     return monitor

@@ -1,238 +1,230 @@
-"""Sink: sends metric lines through aiodogstatsd and survives every network fault.
+"""Sink: sends metric lines over a UDP socket of its own and survives every network fault.
 
-aiodogstatsd 0.16 is small and unmaintained; three of its habits are handled
-here, in the one module that touches it (its version is pinned in setup.cfg):
+Lines are built by aiodogstatsd's public line builder (``aiodogstatsd.protocol.build``,
+its version pinned in setup.cfg, its output pinned by tests/test_sink.py); the
+socket is loopstat's own, a connected non-blocking UDP socket, because
+aiodogstatsd's client and asyncio's datagram transport each need the loop for
+something loopstat must do without it:
 
-* it resolves the host inside ``connect()``, through the loop's default
-  executor, and raises for an unknown host: the sink resolves in a daemon
-  thread of its own and hands aiodogstatsd an IP address;
-* its protocol ignores ``error_received``, so an absent agent is invisible:
-  the sink installs a protocol that reports errors, to warn once per outage;
-* its listener polls a queue every 0.5 s and awaits while it ends, so its
-  ``close()`` may wait and a collected loop makes it fail: the sink's client
-  has a listener that sleeps until a metric is queued and flushes without
-  awaiting, and the sink cancels it to close.
+* the client resolves the host inside ``connect()`` and raises for an unknown
+  one: the sink resolves in a daemon thread, one per host in the whole process;
+* the client polls a queue every 0.5 s and waits while it closes; asyncio's
+  transport can only be released by a callback of its loop, so a loop closed or
+  collected first leaves its socket to the garbage collector. A plain socket
+  sends in the same single system call and closes at once, on any thread;
+* an absent agent shows as an error on the next ``send()`` of a connected
+  socket (Linux stores the ICMP refusal on it), so errors are seen without a
+  reader waking the loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-import aiodogstatsd
-from aiodogstatsd.client import DatagramProtocol
-from aiodogstatsd.typedefs import CState
+from aiodogstatsd.protocol import build
+from aiodogstatsd.typedefs import MType
 
 from loopstat.settings import MAX_DATAGRAM, Settings
 
 log = logging.getLogger("loopstat")
 
-# After an error, this long without another one (and with datagrams sent
-# meanwhile) means the agent is back. Linux limits ICMP errors to about one
-# a second towards other hosts, so anything shorter would call every
-# rate-limited gap a recovery.
+# After an error, a datagram that goes out at least this long after it, when
+# an earlier one also went out since the error without being refused, means
+# the agent is back. Linux limits ICMP errors to about one a second towards
+# other hosts, so anything shorter would call every rate-limited gap a recovery.
 RECOVERY_SECONDS = 3.0
 # Retry lookups of an unresolvable host, or of a host that keeps refusing
 # (it may have moved), this often at first, doubling up to the cap.
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 
-# Clients a forked child inherited from its parent (see Sink.abandon).
-_inherited: List[Any] = []
-
 # Lines held for the first connection, at most: a few seconds of samples.
 EARLY_LINES = 200
 
-Address = Tuple[str, int]
-Lookup = Union[Address, BaseException]
 #: One metric to send: (name without prefix, StatsD type, value).
 Line = Tuple[str, str, float]
+#: Where to send: the socket family and the address to connect to.
+Address = Tuple[int, Tuple[Any, ...]]
+Lookup = Union[Tuple[int, Tuple[Any, ...]], BaseException]
+
+_TYPES = {"g": MType.GAUGE, "ms": MType.TIMING, "c": MType.COUNTER}
 
 
-def lookup(host: str, port: int) -> Address:
-    """Resolve ``host`` to one address, IPv4 first: agents listen on IPv4 by default."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+def lookup(host: str) -> Tuple[int, Tuple[Any, ...]]:
+    """Resolve ``host`` to one (family, address with port 0), IPv4 first: agents listen on IPv4 by default."""
+    infos = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return str(infos[0][4][0]), port
+    return int(infos[0][0]), tuple(infos[0][4])
 
 
-class _Protocol(DatagramProtocol):
-    """aiodogstatsd's protocol, plus the errors the socket reports."""
+class _Lookups:
+    """Host lookups in flight in this process: at most one thread per host, whatever the number of sinks.
 
-    __slots__ = ("_on_error",)
+    A lookup can take as long as the resolver likes (30 s and more when DNS is
+    down); sinks started and stopped meanwhile wait for the same answer
+    instead of starting threads of their own.
+    """
 
-    def __init__(self, on_error: Callable[[Exception], None]) -> None:
-        super().__init__()
-        self._on_error = on_error
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: Dict[str, List[Deque[Lookup]]] = {}
 
-    def error_received(self, exc: Exception) -> None:
-        self._on_error(exc)
-
-
-class _Client(aiodogstatsd.Client):
-    def __init__(self, protocol: _Protocol, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._protocol = protocol
-
-    async def _listen(self) -> None:
-        # Replaces aiodogstatsd's listener, which polls its queue and awaits
-        # while ending: when a dropped loop is collected, ending must not need
-        # the loop, so this one sleeps on a plain future and flushes without
-        # awaiting. Sink.send() flushes as it queues (UDP never blocks), so it
-        # only wakes to end.
+    def start(self, host: str, inbox: Deque[Lookup]) -> None:
+        """Have the result for ``host`` appended to ``inbox`` (deque appends are thread-safe)."""
+        with self._lock:
+            waiting = self._waiting.get(host)
+            if waiting is not None:
+                waiting.append(inbox)
+                return
+            self._waiting[host] = [inbox]
         try:
-            await asyncio.get_running_loop().create_future()  # until shut() cancels it
-        finally:
-            self.flush()
-            if not self._listen_future_join.done():
-                self._listen_future_join.set_result(True)
+            threading.Thread(target=self._work, args=(host,), name="loopstat-lookup", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (interpreter ending, limits): report, never raise
+            self._finish(host, exc)
 
-    def flush(self) -> None:
-        """Send what is queued in as few datagrams as fit: a sample costs one system call, not one per line."""
-        queue = self._pending_queue
-        batch = b""
-        while not queue.empty():
-            line: bytes = queue.get_nowait()
-            if batch and len(batch) + 1 + len(line) > MAX_DATAGRAM:
-                self._protocol.send(batch)
-                batch = line
-            else:
-                batch = batch + b"\n" + line if batch else line
-        if batch:
-            self._protocol.send(batch)
+    def cancel(self, host: str, inbox: Deque[Lookup]) -> None:
+        """A sink that closed no longer wants the answer."""
+        with self._lock:
+            waiting = self._waiting.get(host, [])
+            if any(x is inbox for x in waiting):
+                waiting[:] = [x for x in waiting if x is not inbox]
 
-    def listener(self) -> asyncio.Future[None]:
-        return self._listen_future
-
-    async def shut(self) -> None:
-        """Flush what is queued, close the socket; never waits on the network."""
-        self._state = CState.CLOSING
-        listener = self._listen_future
-        listener.cancel()
-        await asyncio.wait([listener])
-        await self._protocol.close()
-        self._state = CState.DISCONNECTED
-
-    def discard(self) -> None:
-        """Send what is queued and release the socket, without running anything on the loop."""
-        self._state = CState.DISCONNECTED
-        transport = self._protocol._transport
-        if transport is None:
-            return
-        self.flush()
+    def _work(self, host: str) -> None:
+        result: Lookup
         try:
-            transport.close()
-        except RuntimeError:
-            # The loop is closed, so the transport could not schedule its own
-            # cleanup; run it now, or the socket would wait for the collector.
-            finish = getattr(transport, "_call_connection_lost", None)
-            if finish is not None:
-                finish(None)
+            result = lookup(host)
+        except Exception as exc:  # gaierror, UnicodeError, anything: report, never raise
+            result = exc
+        self._finish(host, result)
+
+    def _finish(self, host: str, result: Lookup) -> None:
+        with self._lock:
+            inboxes = self._waiting.pop(host, [])
+        for inbox in inboxes:
+            inbox.append(result)
+
+    def after_fork_in_child(self) -> None:
+        # The lookup threads stayed in the parent; the lock may have been held at fork.
+        self._lock = threading.Lock()
+        self._waiting = {}
+
+
+_lookups = _Lookups()
+
+
+def after_fork_in_child() -> None:
+    """Forget the parent's lookups (called by the monitor's fork hook)."""
+    _lookups.after_fork_in_child()
+
+
+def _ip_address(host: str) -> Optional[Address]:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (host, 0)
 
 
 class Sink:
-    """Where a monitor's samples go: one aiodogstatsd client, kept connected."""
+    """Where a monitor's samples go: one connected UDP socket, kept connected.
 
-    def __init__(self, settings: Settings) -> None:
+    Used on the loop's thread; nothing here waits or needs the loop, so it
+    can be closed while the loop shuts down, after it closed, or from the
+    garbage collector.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        #: Lines that went out in a datagram the socket accepted.
         self.sent = 0
+        #: Lines that did not: no connection yet, socket refused or full, sink closed.
         self.dropped = 0
+        #: Sends the socket refused (an absent agent refuses each datagram or every other one).
         self.errors = 0
-        self._client: Optional[_Client] = None
+        self._clock = clock
+        self._ip = _ip_address(settings.host)
+        self._sock: Optional[socket.socket] = None
         self._address: Optional[Address] = None
-        # Filled by the lookup thread, emptied by the loop: deque's append and
-        # popleft are atomic, so no result is lost between the two threads.
+        # Filled by a lookup thread, emptied on the loop's thread.
         self._lookups: Deque[Lookup] = deque()
         self._looking_up = False
         self._next_lookup = 0.0
         self._retry = FIRST_RETRY_SECONDS
         self._failing = False
         self._last_error = 0.0
-        self._sent_since_error = 0
+        # A datagram went out since the last error, and was not refused yet.
+        self._sent_since_error = False
         self._closed = False
         # Lines sent before the first connection (a stall during startup):
         # held until it is made, dropped if it fails.
         self._early: Optional[List[Line]] = []
-
-    def own_tasks(self) -> Set[asyncio.Future[Any]]:
-        """Tasks the client runs on the loop, which are not the application's."""
-        return {self._client.listener()} if self._client is not None else set()
+        tags = dict(settings.tags)
+        namespace = settings.prefix or None
+        self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: build(
+            name=name, namespace=namespace, value=value, type_=kind, tags=tags, sample_rate=1
+        )
 
     def start(self) -> None:
-        """Begin resolving the agent's host; connecting happens in ``maintain``."""
-        try:
-            ipaddress.ip_address(self.settings.host)
-        except ValueError:
+        """Connect at once to an IP address; look a host name up first (``maintain`` connects)."""
+        if self._ip is None:
             self._start_lookup()
         else:
-            self._lookups.append((self.settings.host, self.settings.port))
+            self._connect(self._ip)
 
     def _start_lookup(self) -> None:
         self._looking_up = True
-        host, port = self.settings.host, self.settings.port
+        _lookups.start(self.settings.host, self._lookups)
 
-        def work() -> None:
-            result: Lookup
-            try:
-                result = lookup(host, port)
-            except Exception as exc:  # gaierror, UnicodeError, anything: report, never raise
-                result = exc
-            # The loop picks the result up at its next sample; a closed loop is
-            # never touched from this thread.
-            self._lookups.append(result)
-
-        threading.Thread(target=work, name="loopstat-lookup", daemon=True).start()
-
-    async def maintain(self) -> None:
-        """Connect, reconnect or note a recovery; cheap when all is well."""
-        now = time.monotonic()
-        if self._failing:
-            if self._sent_since_error and now - self._last_error >= RECOVERY_SECONDS and self._client:
-                self._failing = False
-                self._retry = FIRST_RETRY_SECONDS
-                log.info("loopstat: metrics reach %s again", self.settings.address)
-            elif not self._looking_up and now >= self._next_lookup:
-                self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
-                self._next_lookup = now + self._retry
-                self._start_lookup()
-        if not self._lookups or self._closed:
+    def maintain(self) -> None:
+        """Retry a failed lookup or socket, connect to a new address; cheap when all is well."""
+        if self._closed:
+            return
+        now = self._clock()
+        if self._failing and not self._looking_up and now >= self._next_lookup:
+            self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
+            self._next_lookup = now + self._retry
+            if self._ip is None:
+                self._start_lookup()  # the host may have moved
+            elif self._sock is None:
+                self._connect(self._ip)  # an address cannot move; its socket may not have opened
+        if not self._lookups:
             return
         result = self._lookups.popleft()
         self._looking_up = False
         if isinstance(result, BaseException):
             self._fail(f"cannot resolve {self.settings.host!r} ({type(result).__name__}: {result})")
-        elif result != self._address or self._client is None:
-            await self._connect(result)
+        elif result != self._address or self._sock is None:
+            self._connect(result)
 
-    async def _connect(self, address: Address) -> None:
-        client = _Client(
-            _Protocol(self._on_error),
-            host=address[0],
-            port=address[1],
-            namespace=self.settings.prefix or None,
-            constant_tags=dict(self.settings.tags),
-        )
+    def _connect(self, found: Address) -> None:
+        family, address = found
+        address = (address[0], self.settings.port, *address[2:])
         try:
-            await client.connect()
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as exc:
-            self._fail(f"cannot open a socket to {address[0]}:{address[1]} ({exc})")
+            self._fail(f"cannot open a socket to {self.settings.address} ({exc})")
             return
-        # As for the sampler: a loop closed under a pending listener is no error.
-        client.listener()._log_destroy_pending = False  # type: ignore[attr-defined]
-        old, self._client, self._address = self._client, client, address
+        try:
+            sock.setblocking(False)
+            sock.connect(address)  # UDP: no packet leaves, nothing waits
+        except OSError as exc:
+            sock.close()
+            self._fail(f"cannot open a socket to {self.settings.address} ({exc})")
+            return
+        old, self._sock, self._address = self._sock, sock, found
         if old is not None:
-            await old.shut()
+            old.close()
         if self._failing:
             # A new address: find out afresh whether it works.
-            self._last_error = time.monotonic()
-            self._sent_since_error = 0
-        log.debug("loopstat: sending to %s (%s:%d)", self.settings.address, *address)
+            self._last_error = self._clock()
+            self._sent_since_error = False
+        log.debug("loopstat: sending to %s (%s)", self.settings.address, address[0])
         early, self._early = self._early, None
         if early:
             self.send(early)
@@ -240,61 +232,72 @@ class Sink:
     def _fail(self, reason: str) -> None:
         early, self._early = self._early, None
         self.dropped += len(early or ())
-        now = time.monotonic()
+        now = self._clock()
         if not self._failing:
             log.warning("loopstat: %s; metrics are dropped until %s is reachable", reason, self.settings.address)
             self._failing = True
             self._next_lookup = now + self._retry
         self._last_error = now
-        self._sent_since_error = 0
+        self._sent_since_error = False
 
-    def _on_error(self, exc: Exception) -> None:
-        self.errors += 1
-        self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
+    def _went_out(self, count: int) -> None:
+        self.sent += count
+        if self._failing:
+            # Proof of delivery is a send that is not refused after another one
+            # went out: the refusal of that one would have shown here.
+            if self._sent_since_error and self._clock() - self._last_error >= RECOVERY_SECONDS:
+                self._failing = False
+                self._retry = FIRST_RETRY_SECONDS
+                log.info("loopstat: metrics reach %s again", self.settings.address)
+            self._sent_since_error = True
+
+    def datagrams(self, lines: List[Line]) -> List[Tuple[bytes, int]]:
+        """Datagrams for ``lines`` and their line counts: lines joined by newlines, at most MAX_DATAGRAM bytes each."""
+        out: List[Tuple[bytes, int]] = []
+        batch: List[bytes] = []
+        size = 0
+        for name, kind, value in lines:
+            line = self._build(name, _TYPES[kind], value)
+            if batch and size + 1 + len(line) > MAX_DATAGRAM:
+                out.append((b"\n".join(batch), len(batch)))
+                batch, size = [], 0
+            size += len(line) + (1 if batch else 0)
+            batch.append(line)
+        if batch:
+            out.append((b"\n".join(batch), len(batch)))
+        return out
 
     def send(self, lines: List[Line]) -> None:
-        """Queue ``(name, type, value)`` lines; with no connection, count them as dropped."""
-        client = self._client
-        if client is None or self._closed:
+        """Send ``(name, type, value)`` lines now, in as few datagrams as fit; what the socket refuses is dropped."""
+        sock = self._sock
+        if sock is None or self._closed:
             early = self._early
             if early is not None and not self._closed and len(early) + len(lines) <= EARLY_LINES:
                 early.extend(lines)
             else:
                 self.dropped += len(lines)
             return
-        for name, kind, value in lines:
-            if kind == "g":
-                client.gauge(name, value=value)
-            elif kind == "ms":
-                client.timing(name, value=value)
+        for data, count in self.datagrams(lines):
+            try:
+                sock.send(data)
+            except BlockingIOError:
+                self.dropped += count  # the socket's buffer is full: a local burst, not an outage
+            except OSError as exc:
+                self.dropped += count
+                self.errors += 1
+                self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
             else:
-                client.increment(name, value=value)
-        client.flush()
-        self.sent += len(lines)
-        self._sent_since_error += len(lines)
+                self._went_out(count)
 
     def abandon(self) -> None:
-        """Let go of the client in a forked child without touching its socket.
+        """Let go in a forked child: close the child's copy of the socket, never send from it."""
+        self.close()
 
-        The child shares the parent's selector: closing the transport here
-        would unregister the parent's socket. The client is parked, so it is
-        never collected and never closed; its descriptor goes with the child.
-        """
+    def close(self) -> None:
+        """Close the socket; never waits, safe to call twice, on any thread, with or without the loop."""
         self._closed = True
-        if self._client is not None:
-            _inherited.append(self._client)
-            self._client = None
-
-    def discard(self) -> None:
-        """Close without the loop, which is closed or being collected."""
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            client.discard()
-
-    async def close(self) -> None:
-        """Flush and close; safe to call twice and while the loop shuts down."""
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.shut()
+        if self._looking_up:
+            _lookups.cancel(self.settings.host, self._lookups)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

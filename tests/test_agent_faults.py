@@ -109,10 +109,10 @@ async def test_statsd_killed_and_restarted_on_its_port_gets_metrics_again_after_
 
             await asyncio.to_thread(agent.kill)
             await until(lambda: bool(warnings_of(loopstat_log, address)), "a warning that statsd is gone")
-            refused, ticks_then = monitor._sink.errors, ticks
+            refused, ticks_then = monitor.errors, ticks
             await asyncio.sleep(0.3)
             # Sends go on being refused, one error each, and the app goes on: still one warning.
-            assert monitor._sink.errors > refused
+            assert monitor.errors > refused
             assert ticks > ticks_then
 
             await asyncio.to_thread(agent.start)

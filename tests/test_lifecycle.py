@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 import loopstat
+from tests.inside import send_lines
 from tests.receiver import Receiver
 
 
@@ -70,13 +71,14 @@ async def test_stop_ends_sending(receiver: Receiver) -> None:
     assert len(receiver.datagrams) == count
 
 
-async def test_stop_flushes_lines_still_queued(receiver: Receiver) -> None:
+async def test_lines_handed_over_right_before_stop_are_sent_not_lost(receiver: Receiver) -> None:
     monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.01)
     await receiver.wait_for(lambda lines: len(lines) >= 3)
-    # Queue lines without giving the client's listener a turn to send them.
-    monitor._sink.send([("flushed", "g", 1.0), ("flushed", "g", 2.0)])
+    # No loop turn between the lines and stop(): a sink that queued them would lose them.
+    send_lines(monitor, [("flushed", "g", 1.0), ("flushed", "g", 2.0)])
     await monitor.stop()
     await receiver.wait_for(lambda lines: [x.value for x in lines if x.name == "loopstat.flushed"] == [1.0, 2.0])
+    assert monitor.dropped == 0
 
 
 async def test_stop_must_be_awaited_on_the_monitored_loop(receiver: Receiver) -> None:

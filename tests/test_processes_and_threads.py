@@ -24,12 +24,12 @@ errors = []
 
 async def child_main(inherited):
     assert not inherited.running, "the parent's monitor still runs in the child"
-    sent = inherited._sink.sent
+    sent = inherited.sent
     monitor = loopstat.install("127.0.0.1", PORT, prefix="child", interval=0.01)
     assert monitor is not inherited
     await asyncio.sleep(0.2)
     await monitor.stop()
-    assert inherited._sink.sent == sent, "the parent's monitor sent from the child"
+    assert inherited.sent == sent, "the parent's monitor sent from the child"
 
 def child(inherited):
     try:

@@ -14,6 +14,7 @@ from tests.receiver import Receiver
 APP = """
 import asyncio, gc, sys, time
 import loopstat
+from tests.inside import send_lines
 
 END = "{end}"
 
@@ -27,7 +28,7 @@ async def main():
     monitor = loopstat.install("127.0.0.1", {port}, interval=0.01)
     await asyncio.sleep(0.1)
     time.sleep(0.05)
-    monitor._sink.send([("last", "g", 1.0)])  # still queued when main() returns
+    send_lines(monitor, [("last", "g", 1.0)])  # the last line before main() returns
     if END == "stop":
         await monitor.stop()
 

@@ -185,7 +185,7 @@ async def test_a_stall_before_the_first_connection_still_arrives(receiver: Recei
         blocking_function(0.3)
         await wait_for_stalls(monitor, 1)
         await receiver.wait_count("loopstat.stall", "ms", 1)
-    assert monitor._sink.dropped == 0
+    assert monitor.dropped == 0
 
 
 async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_runs_it() -> None:

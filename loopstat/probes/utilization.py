@@ -7,6 +7,9 @@ import selectors
 from time import perf_counter
 from typing import Any, Callable, List, Optional, Tuple
 
+# The selector had no ``select`` instance attribute before ours.
+_ABSENT: Any = object()
+
 
 class SelectorClock:
     """Times the waits of a stdlib loop's selector, by standing in for its ``select``.
@@ -26,11 +29,16 @@ class SelectorClock:
         #: Called on the loop's thread each time it comes out of a wait.
         self.on_wake: Optional[Callable[[], None]] = None
         self._selector = selector
+        # Another tool's wrapper, to put back on detach (absent: the class's own).
+        self._previous = vars(selector).get("select", _ABSENT)
+        self._detached = False
         inner = selector.select
 
         def select(timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
             if timeout == 0:
                 return inner(0)
+            if self._detached:
+                return inner(timeout)  # still called by a wrapper installed after ours
             start = perf_counter()
             self.waiting = True
             try:
@@ -58,9 +66,19 @@ class SelectorClock:
         return cls(selector)
 
     def detach(self) -> None:
-        """Give the selector its own ``select`` back."""
-        if vars(self._selector).get("select") is self._select:
+        """Give the selector back the ``select`` it had, another tool's wrapper included.
+
+        If a tool wrapped ours after us, removing ours would remove theirs: ours
+        stays inside theirs and only passes the call on.
+        """
+        self._detached = True
+        self.on_wake = None
+        if vars(self._selector).get("select") is not self._select:
+            return
+        if self._previous is _ABSENT:
             del self._selector.select
+        else:
+            self._selector.select = self._previous  # type: ignore[method-assign]
 
 
 class Utilization:
