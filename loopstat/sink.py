@@ -34,10 +34,9 @@ from loopstat.settings import MAX_DATAGRAM, Settings
 
 log = logging.getLogger("loopstat")
 
-# After an error, a datagram that goes out at least this long after it, when
-# an earlier one also went out since the error without being refused, means
-# the agent is back. Linux limits ICMP errors to about one a second towards
-# other hosts, so anything shorter would call every rate-limited gap a recovery.
+# Datagrams going out this long with none refused mean the agent is back.
+# Linux limits ICMP errors to about one a second towards other hosts, so
+# anything shorter would call every rate-limited gap a recovery.
 RECOVERY_SECONDS = 3.0
 # Retry lookups of an unresolvable host, or of a host that keeps refusing
 # (it may have moved), this often at first, doubling up to the cap.
@@ -157,9 +156,8 @@ class Sink:
         self._next_lookup = 0.0
         self._retry = FIRST_RETRY_SECONDS
         self._failing = False
-        self._last_error = 0.0
-        # A datagram went out since the last error, and was not refused yet.
-        self._sent_since_error = False
+        # When datagrams began to go out with none refused since (None: not since the last error).
+        self._clean_since: Optional[float] = None
         self._closed = False
         # Lines sent before the first connection (a stall during startup):
         # held until it is made, dropped if it fails.
@@ -220,10 +218,8 @@ class Sink:
         old, self._sock, self._address = self._sock, sock, found
         if old is not None:
             old.close()
-        if self._failing:
-            # A new address: find out afresh whether it works.
-            self._last_error = self._clock()
-            self._sent_since_error = False
+        # A new address: find out afresh whether it works.
+        self._clean_since = None
         log.debug("loopstat: sending to %s (%s)", self.settings.address, address[0])
         early, self._early = self._early, None
         if early:
@@ -237,19 +233,21 @@ class Sink:
             log.warning("loopstat: %s; metrics are dropped until %s is reachable", reason, self.settings.address)
             self._failing = True
             self._next_lookup = now + self._retry
-        self._last_error = now
-        self._sent_since_error = False
+        self._clean_since = None
 
     def _went_out(self, count: int) -> None:
         self.sent += count
         if self._failing:
-            # Proof of delivery is a send that is not refused after another one
-            # went out: the refusal of that one would have shown here.
-            if self._sent_since_error and self._clock() - self._last_error >= RECOVERY_SECONDS:
+            # A refusal shows on the send after the refused datagram, so only a
+            # stretch of sends with none refused proves delivery: one datagram
+            # going out, even one sample's worth, proves nothing.
+            now = self._clock()
+            if self._clean_since is None:
+                self._clean_since = now
+            elif now - self._clean_since >= RECOVERY_SECONDS:
                 self._failing = False
                 self._retry = FIRST_RETRY_SECONDS
                 log.info("loopstat: metrics reach %s again", self.settings.address)
-            self._sent_since_error = True
 
     def datagrams(self, lines: List[Line]) -> List[Tuple[bytes, int]]:
         """Datagrams for ``lines`` and their line counts: lines joined by newlines, at most MAX_DATAGRAM bytes each."""

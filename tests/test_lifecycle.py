@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import os
+import sys
 import threading
-from typing import Callable
+import time
+from types import FrameType
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import uvloop
@@ -155,3 +161,320 @@ async def test_monitors_on_two_loops_are_independent(receiver: Receiver) -> None
     thread.join()
     assert there[0] is not here
     await here.stop()
+
+
+# Shutting down under pressure: signals, overlapping stops, other tools, other threads.
+
+
+def open_sockets() -> int:
+    """Sockets open in this process (not pipes: libuv keeps one of its own for good once a uvloop ran)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own descriptor, gone once listed
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def collect_loop_errors(loop: asyncio.AbstractEventLoop) -> List[Dict[str, Any]]:
+    """What reaches the loop's exception handler, kept for the test to assert on."""
+    errors: List[Dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    return errors
+
+
+async def sending(monitor: loopstat.Monitor) -> None:
+    deadline = time.monotonic() + 5
+    while monitor.sent < 3:
+        assert time.monotonic() < deadline, "the monitor sent nothing"
+        await asyncio.sleep(0.001)
+
+
+def is_wakeup_of(handle: object, task: asyncio.Task[Any]) -> bool:
+    callback = getattr(handle, "_callback", None)
+    return callback is not None and task in gc.get_referents(callback)
+
+
+def interrupt_after_taking_the_samplers_wakeup(loop: asyncio.AbstractEventLoop, wakeups: int) -> Callable[..., Any]:
+    """A trace function that raises KeyboardInterrupt where a Ctrl-C can land, at the worst moment.
+
+    SIGINT's handler raises at any bytecode boundary; this one picks the line of
+    ``BaseEventLoop._run_once`` right after it took the sampler task's wake-up
+    off the ready queue, before running it. The wake-up is lost: the sampler
+    waits forever on a future that already finished.
+    """
+    seen = [0]
+    last: List[object] = [None]
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        handle = frame.f_locals.get("handle")
+        if event == "line" and handle is not None and handle is not last[0]:
+            last[0] = handle
+            sampler = next((t for t in asyncio.all_tasks(loop) if "Monitor._run" in repr(t.get_coro())), None)
+            if sampler is not None and is_wakeup_of(handle, sampler):
+                seen[0] += 1
+                if seen[0] == wakeups:
+                    raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == "_run_once":
+            return local
+        return None
+
+    return tracer
+
+
+def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> None:
+    """Issue 11's Ctrl-C run: main cancelled, a short run, loop.close(), with the wake-up lost every time."""
+    outcomes: List[str] = []
+
+    def application(wakeups: int) -> None:
+        fds = open_sockets()
+        loop = asyncio.new_event_loop()
+        errors = collect_loop_errors(loop)
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.0005, gc=True, loop=loop)
+
+        async def main() -> None:
+            while True:  # an application busy with short steps
+                await asyncio.sleep(0)
+                assert asyncio.get_running_loop().is_running()
+
+        task = loop.create_task(main())
+        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, wakeups))
+        try:
+            loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            outcomes.append("interrupted")
+        finally:
+            sys.settrace(None)
+        task.cancel()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        del task, loop
+        gc.collect()
+        outcomes.append("" if not monitor.running and not errors and open_sockets() == fds else f"{errors} {fds}")
+
+    for wakeups in (3, 10, 30):
+        thread = threading.Thread(target=application, args=(wakeups,), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "loop.close() hung"
+    assert outcomes == ["interrupted", ""] * 3
+
+
+def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.0005, loop=loop)
+        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, 5))
+        try:
+            loop.run_until_complete(asyncio.sleep(5))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        started = time.monotonic()
+        loop.run_until_complete(asyncio.wait_for(monitor.stop(), 10))
+        # STOP_WAIT_SECONDS, and room for a loaded machine.
+        assert time.monotonic() - started < 5
+        assert not monitor.running
+    finally:
+        loop.close()
+
+
+async def test_overlapping_stops_and_a_cancelled_sampler_leak_nothing_and_raise_nothing(receiver: Receiver) -> None:
+    loop = asyncio.get_running_loop()
+    errors = collect_loop_errors(loop)
+    fds = open_sockets()
+
+    async def later(monitor: loopstat.Monitor, yields: int, cancel_sampler: bool) -> None:
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        if cancel_sampler:
+            for task in asyncio.all_tasks():
+                if "Monitor._run" in repr(task.get_coro()):
+                    task.cancel()
+        await monitor.stop()
+
+    for yields in range(8):
+        for cancel_sampler in (False, True):
+            monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.001)
+            await sending(monitor)
+            await asyncio.wait_for(asyncio.gather(monitor.stop(), later(monitor, yields, cancel_sampler)), 10)
+            assert not monitor.running
+    gc.collect()
+    await asyncio.sleep(0.01)
+    assert errors == []
+    assert open_sockets() == fds
+
+
+async def test_a_sampler_cancelled_again_and_again_while_it_stops_leaks_nothing(receiver: Receiver) -> None:
+    errors = collect_loop_errors(asyncio.get_running_loop())
+    fds = open_sockets()
+    for _ in range(20):
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.001)
+        await sending(monitor)
+        sampler = next(t for t in asyncio.all_tasks() if "Monitor._run" in repr(t.get_coro()))
+        stopping = asyncio.ensure_future(monitor.stop())
+        for _ in range(5):
+            sampler.cancel()
+            await asyncio.sleep(0)
+        await asyncio.wait_for(stopping, 10)
+    gc.collect()
+    await asyncio.sleep(0.01)
+    assert errors == []
+    assert open_sockets() == fds
+
+
+def test_stop_puts_back_the_wrappers_other_tools_installed_before_it() -> None:
+    loop = asyncio.new_event_loop()
+    selector: Any = loop._selector  # type: ignore[attr-defined]  # what tools that time the selector wrap
+    calls: List[str] = []
+    inner_select, inner_close = selector.select, loop.close
+
+    def their_select(timeout: Optional[float] = None) -> Any:
+        calls.append("select")
+        return inner_select(timeout)
+
+    def their_close() -> None:
+        calls.append("close")
+        inner_close()
+
+    selector.select = their_select
+    loop.close = their_close  # type: ignore[method-assign]
+    monitor = loopstat.install("127.0.0.1", 9, loop=loop)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.run_until_complete(monitor.stop())
+    assert selector.select is their_select
+    assert loop.close is their_close
+    loop.close()
+    assert calls[-1] == "close"
+    assert "select" in calls
+
+
+@NEW_LOOP
+def test_stop_leaves_the_wrappers_other_tools_installed_after_it_working(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    loop = new_loop()
+    selector: Any = getattr(loop, "_selector", None)
+    calls: List[str] = []
+    monitor = loopstat.install("127.0.0.1", 9, loop=loop)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    inner_close = loop.close
+
+    def their_close() -> None:
+        calls.append("close")
+        inner_close()
+
+    loop.close = their_close  # type: ignore[method-assign]
+    if selector is not None:
+        inner_select = selector.select
+
+        def their_select(timeout: Optional[float] = None) -> Any:
+            calls.append("select")
+            return inner_select(timeout)
+
+        selector.select = their_select
+    loop.run_until_complete(monitor.stop())
+    assert loop.close is their_close
+    loop.run_until_complete(asyncio.sleep(0.01))
+    if selector is not None:
+        assert selector.select is their_select
+        assert "select" in calls
+    second = loopstat.install("127.0.0.1", 9, loop=loop)
+    loop.run_until_complete(asyncio.sleep(0.02))
+    loop.close()
+    assert calls[-1] == "close"
+    assert not second.running
+
+
+@NEW_LOOP
+def test_installing_from_threads_while_the_loop_starts_and_stops_raises_nothing_and_logs_nothing(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    fds = open_sockets()
+    loop = new_loop()
+    loop.set_debug(True)  # asyncio checks which thread calls it only in debug mode (python -X dev)
+    errors = collect_loop_errors(loop)
+    raised: List[BaseException] = []
+    monitors: Dict[int, loopstat.Monitor] = {}
+    done = threading.Event()
+
+    def installer() -> None:
+        while not done.is_set():
+            try:
+                monitor = loopstat.install("127.0.0.1", 9, loop=loop, stall_threshold=None)
+            except BaseException as exc:
+                raised.append(exc)
+                return
+            monitors[id(monitor)] = monitor
+            time.sleep(0)
+
+    async def stop_all() -> None:
+        await asyncio.sleep(0)
+        for monitor in list(monitors.values()):
+            await monitor.stop()
+
+    def owner() -> None:
+        """The loop's own thread: runs it briefly, again and again, stopping what was installed."""
+        try:
+            for _ in range(400):
+                loop.run_until_complete(stop_all())
+                time.sleep(0)
+        finally:
+            done.set()
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns at many more points: many more interleavings
+    try:
+        threads = [threading.Thread(target=installer, daemon=True) for _ in range(3)]
+        threads.append(threading.Thread(target=owner, daemon=True))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+            assert not thread.is_alive(), "install() and the loop deadlocked"
+    finally:
+        sys.setswitchinterval(switching)
+    loop.run_until_complete(stop_all())
+    loop.close()
+    gc.collect()
+    assert raised == []
+    assert errors == []
+    assert len(monitors) > 10
+    assert not any(monitor.running for monitor in monitors.values())
+    assert open_sockets() == fds
+
+
+@NEW_LOOP
+def test_install_on_a_loop_that_never_runs_then_close_leaves_no_warning_and_a_stopped_monitor(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    loop = new_loop()
+    monitor = loopstat.install("127.0.0.1", 9, loop=loop)
+    loop.close()
+    del loop
+    gc.collect()  # a coroutine never awaited would warn here, an error under pytest
+    assert not monitor.running
+
+
+@NEW_LOOP
+async def test_closing_a_monitored_loop_from_inside_another_running_loop_leaves_no_warning(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    fds = open_sockets()
+    other = new_loop()
+    errors = collect_loop_errors(other)
+    monitor = loopstat.install("127.0.0.1", 9, loop=other)
+    # The loop runs a while in a thread of its own, and stops; the sampler waits in it.
+    thread = threading.Thread(target=other.run_until_complete, args=(asyncio.sleep(0.05),))
+    thread.start()
+    thread.join()
+    assert monitor.running
+    other.close()  # from this thread, where the test's loop runs
+    del other
+    gc.collect()
+    assert not monitor.running
+    assert errors == []
+    assert open_sockets() == fds
