@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import socket
 from typing import Dict, Union
 
 import pytest
-from aiodogstatsd import protocol
-from aiodogstatsd.typedefs import MType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loopstat
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
+from loopstat.sink import Sink
 from loopstat.tags import sanitize
 from tests.receiver import Receiver, parse
 
@@ -27,19 +28,32 @@ tag_maps = st.dictionaries(hostile_text, tag_values, max_size=40)
 TagArg = Dict[str, Union[str, int, float]]
 
 
+SAMPLE = (("lag", "g"), ("lag", "ms"), ("tasks", "g"))
+
+
+def datagrams_for(settings: Settings, value: float) -> list[bytes]:
+    """The datagrams the sink sends for one sample with these settings, as a socket receives them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        sink = Sink(dataclasses.replace(settings, host="127.0.0.1", port=rx.getsockname()[1]))
+        sink.start()
+        try:
+            sink.send([(name, kind, value) for name, kind in SAMPLE])
+        finally:
+            sink.close()
+        assert sink.sent == len(SAMPLE)
+        rx.settimeout(5)
+        datagrams: list[bytes] = []
+        while sum(data.count(b"\n") + 1 for data in datagrams) < len(SAMPLE):
+            datagrams.append(rx.recv(65535))
+        return datagrams
+
+
 def lines_for(settings: Settings, value: float) -> list[bytes]:
-    """The bytes aiodogstatsd puts on the wire for one sample with these settings."""
-    return [
-        protocol.build(
-            name=name,
-            namespace=settings.prefix or None,
-            value=value,
-            type_=kind,
-            tags=dict(settings.tags),
-            sample_rate=1,
-        )
-        for name, kind in (("lag", MType.GAUGE), ("lag", MType.TIMING), ("tasks", MType.GAUGE))
-    ]
+    """The lines of those datagrams, each checked to fit DogStatsD's UDP size."""
+    datagrams = datagrams_for(settings, value)
+    assert all(len(data) <= MAX_DATAGRAM for data in datagrams)
+    return [line for data in datagrams for line in data.split(b"\n")]
 
 
 def resolved_or_rejected(prefix: str, tags: TagArg) -> Settings | None:
@@ -62,9 +76,9 @@ def test_every_line_parses_as_exactly_the_intended_metric(prefix: str, tags: Tag
         assert (key, tag_value) == sanitize(key, tag_value)
         assert ":" not in key
     value = round(value, 3)
-    for data, (name, kind) in zip(lines_for(settings, value), [("lag", "g"), ("lag", "ms"), ("tasks", "g")]):
-        assert len(data) <= MAX_DATAGRAM
-        assert b"\n" not in data
+    lines = lines_for(settings, value)
+    assert len(lines) == len(SAMPLE)
+    for data, (name, kind) in zip(lines, SAMPLE):
         line = parse(data.decode())
         assert line is not None, data
         full = f"{settings.prefix}.{name}" if settings.prefix else name
@@ -119,7 +133,7 @@ async def test_hostile_tags_arrive_as_sanitized_tags_over_udp(receiver: Receiver
 
 
 @pytest.mark.parametrize("count", [60, 200])
-def test_over_long_tag_sets_never_exceed_one_datagram(count: int) -> None:
+def test_over_long_tag_sets_never_make_a_line_longer_than_a_datagram(count: int) -> None:
     tags = {f"k{i}": "v" * 190 for i in range(count)}
     settings = resolve(prefix="a" * 183, tags=tags, environ={})
-    assert all(len(data) <= MAX_DATAGRAM for data in lines_for(settings, 1e7))
+    assert all(len(line) <= MAX_DATAGRAM for line in lines_for(settings, 1e7))
