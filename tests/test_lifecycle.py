@@ -475,6 +475,4 @@ async def test_closing_a_monitored_loop_from_inside_another_running_loop_leaves_
     other.close()  # from this thread, where the test's loop runs
     del other
     gc.collect()
-    assert not monitor.running
-    assert errors == []
-    assert open_sockets() == fds
+    assert (monitor.running, errors, open_sockets()) == (False, [], fds)
