@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -75,7 +76,7 @@ class Monitor:
         self._gc_pauses: Optional[_gc.Pauses] = None
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped else "running"
+        state = "running" if self.running else "stopped"
         return f"<loopstat.Monitor {state} to {self.settings.address} lag={self.lag:.3f}ms tasks={self.tasks}>"
 
     @property
@@ -135,17 +136,20 @@ class Monitor:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        """Release everything now (close guard, probes, socket); never waits, safe to repeat, any path."""
-        self._stopped = True
-        if self._shut:
-            return
-        self._shut = True
-        try:
-            _forget(self)
-            self._unguard_close()
-            self._detach_probes()
-        finally:
-            self._sink.close()
+        """Release everything now (close guard, probes, socket); never waits, safe to repeat, on any path.
+
+        Each step runs even if one before it raised (a KeyboardInterrupt can land
+        anywhere); stopping and leaving the registry happen together, under its
+        lock, so a new install() never wraps the close guard of a dying monitor.
+        """
+        with contextlib.ExitStack() as later:
+            later.callback(self._sink.close)
+            later.callback(self._detach_probes)
+            with _monitors_lock:
+                self._stopped = True
+                self._shut = True
+                _forget(self)
+                self._unguard_close()
 
     def _attach_probes(self) -> None:
         settings = self.settings
@@ -381,7 +385,7 @@ def install(
             return existing
         monitor = Monitor(settings, target)
         _monitors[target] = weakref.ref(monitor)
-    monitor._guard_close()
+        monitor._guard_close()
     if _running_loop() is target:
         monitor._start()
         return monitor

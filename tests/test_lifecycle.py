@@ -438,6 +438,9 @@ def test_installing_from_threads_while_the_loop_starts_and_stops_raises_nothing_
     finally:
         sys.setswitchinterval(switching)
     loop.run_until_complete(stop_all())
+    # Every monitor put back what it wrapped, even those stopped while another thread installed.
+    assert "close" not in vars(loop)
+    assert "select" not in getattr(getattr(loop, "_selector", None), "__dict__", {})
     loop.close()
     gc.collect()
     assert raised == []
