@@ -1,26 +1,22 @@
 """Real servers for the pipeline tests: Etsy statsd 0.9.0 writing into a Graphite carbon-cache.
 
-Both are installed on demand, once per machine: statsd with npm into
-``~/.cache/loopstat-tests/statsd-0.9.0``, carbon with ``apt-get install
-graphite-carbon`` (as root). Each server runs in a temporary folder of its own,
-on ephemeral ports of 127.0.0.1 only, in a process group of its own that
-``stop()`` and ``kill()`` end as a whole.
+Both are installed beforehand by ``python3 -m tests.provision`` (tests/provision.py);
+a test that finds one missing fails saying so. Each server runs in a temporary
+folder of its own, on ephemeral ports of 127.0.0.1 only, in a process group of
+its own that ``stop()`` and ``kill()`` end as a whole.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,8 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import whisper  # type: ignore[import-untyped]
 
-STATSD_VERSION = "0.9.0"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loopstat-tests"
+from tests.provision import command, statsd_script
+
 LOOPBACK = "127.0.0.1"
 # A statsd flush every second into 1-second whisper slots: statsd stamps each
 # flush with its second, and its flushes fall on whole seconds, so no flush
@@ -42,122 +38,21 @@ Point = Tuple[int, float]
 
 
 class ServerError(RuntimeError):
-    """A server could not be installed or started."""
+    """A server could not be started."""
 
 
-@contextlib.contextmanager
-def _file_lock(name: str) -> Iterator[None]:
-    """Hold an exclusive lock, so two processes never install the same thing at once."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / name, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = None) -> None:
-    result = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
-        check=False,
-    )
-    if result.returncode != 0:
-        output = result.stdout.decode("utf-8", "replace")[-3000:]
-        raise ServerError(f"{' '.join(argv)} failed with exit code {result.returncode}:\n{output}")
-
-
-def apt_install(*packages: str) -> None:
-    """``apt-get install`` Debian packages, refreshing the package lists only if the first try fails."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise ServerError(f"{', '.join(packages)}: not installed, and installing needs apt-get as root")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for another apt-get (another test run, an unattended upgrade) instead of failing.
-    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *packages]
-    with _file_lock("apt.lock"):
-        try:
-            _run(install, timeout=900, env=env)
-        except ServerError:
-            _run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], timeout=600, env=env)
-            _run(install, timeout=900, env=env)
-
-
-def ensure_carbon() -> str:
-    """The ``carbon-cache`` command, installed from Debian's graphite-carbon if missing."""
-    found = shutil.which("carbon-cache")
-    if found is None:
-        apt_install("graphite-carbon")
-        found = shutil.which("carbon-cache")
-        if found is None:
-            raise ServerError("graphite-carbon is installed but carbon-cache is not on PATH")
-    return found
+def carbon_cache() -> str:
+    """The ``carbon-cache`` command, as provisioned."""
+    return command("carbon-cache")
 
 
 def carbon_python() -> str:
     """The interpreter carbon-cache runs on (its ``#!`` line), which can import ``carbon``."""
-    with open(ensure_carbon(), "rb") as script:
+    with open(carbon_cache(), "rb") as script:
         first = script.readline().decode("utf-8", "replace")
     if not first.startswith("#!") or not first[2:].split():
         raise ServerError(f"carbon-cache has no #! line: {first!r}")
     return first[2:].split()[0]
-
-
-def ensure_node() -> Tuple[str, str]:
-    """The ``node`` and ``npm`` commands, installed from Debian if missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        apt_install("nodejs", "npm")
-        node, npm = shutil.which("node"), shutil.which("npm")
-        if node is None or npm is None:
-            raise ServerError("nodejs and npm are installed but node or npm is not on PATH")
-    return node, npm
-
-
-def _installed_statsd(folder: Path) -> Optional[Path]:
-    package = folder / "node_modules" / "statsd"
-    try:
-        version = json.loads((package / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    script = package / "stats.js"
-    return script if version == STATSD_VERSION and script.is_file() else None
-
-
-def ensure_statsd() -> Path:
-    """Etsy statsd's ``stats.js``, installed with npm into the cache folder if missing."""
-    target = CACHE_DIR / f"statsd-{STATSD_VERSION}"
-    script = _installed_statsd(target)
-    if script is not None:
-        return script
-    _, npm = ensure_node()
-    with _file_lock("statsd.lock"):
-        script = _installed_statsd(target)  # another process may have finished meanwhile
-        if script is not None:
-            return script
-        # Install beside the target, then move it in whole: a half-done install is never used.
-        staging = Path(tempfile.mkdtemp(prefix=".statsd-", dir=CACHE_DIR))
-        staging.chmod(0o755)
-        try:
-            _run(
-                [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--no-save",
-                 "--loglevel=error", f"statsd@{STATSD_VERSION}"],
-                timeout=600,
-            )  # fmt: skip
-            if _installed_statsd(staging) is None:
-                raise ServerError(f"npm installed statsd into {staging}, but not version {STATSD_VERSION}")
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    script = _installed_statsd(target)
-    if script is None:
-        raise ServerError(f"statsd {STATSD_VERSION} is not in {target} after installing it")
-    return script
 
 
 def free_port(kind: socket.SocketKind) -> int:
@@ -345,7 +240,7 @@ LOG_CREATES = True
         return said and _tcp_open(self.line_port)
 
     def start(self, timeout: float = 60.0) -> None:
-        executable = ensure_carbon()
+        executable = carbon_cache()
 
         def attempt() -> Process:
             # Carbon cannot report an ephemeral line port; pick a free one, and
@@ -452,8 +347,8 @@ class Statsd:
     def start(self, timeout: float = 60.0) -> None:
         """Start statsd, on ``port`` if one was given (a restart keeps it) or a free one."""
         assert self._process is None, "statsd is running already"
-        script = ensure_statsd()
-        node, _ = ensure_node()
+        script = statsd_script()
+        node = command("node")
         self.root.mkdir(parents=True, exist_ok=True)
 
         def attempt() -> Process:
