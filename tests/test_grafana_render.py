@@ -31,6 +31,7 @@ import loopstat
 from tests.conftest import ENV_VARS
 from tests.provision import command
 from tests.servers import LOOPBACK, Carbon, GraphiteWeb, running_graphite, running_statsd
+from tests.test_dashboards import graphite_paths, statsd_path
 
 DASHBOARD = Path(__file__).parent.parent / "dashboards" / "grafana-graphite.json"
 INTERVAL = 0.05
@@ -304,20 +305,12 @@ def _selected(apps: Sequence[App], selection: Mapping[str, Value]) -> List[App]:
     return [app for app in apps if app.tags and all(chosen(app, tag) for tag in selection)]
 
 
-_PATH = re.compile(r"stats(?:_counts)?\.(?:(gauges|timers|counters)\.)?\$prefix\.([\w.$]+)")
-
-
 def _metric(target: str) -> Tuple[str, str]:
-    """(metric, statistic) a target reads: ("lag", "upper"), ("tasks", "gauge"), ("stalls", "count")."""
-    (kind, rest), *more = _PATH.findall(target)
-    assert all(path == (kind, rest) for path in more), f"one metric per target: {target}"
-    if kind == "gauges":
-        return rest, "gauge"
-    if kind == "timers":
-        metric, _, statistic = rest.rpartition(".")
-        return metric, statistic
-    metric, _, statistic = rest.rpartition(".") if kind == "counters" else (rest, "", "count")
-    return metric, statistic
+    """(metric, statistic) a target reads: ("lag", "upper"), ("tasks", ""), ("stalls", "count")."""
+    paths = set(graphite_paths(target))
+    assert len(paths) == 1, f"one metric per target: {target}"
+    name, _, statistic = statsd_path(paths.pop())
+    return name, statistic
 
 
 @dataclass(frozen=True)
