@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -436,8 +437,16 @@ LOG_ROTATION = False
     def get(self, path: str, params: Sequence[Tuple[str, str]] = (), timeout: float = 30.0) -> Any:
         """GET ``path`` with query ``params``; its JSON answer."""
         url = f"{self.url}{path}?{urllib.parse.urlencode(list(params))}"
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return json.loads(answer.read())
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            try:  # graphite-web logs its exceptions here, not on its output
+                logged = (self.root / "log" / "exception.log").read_text("utf-8", "replace")[-4000:]
+            except OSError:
+                logged = ""
+            body = exc.read().decode("utf-8", "replace")[:2000]
+            raise ServerError(f"graphite-web answered {exc.code} to {url}: {body}\n{logged}") from exc
 
     def render(self, target: str, **params: str) -> List[Dict[str, Any]]:
         """``/render`` one target as JSON: a list of ``{"target", "tags", "datapoints": [[value, ts], ...]}``."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import pytest
 
@@ -125,19 +125,11 @@ def test_interpolation_follows_grafanas_documented_formats() -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """Apps that sent under one prefix, and the window they sent in."""
+    """Apps that sent under one prefix, and when they started."""
 
     prefix: str
     apps: Tuple[App, ...]
     started: float
-    ended: float
-
-
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        await asyncio.sleep(0.01)
 
 
 async def _application(port: int, prefix: str, app: App) -> None:
@@ -165,9 +157,8 @@ async def _application(port: int, prefix: str, app: App) -> None:
             for _ in range(app.blocks):
                 await asyncio.sleep(0.3)
                 time.sleep(BLOCK_SECONDS)  # a blocking call on the loop
-            await _until(lambda: monitor.stalls >= app.blocks, "the monitor sees every block as a stall")
-            assert monitor.stalls == app.blocks, "one stall per block, no other"
             await asyncio.sleep(1.5)  # a statsd flush (every second) after the last block
+            assert monitor.stalls == app.blocks, "the monitor saw one stall per block, no other"
     finally:
         release.set()
         await asyncio.gather(*workers)
@@ -247,10 +238,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         _run_all(
             [(statsd.port, current, app) for app in APPS] + [(legacy_statsd.port, legacy, app) for app in LEGACY_APPS]
         )
-        ended = time.time()
         time.sleep(1.5)  # the last flush reaches carbon
         _wait_indexed(carbon, web)
-        yield Pipeline(web, Run(current, APPS, started, ended), Run(legacy, LEGACY_APPS, started, ended))
+        yield Pipeline(web, Run(current, APPS, started), Run(legacy, LEGACY_APPS, started))
 
 
 # --- the dashboard ----------------------------------------------------------------------------
@@ -335,7 +325,7 @@ def _queries(web: GraphiteWeb, dashboard: Mapping[str, Any], run: Run) -> List[Q
             apps = tuple(_selected(run.apps, selection)) if tagged else plain
             if not apps:
                 continue  # a selection that matches no app: no data is right
-            for percentile in percentiles if "$percentile" in target else percentiles[:1]:
+            for percentile in percentiles if re.search(r"\$\{?percentile\b", target) else percentiles[:1]:
                 current: Dict[str, Value] = {"prefix": run.prefix, "percentile": percentile, **selection}
                 queries.append(Query(panel, target, apps, interpolate(target, variables, current)))
     return queries
@@ -411,7 +401,7 @@ def test_a_wide_time_range_keeps_the_block_and_the_stall_count(pipeline: Pipelin
     _check_all(pipeline.web, queries, LAST_HOUR)
 
 
-def test_the_documented_substitution_serves_statsd_legacy_namespace(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_the_documented_substitution_serves_statsd_legacy_namespace(pipeline: Pipeline) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert "legacyNamespace: false" in dashboard["description"]
     command_line = re.search(r"sed -E '[^']+' grafana-graphite\.json", dashboard["description"])
