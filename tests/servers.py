@@ -248,9 +248,9 @@ CACHE_QUERY_INTERFACE = {LOOPBACK}
 CACHE_QUERY_PORT = {self.cache_query_port}
 MANHOLE_INTERFACE = {LOOPBACK}
 ENABLE_MANHOLE = False
-# The tag index lives in graphite-web; the whisper files do not need it.
+# The tag index lives in graphite-web (carbon posts new series to it); whisper files do not need it.
 ENABLE_TAGS = {self.graphite_url is not None}
-GRAPHITE_URL = {self.graphite_url or "http://127.0.0.1:9"}
+{f"GRAPHITE_URL = {self.graphite_url}" if self.graphite_url else ""}
 TAG_HASH_FILENAMES = True
 CARBON_METRIC_INTERVAL = 0
 LOG_LISTENER_CONN_SUCCESS = False
@@ -427,6 +427,8 @@ LOG_ROTATION = False
         )
         self._process = process
         _wait_until(lambda: "graphite-web serving" in process.output(), process, timeout, "graphite-web")
+        # Only graphite-web holds its socket now: if it dies, requests are refused, not left waiting.
+        self._socket.close()
 
     def stop(self) -> None:
         process, self._process = self._process, None
