@@ -1,4 +1,5 @@
-"""dashboards/: every query names a metric loopstat really sends, and the Datadog one loads into the API client."""
+"""dashboards/: every query names a metric loopstat really sends, both dashboards combine services by one rule,
+every Grafana panel has its unit, and the Datadog one loads into the API client (rendering: test_grafana_render)."""
 
 from __future__ import annotations
 
