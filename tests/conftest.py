@@ -56,6 +56,7 @@ E2E_MODULES = {
     "test_run",
     "test_contrib",
     "test_dashboards",
+    "test_grafana_render",
     "test_package",
     "test_soak_smoke",
     "test_bench_smoke",

@@ -5,8 +5,8 @@ place, or fail saying to run it. It runs outside tox, with the caller's whole
 environment (npm needs ``NODE_EXTRA_CA_CERTS`` on some machines, which tox does
 not pass on), and it is idempotent: what is there already is kept.
 
-* Graphite carbon (``carbon-cache``) and valgrind, from Debian's packages
-  (needs root and apt);
+* Graphite carbon (``carbon-cache``), graphite-web (``graphite-manage``) and
+  valgrind, from Debian's packages (needs root and apt);
 * Node.js and npm, from Debian's packages, only if missing;
 * Etsy statsd, with npm, into ``CACHE_DIR`` (see ``statsd_script``).
 
@@ -35,7 +35,11 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "
 COMMAND = "python3 -m tests.provision"
 
 #: Debian package that provides each command the tests (or the bench) run.
-APT_COMMANDS: Dict[str, str] = {"carbon-cache": "graphite-carbon", "valgrind": "valgrind"}
+APT_COMMANDS: Dict[str, str] = {
+    "carbon-cache": "graphite-carbon",
+    "graphite-manage": "graphite-web",
+    "valgrind": "valgrind",
+}
 # A registry that does not answer within this long is reported as unreachable.
 REACH_SECONDS = 45.0
 

@@ -1,4 +1,5 @@
-"""dashboards/: every query names a metric loopstat really sends, and the Datadog one loads into the API client."""
+"""dashboards/: every query names a metric loopstat really sends, both dashboards combine services by one rule,
+every Grafana panel has its unit, and the Datadog one loads into the API client (rendering: test_grafana_render)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, List, Set, Tuple
+from typing import Any, Callable, Iterator, List, Set, Tuple
 
 import pytest
 from datadog_api_client import ApiClient, Configuration
@@ -145,17 +146,35 @@ def graphite_targets() -> List[str]:
     return [target["target"] for panel in data["panels"] for target in panel.get("targets", [])]
 
 
-def statsd_metric(path: str) -> Metric:
-    """The (name, type) Etsy statsd wrote ``path`` for."""
+# Where Etsy statsd writes each StatsD type, with graphite.legacyNamespace false and true.
+STATSD_HEADS = (("stats.gauges.", "g"), ("stats.timers.", "ms"), ("stats.counters.", "c"), ("stats_counts.", "c"))
+STATSD_COUNTER_STATS = ("count", "rate")
+
+
+def statsd_path(path: str) -> Tuple[str, str, str]:
+    """(name, StatsD type, statistic) of a path Etsy statsd writes for loopstat.
+
+    ``("lag", "ms", "upper")``, ``("tasks", "g", "")``, ``("stalls", "c", "count")``
+    (``stats.counters.P.stalls.count``, or ``stats_counts.P.stalls`` in the legacy namespace).
+    """
     path = path.replace("$prefix", PREFIX).replace("$percentile", "95")
-    for head, kind in (("stats.gauges.", "g"), ("stats.timers.", "ms"), ("stats_counts.", "c"), ("stats.", "c")):
+    for head, kind in STATSD_HEADS:
         if path.startswith(head + PREFIX + "."):
             name = path[len(head + PREFIX) + 1 :]
-            if kind == "ms":
-                name, _, stat = name.rpartition(".")
-                assert stat in STATSD_TIMER_STATS, path
-            return name, kind
+            if kind == "g":
+                return name, kind, ""
+            if head == "stats_counts.":
+                return name, kind, "count"
+            name, _, stat = name.rpartition(".")
+            assert stat in (STATSD_TIMER_STATS if kind == "ms" else STATSD_COUNTER_STATS), path
+            return name, kind, stat
     raise AssertionError(f"not a path statsd writes for loopstat: {path}")
+
+
+def statsd_metric(path: str) -> Metric:
+    """The (name, type) Etsy statsd wrote ``path`` for."""
+    name, kind, _ = statsd_path(path)
+    return name, kind
 
 
 def test_every_graphite_path_is_one_statsd_writes_for_a_metric_loopstat_sends(sent: Set[Metric]) -> None:
@@ -179,3 +198,83 @@ def test_grafana_dashboard_has_prefix_percentile_service_and_env_variables() -> 
     data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
     names = [variable["name"] for variable in data["templating"]["list"]]
     assert names == ["datasource", "prefix", "percentile", "service", "env"]
+
+
+#: How each metric combines across the selected services: summed, or the worst of them. Both
+#: dashboards follow it; a metric loopstat starts sending needs its line here.
+ACROSS = {
+    "tasks": "sum",
+    "stalls": "sum",
+    "gc.collections": "sum",
+    "executor.queue": "sum",
+    "executor.threads": "sum",
+    "lag": "max",
+    "stall": "max",
+    "utilization": "max",
+    "gc.pause": "max",
+}
+
+#: (metric, how it combines services, whether it is broken down by service)
+Combination = Tuple[str, str, bool]
+
+
+def datadog_combinations() -> Set[Combination]:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    found: Set[Combination] = set()
+    for query in datadog_queries(data):
+        match = re.fullmatch(rf"(\w+):{PREFIX}\.([\w.]+)\{{[^}}]*\}}( by \{{service\}})?(\.as_count\(\))?", query)
+        assert match, query
+        how, name, by, _ = match.groups()
+        base, _, suffix = name.rpartition(".")
+        found.add((base if suffix in DATADOG_TIMING_SUFFIXES else name, how, bool(by)))
+    return found
+
+
+def grafana_combinations() -> Set[Combination]:
+    """The same for the tagged targets: sumSeries/maxSeries for a total, groupByTags(…, 'service') per service."""
+    found: Set[Combination] = set()
+    for target in graphite_targets():
+        if "seriesByTag(" not in target:
+            continue
+        total = re.search(r"\b(\w+)Series\(seriesByTag\(", target)
+        by_service = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', 'service'\)", target)
+        assert bool(total) != bool(by_service), f"a total or a breakdown by service: {target}"
+        (path,) = set(graphite_paths(target))
+        how = (total or by_service).group(1)  # type: ignore[union-attr]
+        found.add((statsd_path(path)[0], how, bool(by_service)))
+    return found
+
+
+def test_every_metric_loopstat_sends_has_a_rule_for_combining_services(sent: Set[Metric]) -> None:
+    assert set(ACROSS) == {name for name, _ in sent}
+
+
+@pytest.mark.parametrize("combinations", [datadog_combinations, grafana_combinations])
+def test_every_metric_is_totalled_across_services_by_its_rule(
+    combinations: Callable[[], Set[Combination]], sent: Set[Metric]
+) -> None:
+    found = combinations()
+    assert {metric for metric, _, _ in found} == {name for name, _ in sent}
+    for metric, how, _ in found:
+        assert how == ACROSS[metric], (metric, how)
+    assert {metric for metric, _, by in found if not by} == set(ACROSS), "every metric has a total"
+
+
+def test_both_dashboards_break_the_same_metrics_down_by_service() -> None:
+    datadog = {metric for metric, _, by in datadog_combinations() if by}
+    assert datadog == {metric for metric, _, by in grafana_combinations() if by}
+    assert {"lag", "utilization", "tasks", "stalls"} <= datadog
+
+
+#: The Grafana unit of a panel by what it shows: timings ("ms" type) in ms, counts "short".
+GRAFANA_UNITS = {"utilization": "percentunit", "gc.pause": "ms"}
+
+
+def test_every_grafana_panel_has_the_unit_of_what_it_shows() -> None:
+    data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
+    panels = [panel for panel in data["panels"] if panel["type"] != "row"]
+    assert panels
+    for panel in panels:
+        shown = {statsd_path(path) for target in panel["targets"] for path in graphite_paths(target["target"])}
+        units = {GRAFANA_UNITS.get(name, "ms" if kind == "ms" else "short") for name, kind, _ in shown}
+        assert units == {panel["fieldConfig"]["defaults"].get("unit")}, panel["title"]
