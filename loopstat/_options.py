@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
 
 from loopstat import tags as _tags
 from loopstat.tags import show
@@ -30,7 +30,8 @@ MAX_DATAGRAM = 1432
 _LINE_OVERHEAD = 64
 # Datadog metric names are at most 200 characters.
 MAX_PREFIX_LENGTH = 200 - len(".executor.threads")
-FLAVORS = ("dogstatsd", "statsd")
+Flavor = Literal["dogstatsd", "statsd"]
+FLAVORS: Tuple[str, ...] = get_args(Flavor)
 
 # At 1 ms the sampler already wakes the loop 1,000 times a second; below it,
 # asyncio.sleep() returns at once and the sampler runs on every loop turn.
@@ -197,7 +198,7 @@ class Prefix(Kind[str]):
         )
 
     def accepted_text(self) -> str:
-        return f"a dotted name: a letter, then letters, digits, '_' and single '.' (at most {MAX_PREFIX_LENGTH} characters)"
+        return f"a letter, then letters, digits, '_' and single '.' (at most {MAX_PREFIX_LENGTH} characters)"
 
     def check(self, value: object, source: str) -> str:
         if not isinstance(value, str) or (
@@ -277,7 +278,6 @@ class TagList(Kind[_tags.Tags]):
 
 HOST = Host()
 PORT = Port()
-SECONDS = Seconds(MIN_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -285,8 +285,8 @@ class Option:
     """One row of the table."""
 
     name: str
-    kind: Kind[Any]
     default: object
+    kind: Kind[Any]
     doc: str
     #: install()'s own variables, strongest first.
     env: Tuple[str, ...]
@@ -294,9 +294,7 @@ class Option:
     run: Optional[str]
 
 
-def _row(
-    default: T, kind: Kind[Any], doc: str, env: Tuple[str, ...] = (), run: Optional[str] = None
-) -> T:
+def _row(default: T, kind: Kind[Any], doc: str, env: Tuple[str, ...] = (), run: Optional[str] = None) -> T:
     return field(default=default, metadata={"option": (kind, doc, env, run)})
 
 
@@ -311,8 +309,8 @@ class Settings:
     tags: Tuple[Tuple[str, str], ...] = _row(
         (), TagList(), "tags on every line", (*_UNIFIED, "DD_TAGS", "DATADOG_TAGS"), "LOOPSTAT_TAGS"
     )
-    interval: float = _row(DEFAULT_INTERVAL, SECONDS, "sample interval", run="LOOPSTAT_INTERVAL")
-    flavor: str = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
+    interval: float = _row(DEFAULT_INTERVAL, Seconds(MIN_INTERVAL), "sample interval", run="LOOPSTAT_INTERVAL")
+    flavor: Flavor = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
     #: Seconds without progress that make a stall; None: no stall watchdog.
     stall_threshold: Optional[float] = _row(
         DEFAULT_STALL_THRESHOLD,
@@ -330,9 +328,7 @@ class Settings:
 
 
 #: The table, in install()'s order.
-OPTIONS: Tuple[Option, ...] = tuple(
-    Option(f.name, kind, f.default, doc, env, run) for f in fields(Settings) for kind, doc, env, run in [f.metadata["option"]]
-)
+OPTIONS: Tuple[Option, ...] = tuple(Option(f.name, f.default, *f.metadata["option"]) for f in fields(Settings))
 _BY_NAME = {option.name: option for option in OPTIONS}
 #: Every variable install() reads.
 VARIABLES: Tuple[str, ...] = tuple(dict.fromkeys(name for option in OPTIONS for name in option.env))
@@ -384,7 +380,7 @@ def _url(text: str) -> Dict[str, Any]:
             host = netloc
         else:
             port_text = port_text_or_host
-        if ":" in host or "[" in netloc or "]" in netloc:
+        if ":" in host:
             raise bad("has an IPv6 address without brackets")
     return {"host": HOST.check(host, name), "port": None if port_text is None else PORT.parse(port_text, name)}
 
@@ -506,6 +502,9 @@ def resolve(host: object = None, port: object = None, *, environ: Mapping[str, s
 _NOTES = {URL_VARIABLE: "(`udp://host:port`, `udp://[v6]:port`)", "DD_VERSION": "(as `service`, `env`, `version`)"}
 
 
+_NONE = "\N{EN DASH}"
+
+
 def markdown_table() -> str:
     """The README's configuration table."""
     rows = [
@@ -521,8 +520,8 @@ def markdown_table() -> str:
             option.kind.type_doc,
             option.kind.accepted(),
             default,
-            env or "–",
-            f"`{option.run}`" if option.run else "–",
+            env or _NONE,
+            f"`{option.run}`" if option.run else _NONE,
         )
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"

@@ -36,7 +36,9 @@ def usage(prog: str) -> str:
         textwrap.fill(text, 100, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
         for name, text in bootstrap.VARIABLES.items()
     )
-    install_variables = textwrap.fill(", ".join(bootstrap.INSTALL_VARIABLES), initial_indent="  ", subsequent_indent="  ")
+    install_variables = textwrap.fill(
+        ", ".join(bootstrap.INSTALL_VARIABLES), 100, initial_indent="  ", subsequent_indent="  "
+    )
     return USAGE.format(prog=prog, install_variables=install_variables, variables=variables)
 
 
