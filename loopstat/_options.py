@@ -310,7 +310,7 @@ class Settings:
         (), TagList(), "tags on every line", (*_UNIFIED, "DD_TAGS", "DATADOG_TAGS"), "LOOPSTAT_TAGS"
     )
     interval: float = _row(DEFAULT_INTERVAL, Seconds(MIN_INTERVAL), "sample interval", run="LOOPSTAT_INTERVAL")
-    flavor: Flavor = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
+    flavor: Literal["dogstatsd", "statsd"] = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
     #: Seconds without progress that make a stall; None: no stall watchdog.
     stall_threshold: Optional[float] = _row(
         DEFAULT_STALL_THRESHOLD,

@@ -93,7 +93,11 @@ def _split(tag: object, source: str) -> tuple[str, str]:
         if not tag:
             raise ValueError(f"{source}: a tag is empty; expected {_ACCEPTED}")
         return tag, ""
-    return _pair(key, value, source)
+    if not key or not value:
+        raise ValueError(
+            f"{source}: tag {show(tag)} needs a non-empty key and value, or no ':' for a tag without value"
+        )
+    return key, value
 
 
 def parse(tags: object, source: str = "tags") -> Tags:
