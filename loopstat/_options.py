@@ -181,6 +181,9 @@ class Host(Kind[str]):
             ipaddress.ip_address(value)
         except ValueError:
             if len(value) > 253 or not self._NAME.fullmatch(value):
+                name, colon, port = value.rpartition(":")
+                if colon and port.isdigit() and self._NAME.fullmatch(name):
+                    raise self._bad(value, source, "is not a host (the port is a setting of its own)") from None
                 raise self._bad(value, source, "is not a host") from None
         return value
 

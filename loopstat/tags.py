@@ -136,7 +136,7 @@ def _clean(key: str, value: str) -> tuple[str, str, bool, bool]:
 def render(sources: Sequence[Tags], budget: int) -> Tags:
     """Merge tag sources (strongest first), sanitize them and bound them to ``budget`` bytes.
 
-    Keys are compared once cleaned and case-folded, as Datadog lowercases them:
+    Keys are compared once cleaned and lowercased, as Datadog lowercases them:
     ``{"my team": …}`` and ``DD_TAGS=my_team:…`` are one key, and the stronger
     source keeps it (within one source, the last value wins). Tags that would
     push a line past ``budget`` bytes are dropped, last first: a cut tag set
@@ -158,7 +158,7 @@ def render(sources: Sequence[Tags], budget: int) -> Tags:
                 renamed.append(f"{show(raw_key)} as {show(key)}")
             if was_cut:
                 cut.append(show(key))
-            own[key.casefold()] = (key, value)
+            own[key.lower()] = (key, value)
         for identity, pair in own.items():
             merged.setdefault(identity, pair)
 
