@@ -136,6 +136,11 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
         ("DD_DOGSTATSD_URL", "udp://[::1%lo]:8125", r"DD_DOGSTATSD_URL: '::1%lo' is a scoped IPv6 address"),
         ("DD_AGENT_HOST", "::1%lo", r"DD_AGENT_HOST: '::1%lo' is a scoped IPv6 address, which loopstat cannot send to"),
         ("DD_AGENT_HOST", "user:pw@agent", r"DD_AGENT_HOST: 'user:pw@agent' is not a host"),
+        (
+            "DD_AGENT_HOST",
+            "agent:8125",
+            r"DD_AGENT_HOST: 'agent:8125' is not a host \(the port is a setting of its own\)",
+        ),
         ("DD_TAGS", "team:a,team:", r"DD_TAGS: tag 'team:' needs a non-empty key and value"),
         ("DATADOG_TAGS", ":x", r"DATADOG_TAGS: tag ':x' needs a non-empty key and value"),
     ],
@@ -172,3 +177,13 @@ def test_closed_loop_is_refused() -> None:
 def test_probe_switches_must_be_true_or_false(switch: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"{switch}: .* expected True or False"):
         loopstat.install(**{switch: value})  # type: ignore[arg-type]
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_value_that_cannot_be_shown_still_gets_its_error() -> None:
+    with pytest.raises(ValueError, match=r"^host: a _Unprintable is not a host"):
+        loopstat.install(host=_Unprintable())  # type: ignore[arg-type]
