@@ -117,7 +117,9 @@ class Seconds(Kind[Optional[float]]):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._bad(value, source)
-        if not math.isfinite(value) if isinstance(value, float) else value.bit_length() > 64:
+        # A float must be finite; an int small enough for a float (float(10**400) raises).
+        finite = math.isfinite(value) if isinstance(value, float) else value.bit_length() <= 64
+        if not finite:
             raise self._bad(value, source)
         if not self.minimum <= value <= self.maximum:
             raise self._bad(value, source, "is out of range")
@@ -262,13 +264,13 @@ class TagList(Kind[_tags.Tags]):
     type_doc = 'mapping or iterable of "key:value"/"key"'
 
     def accepted(self) -> str:
-        return 'a mapping of str to str/int/float, or an iterable of "key:value" or "key" strings'
+        return _tags.ACCEPTED
 
     def accepted_text(self) -> str:
         return '"key:value" or "key" items separated by commas or spaces'
 
     def as_text(self, value: Any) -> str:
-        return _tags.text(value) or "none"
+        return _tags.joined(value) or "none"
 
     def check(self, value: object, source: str) -> _tags.Tags:
         return _tags.parse(value, source)

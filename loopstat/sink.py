@@ -30,7 +30,7 @@ from aiodogstatsd.client import DatagramProtocol
 from aiodogstatsd.typedefs import CState
 
 from loopstat.settings import MAX_DATAGRAM, Settings
-from loopstat.tags import text
+from loopstat.tags import joined
 
 log = logging.getLogger("loopstat")
 
@@ -216,7 +216,7 @@ class Sink:
     async def _connect(self, address: Address) -> None:
         client = _Client(
             _Protocol(self._on_error),
-            f"|#{text(self.settings.tags)}".encode() if self.settings.tags else b"",
+            f"|#{joined(self.settings.tags)}".encode() if self.settings.tags else b"",
             host=address[0],
             port=address[1],
             namespace=self.settings.prefix or None,

@@ -33,7 +33,8 @@ MAX_TAG_LENGTH = 200
 LISTED = 5
 SHOWN_CHARACTERS = 40
 
-_ACCEPTED = 'a mapping of str to str/int/float, or an iterable of "key:value" or "key" strings'
+#: What a tags argument may be.
+ACCEPTED = 'a mapping of str to str/int/float, or an iterable of "key:value" or "key" strings'
 
 
 def show(value: object, width: int = SHOWN_CHARACTERS) -> str:
@@ -73,11 +74,11 @@ def _letter_first(key: str) -> str:
 
 def _pair(key: object, value: object, source: str) -> tuple[str, str]:
     if not isinstance(key, str):
-        raise ValueError(f"{source}: tag keys must be str, got {type(key).__name__} ({_ACCEPTED})")
+        raise ValueError(f"{source}: tag keys must be str, got {type(key).__name__} ({ACCEPTED})")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(
             f"{source}: tag {show(key)} has a value of type {type(value).__name__}; "
-            f"values must be str, int or float ({_ACCEPTED})"
+            f"values must be str, int or float ({ACCEPTED})"
         )
     text = str(value)
     if not key or not text:
@@ -87,11 +88,11 @@ def _pair(key: object, value: object, source: str) -> tuple[str, str]:
 
 def _split(tag: object, source: str) -> tuple[str, str]:
     if not isinstance(tag, str):
-        raise ValueError(f"{source}: tags must be strings, got {type(tag).__name__} ({_ACCEPTED})")
+        raise ValueError(f"{source}: tags must be strings, got {type(tag).__name__} ({ACCEPTED})")
     key, sep, value = tag.partition(":")
     if not sep:
         if not tag:
-            raise ValueError(f"{source}: a tag is empty; expected {_ACCEPTED}")
+            raise ValueError(f"{source}: a tag is empty; expected {ACCEPTED}")
         return tag, ""
     if not key or not value:
         raise ValueError(
@@ -105,12 +106,12 @@ def parse(tags: object, source: str = "tags") -> Tags:
     if tags is None:
         return []
     if isinstance(tags, (str, bytes)):
-        raise ValueError(f"{source}: got a single {type(tags).__name__}; expected {_ACCEPTED}")
+        raise ValueError(f"{source}: got a single {type(tags).__name__}; expected {ACCEPTED}")
     if isinstance(tags, Mapping):
         return [_pair(k, v, source) for k, v in tags.items()]
     if isinstance(tags, Iterable):
         return [_split(tag, source) for tag in tags]
-    raise ValueError(f"{source}: got {type(tags).__name__}; expected {_ACCEPTED}")
+    raise ValueError(f"{source}: got {type(tags).__name__}; expected {ACCEPTED}")
 
 
 def split_env(text: str, variable: str) -> List[str]:
@@ -191,6 +192,6 @@ def render(sources: Sequence[Tags], budget: int) -> Tags:
     return safe
 
 
-def text(tags: Iterable[Tuple[str, str]]) -> str:
+def joined(tags: Iterable[Tuple[str, str]]) -> str:
     """The tags as a DogStatsD line carries them after ``|#``: ``env:prod,canary``."""
     return ",".join(f"{key}:{value}" if value else key for key, value in tags)
