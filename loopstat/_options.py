@@ -39,8 +39,8 @@ MIN_INTERVAL = 0.001
 # The watchdog wakes every threshold / 10: at 10 ms that is 1,000 times a
 # second, and ordinary GC pauses and scheduling noise start to count as stalls.
 MIN_STALL_THRESHOLD = 0.01
-# A day: longer waits overflow thread timeouts (threading.TIMEOUT_MAX) and
-# mean the setting is wrong rather than long.
+# A day: anything longer is a mistake rather than a choice, and waits of
+# about 1e10 s overflow (threading.Event.wait raises OverflowError).
 MAX_SECONDS = 86400.0
 
 DEFAULT_HOST = "localhost"
