@@ -197,13 +197,10 @@ class Prefix(Kind[str]):
     _FORM = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
     def accepted(self) -> str:
-        return (
-            "a letter followed by letters, digits, '_' and single '.' separators "
-            f"(^[A-Za-z][A-Za-z0-9_.]*$, no empty segment, at most {MAX_PREFIX_LENGTH} characters), or ''"
-        )
+        return "'' or " + self.accepted_text()
 
     def accepted_text(self) -> str:
-        return f"a letter, then letters, digits, '_' and single '.' (at most {MAX_PREFIX_LENGTH} characters)"
+        return f"a letter, then letters, digits, '_' and single '.' separators (at most {MAX_PREFIX_LENGTH} characters)"
 
     def check(self, value: object, source: str) -> str:
         if not isinstance(value, str) or (

@@ -73,7 +73,8 @@ def test_flavor_must_be_dogstatsd_or_statsd(flavor: object) -> None:
 
 @pytest.mark.parametrize("prefix", ["1app", "my-app", "my app", "app.", ".app", "a..b", "app|x", "é", "a" * 200, 5])
 def test_prefix_must_be_a_dotted_name(prefix: object) -> None:
-    with pytest.raises(ValueError, match=r"prefix: .* expected a letter followed by letters, digits"):
+    expected = r"expected '' or a letter, then letters, digits, '_' and single '\.' separators \(at most 183"
+    with pytest.raises(ValueError, match=rf"prefix: .* {expected}"):
         loopstat.install(prefix=prefix)  # type: ignore[arg-type]
 
 
