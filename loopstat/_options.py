@@ -258,7 +258,7 @@ class Switch(Kind[bool]):
 class TagList(Kind[_tags.Tags]):
     """Tags: checked here, merged and made safe for the wire by ``tags.render``."""
 
-    type_doc = 'mapping or iterable of "key:value"/"key"'
+    type_doc = "mapping or iterable"
 
     def accepted(self) -> str:
         return _tags.ACCEPTED
