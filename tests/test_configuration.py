@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import socket
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import loopstat
 from loopstat import _options, bootstrap
 from loopstat._options import OPTIONS
 from loopstat.cli.run import usage
+from loopstat.tags import joined
 from tests.receiver import Receiver
 
 
@@ -296,3 +300,32 @@ def test_loopstat_run_help_names_every_variable_and_the_bounds() -> None:
 def test_a_bad_loopstat_variable_is_named(name: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name}: .*{message}"):
         bootstrap.check({name: value})
+
+
+tag_items = st.text(alphabet=st.characters() | st.sampled_from("|#,:@\n\r ;=~!_-./0123456789"), max_size=250)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(items=st.lists(tag_items, max_size=30))
+def test_every_tag_sent_starts_with_a_letter_and_reads_back_as_sent(items: list[str]) -> None:
+    try:
+        resolved = loopstat.settings.resolve(tags=items, environ={})
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith("tags: "), message
+        return
+    text = joined(resolved.tags)
+    assert len(text.encode()) <= loopstat.settings.MAX_DATAGRAM
+    read_back = []
+    for tag in text.split(",") if text else []:
+        assert re.fullmatch(r"[^\W\d_][\w\-./]*(:[\w\-./:]+)?", tag), tag
+        assert len(tag) <= 200
+        key, _, value = tag.partition(":")
+        read_back.append((key, value))
+    assert read_back == list(resolved.tags)
+    assert len({key.lower() for key, _ in resolved.tags}) == len(resolved.tags)
+
+
+def test_a_long_tag_without_value_is_cut_to_200_characters() -> None:
+    resolved = loopstat.settings.resolve(tags=["canary" + "x" * 300], environ={})
+    assert resolved.tags == (("canary" + "x" * 194, ""),)
