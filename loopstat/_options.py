@@ -454,15 +454,20 @@ class _Unhashable(Exception):
     pass
 
 
-def _frozen(value: object) -> Hashable:
+def _scalar(value: object) -> Hashable:
     # The type goes in too: True == 1 == 1.0, but only 1 and 1.0 are valid seconds.
     if value is None or isinstance(value, (str, int, float)):
         return (type(value), value)
-    if isinstance(value, Mapping):
-        return (Mapping, tuple((_frozen(k), _frozen(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return (list, tuple(_frozen(item) for item in value))
     raise _Unhashable
+
+
+def _frozen(value: object) -> Hashable:
+    """``value`` as part of a cache key; one level deep, as no valid argument is deeper."""
+    if isinstance(value, Mapping):
+        return (Mapping, tuple((_scalar(k), _scalar(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (list, tuple(_scalar(item) for item in value))
+    return _scalar(value)
 
 
 def resolve(host: object = None, port: object = None, *, environ: Mapping[str, str], **arguments: object) -> Settings:

@@ -329,3 +329,10 @@ def test_every_tag_sent_starts_with_a_letter_and_reads_back_as_sent(items: list[
 def test_a_long_tag_without_value_is_cut_to_200_characters() -> None:
     resolved = loopstat.settings.resolve(tags=["canary" + "x" * 300], environ={})
     assert resolved.tags == (("canary" + "x" * 194, ""),)
+
+
+def test_a_list_that_contains_itself_is_refused_as_tags() -> None:
+    tags: list[object] = []
+    tags.append(tags)
+    with pytest.raises(ValueError, match=r"^tags: tags must be strings, got list"):
+        loopstat.settings.resolve(tags=tags, environ={})
