@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, List, Optional, Set, Type
+from typing import Any, Callable, List, Literal, Optional, Set, Type
 
 from loopstat import settings as _settings
 from loopstat.probes import executor as _executor
@@ -288,7 +288,7 @@ def install(
     prefix: Optional[str] = None,
     tags: TagsArg = None,
     interval: float = _settings.DEFAULT_INTERVAL,
-    flavor: str = "dogstatsd",
+    flavor: Literal["dogstatsd", "statsd"] = "dogstatsd",
     loop: Optional[asyncio.AbstractEventLoop] = None,
     stall_threshold: Optional[float] = _settings.DEFAULT_STALL_THRESHOLD,
     utilization: bool = True,

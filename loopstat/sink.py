@@ -30,6 +30,7 @@ from aiodogstatsd.client import DatagramProtocol
 from aiodogstatsd.typedefs import CState
 
 from loopstat.settings import MAX_DATAGRAM, Settings
+from loopstat.tags import joined
 
 log = logging.getLogger("loopstat")
 
@@ -76,9 +77,11 @@ class _Protocol(DatagramProtocol):
 
 
 class _Client(aiodogstatsd.Client):
-    def __init__(self, protocol: _Protocol, **kwargs: Any) -> None:
+    def __init__(self, protocol: _Protocol, tags: bytes, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._protocol = protocol
+        # Written here, not by aiodogstatsd: it cannot write a tag without value.
+        self._tags = tags
 
     async def _listen(self) -> None:
         # Replaces aiodogstatsd's listener, which polls its queue and awaits
@@ -98,7 +101,7 @@ class _Client(aiodogstatsd.Client):
         queue = self._pending_queue
         batch = b""
         while not queue.empty():
-            line: bytes = queue.get_nowait()
+            line: bytes = queue.get_nowait() + self._tags
             if batch and len(batch) + 1 + len(line) > MAX_DATAGRAM:
                 self._protocol.send(batch)
                 batch = line
@@ -213,10 +216,10 @@ class Sink:
     async def _connect(self, address: Address) -> None:
         client = _Client(
             _Protocol(self._on_error),
+            f"|#{joined(self.settings.tags)}".encode() if self.settings.tags else b"",
             host=address[0],
             port=address[1],
             namespace=self.settings.prefix or None,
-            constant_tags=dict(self.settings.tags),
         )
         try:
             await client.connect()

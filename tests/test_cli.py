@@ -197,7 +197,7 @@ def test_watch_on_a_port_in_use_fails_in_one_line() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["watch", "--port", "99999"], "'99999' is not a port"),
+        (["watch", "--port", "99999"], "'99999' is out of range"),
         (["demo", "--seconds", "x"], "'x' is not valid"),
         (["nonsense"], "invalid choice: 'nonsense'"),
     ],

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import loopstat
+from loopstat import _options
+
+T = TypeVar("T")
 
 DEMO_SECONDS = 24.0
 DEMO_MIN_SECONDS = 2.0
@@ -19,20 +22,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected an integer in 0..65535 (0: any free port)")
-    return int(text)
+def _argument(kind: _options.Kind[T]) -> Callable[[str], T]:
+    """An argparse type that checks a flag as loopstat checks its settings."""
+
+    def convert(text: str) -> T:
+        try:
+            return kind.check(kind.parse(text, ""), "")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= DEMO_MIN_SECONDS or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a number of seconds >= {DEMO_MIN_SECONDS:g}")
-    return value
+_port = _argument(_options.Port(any_port=True))
+
+
+def _seconds_at_least(least: float) -> Callable[[str], Optional[float]]:
+    return _argument(_options.Seconds(least))
+
+
+_seconds = _seconds_at_least(DEMO_MIN_SECONDS)
 
 
 def parser() -> argparse.ArgumentParser:
