@@ -422,8 +422,8 @@ def test_demo_in_a_terminal_at_80x24_shows_phases_metrics_with_units_and_the_blo
     assert_nothing_wraps_letter_by_letter(during)
     assert term.wait_exit(30) == 0
     screen = term.text()
-    assert re.search(r"I/O on loop stalled at .*demo\.py:\d+ in fetch_report", screen)
-    assert re.search(r"CPU on loop stalled at .*demo\.py:\d+ in crunch_numbers", screen)
+    assert re.search(r"I/O on loop stalled at demo_service\.py:\d+ in fetch_report", screen)
+    assert re.search(r"CPU on loop stalled at demo_service\.py:\d+ in crunch_numbers", screen)
     assert "requests: requests the service finished in the phase" in screen
     assert "Traceback" not in screen
 

@@ -16,13 +16,11 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import loopstat
 from loopstat import settings as _settings
@@ -69,15 +67,21 @@ PHASES = (
 )
 
 
-def fetch_report(port: int) -> bytes:
-    """Ask the backend with a blocking socket, as a synchronous HTTP client or database driver does."""
+#: The service's blocking functions. They are compiled under a file name of their
+#: own: to the stall watchdog they are the application's code, as they would be
+#: in a real service (code in loopstat's files is loopstat's own, never blamed).
+SERVICE_FILE = "demo_service.py"
+SERVICE_CODE = """
+import socket, time
+
+def fetch_report(port):
+    # Asks the backend with a blocking socket, as a synchronous HTTP client or database driver does.
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"report\n")
+        sock.sendall(b"report\\n")
         return sock.recv(64)
 
-
-def crunch_numbers(seconds: float) -> int:
-    """CPU-bound Python that never awaits, standing in for a big json.loads, a render or a pure-Python hash."""
+def crunch_numbers(seconds):
+    # CPU-bound Python that never awaits, standing in for a big json.loads, a render or a pure-Python hash.
     deadline = time.perf_counter() + seconds
     total = n = 0
     while time.perf_counter() < deadline:
@@ -85,6 +89,11 @@ def crunch_numbers(seconds: float) -> int:
             total = (total + n * n) % 1_000_003
             n += 1
     return total
+"""
+_service: Dict[str, Any] = {"__name__": __name__}  # so that the process pool can pickle crunch_numbers
+exec(compile(SERVICE_CODE, SERVICE_FILE, "exec"), _service)
+fetch_report: Callable[[int], bytes] = _service["fetch_report"]
+crunch_numbers: Callable[[float], int] = _service["crunch_numbers"]
 
 
 async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
