@@ -398,7 +398,7 @@ def test_bad_arguments_fail_in_one_line(args: List[str], message: str) -> None:
 def summary_rows(text: str) -> Dict[str, List[str]]:
     """The demo summary's table: phase name to its cells (lag max, utilization, stalls, requests)."""
     summary = text.split("what the service's loop went through")[1]
-    rows = re.findall(r"^  (\S.*?)\s{2,}(\S+ ms)\s+(\S+%)\s+(\d+)\s+(\d+)$", summary, re.M)
+    rows = re.findall(r"^  (\S.*?)\s{2,}(\S+ ms|-)\s+(\S+%|-)\s+(\d+)\s+(\d+)$", summary, re.M)
     return {name: cells for name, *cells in rows}
 
 
@@ -476,6 +476,17 @@ def test_ctrl_c_in_the_demo_summarizes_only_the_phases_that_ran_and_exits_130(
     assert "Blocking I/O:" not in screen, "no advice from a phase that was cut short"
     assert "CPU-bound" not in screen, "nor from phases that never ran"
     assert "Traceback" not in screen
+
+
+def test_ctrl_c_as_the_demo_starts_reaches_no_process_of_its_pool(terminal: Callable[..., Terminal]) -> None:
+    term = terminal("demo", size=LARGE)
+    term.wait_for(lambda text: "phase 1/5" in text)
+    time.sleep(1.0)  # the pool's processes are up
+    os.write(term.fd, b"\x03")  # to the whole foreground process group, pool processes included
+    assert term.wait_exit(20) == 130
+    assert list(summary_rows(term.text())) == ["healthy (cut)"]
+    assert "Traceback" not in term.text()
+    assert "KeyboardInterrupt" not in term.text()
 
 
 def test_sigint_to_a_piped_demo_exits_130_with_the_phases_that_ran() -> None:

@@ -122,14 +122,18 @@ class Service:
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="loopstat-demo-service", daemon=True)
-        # Spawned, not forked (this process has threads); deaf to the Ctrl-C the terminal sends them too.
-        self._pool = ProcessPoolExecutor(
-            WORKERS, multiprocessing.get_context("spawn"), signal.signal, (signal.SIGINT, signal.SIG_IGN)
-        )
+        # Spawned, not forked: this process has threads.
+        self._pool = ProcessPoolExecutor(WORKERS, multiprocessing.get_context("spawn"))
 
     def start(self) -> None:
-        for _ in range(WORKERS):  # start the processes now, not in the middle of their phase
-            self._pool.submit(crunch_numbers, 0.0)
+        # The processes start now, not in the middle of their phase, and with Ctrl-C blocked (they
+        # keep that mask): a terminal sends it to them too, and only the demo should answer it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(WORKERS):
+                self._pool.submit(crunch_numbers, 0.0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -178,7 +182,8 @@ class PhaseTally:
     """What the receiver saw during one phase, and the monitor's stall count at its latest sample."""
 
     phase: Phase
-    lag_max: float = 0.0
+    #: None until a lag sample arrives.
+    lag_max: Optional[float] = None
     utilization_sum: float = 0.0
     utilization_count: int = 0
     stalls_seen: int = 0
@@ -211,7 +216,7 @@ class Tally:
         if len(self.phases) > 1 and tally.phase.where != "loop" and now - self._switched < GRACE_SECONDS:
             tally = self.phases[-2]  # the last blocked request of the phase before, and its samples
         if sample.name == f"{PREFIX}.lag" and sample.type == "g":
-            tally.lag_max = max(tally.lag_max, sample.value)
+            tally.lag_max = max(tally.lag_max or 0.0, sample.value)
         elif sample.name == f"{PREFIX}.utilization":
             tally.utilization_sum += sample.value
             tally.utilization_count += 1
@@ -230,7 +235,7 @@ class Tally:
             use = "-" if tally.utilization is None else fmt.value(tally.utilization, "%")
             stalls, stalls_before = tally.stalls_seen - stalls_before, tally.stalls_seen
             name = tally.phase.name + (" (cut)" if interrupted and index == len(self.phases) - 1 else "")
-            lag = fmt.value(tally.lag_max, "ms")
+            lag = "-" if tally.lag_max is None else fmt.value(tally.lag_max, "ms")
             rows.append(f"  {name:<16}{lag:>10}{use:>13}{stalls:>8}{tally.requests:>10}")
         rows += [
             "",
@@ -247,7 +252,7 @@ class Tally:
 
     def _advice(self) -> List[str]:
         """What the numbers showed, for each kind of work whose two phases ran."""
-        lags = {tally.phase.name: tally.lag_max for tally in self.phases}
+        lags = {tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None}
         out = []
         for on_loop, moved, work, remedy in (
             ("I/O on loop", "I/O in thread", "Blocking I/O", "a thread (asyncio.to_thread, run_in_executor)"),
