@@ -269,13 +269,14 @@ def test_counters_show_rates_and_values_carry_units() -> None:
     board.feed(b"p.stalls:2|c\np.utilization:0.25|g\np.lag:12.5|g\np.tasks:3|g\nother.thing:2.5|g")
     clock.now += 0.5
     board.feed(b"p.stalls:1|c\np.utilization:0.75|g")
+    clock.now += 0.7  # into the next second: the one before is whole
     cells = {series.name: fmt.cells(series, clock.now) for series in board.rows()}
-    assert cells["p.stalls"][0] == "3/s"
+    assert cells["p.stalls"] == ["3/s", "0/s", "0.300/s", "3/s"], "per whole second, the silent ones as 0"
     assert cells["p.utilization"] == ["75.0%", "25.0%", "50.0%", "75.0%"]
     assert cells["p.lag"] == ["12.50 ms"] * 4
     assert cells["p.tasks"] == ["3"] * 4
     assert cells["other.thing"] == ["2.50"] * 4
-    clock.now += 11.0  # nothing in the window: a counter's rate is 0, a gauge has no min/avg/max
+    clock.now += 10.0  # nothing in the window: a counter's rate is 0, a gauge has no min/avg/max
     cells = {series.name: fmt.cells(series, clock.now) for series in board.rows()}
     assert cells["p.stalls"] == ["0/s"] * 4
     assert cells["p.lag"] == ["12.50 ms", "-", "-", "-"]

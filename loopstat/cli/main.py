@@ -52,13 +52,14 @@ def parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch",
         help="receive StatsD/DogStatsD metrics on a local port and show them live",
-        description="A StatsD/DogStatsD receiver for development: a live table in a terminal, "
-        "one line per metric per second otherwise.",
+        description="A StatsD/DogStatsD receiver for development: a live table in a terminal; otherwise, "
+        "each second, one line per metric that received data in it. Ctrl-C quits (exit 0).",
     )
     watch.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     watch.add_argument("--port", type=_port, default=8125, help="UDP port to listen on (default: 8125)")
     watch.add_argument(
         "--stale",
+        metavar="SECONDS",
         type=_seconds_at_least(1.0),
         default=STALE_DROP,
         help=f"drop a row after this many seconds without data (default: {STALE_DROP:g}; "

@@ -73,21 +73,20 @@ class Series:
             self._buckets.popleft()
 
     def current(self, now: float) -> float:
-        """What the "last" column shows: the latest value, or for counters the sum over the last second."""
+        """What the "last" column shows: the latest value, or for counters the sum over the last whole second."""
         if not self.counter:
             return self.last
-        return sum(value for at, value in self._window if at > now - 1.0)
+        return dict(self._buckets).get(int(now) - 1, 0.0)
 
     def stats(self, now: float) -> Optional[Stats]:
-        """Min/avg/max over the window: of values, or for counters of per-second sums (0 when silent).
+        """Min/avg/max over the window: of values, or for counters of the sums of its whole seconds.
 
         None for a gauge or timing with no value in the window.
         """
         self._prune(now)
         if self.counter:
-            # Every second of the window counts, the silent ones as 0.
-            first = int(now) - int(WINDOW) + 1
-            sums = {second: 0.0 for second in range(first, int(now) + 1)}
+            # Every whole second of the window counts, the silent ones as 0.
+            sums = dict.fromkeys(range(int(now) - int(WINDOW), int(now)), 0.0)
             for second, total in self._buckets:
                 if second in sums:
                     sums[second] = total
