@@ -282,6 +282,16 @@ def test_counters_show_rates_and_values_carry_units() -> None:
     assert cells["p.lag"] == ["12.50 ms", "-", "-", "-"]
 
 
+def test_rows_that_do_not_fit_the_height_are_counted_not_scrolled_off() -> None:
+    board = Board(Clock())
+    board.feed("\n".join(f"app.metric{i:02}:{i}|g" for i in range(40)).encode())
+    screen = render(board).rstrip("\n").splitlines()
+    assert len(screen) == 24
+    assert screen[1].split() == ["metric", "type", "last", "min", "avg", "max", "last", "30", "s"]
+    assert re.fullmatch(r"… \d+ more lines: enlarge the terminal to see them", screen[-3])
+    assert screen[-2].startswith("last: latest")
+
+
 def test_columns_go_trend_first_then_min_and_avg_before_names_are_cut() -> None:
     table: Dict[str, List[str]] = {
         "metric": ["loopstat.executor.threads"],

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from loopstat.cli import fmt
 from loopstat.cli.board import Board
-from loopstat.cli.series import WINDOW
+from loopstat.cli.series import WINDOW, Series
 
 #: Notes (log lines) kept under the table, newest last.
 NOTES = 6
@@ -97,11 +97,11 @@ class Live:
             head.append(Text(f"last bad line: {board.last_bad!r}", "red"))
         if self.status is not None:
             head.append(Text(self.status, "bold yellow"))
-        tail = [Text(line, "dim") for line in self._caption()] if board.series else []
+        rows = board.rows()
+        tail = [Text(line, "dim") for line in self._caption()] if rows else []
         notes = [Text(note, "magenta") for note in self._notes]
-        lines = head + tail
-        used = sum(len(part.wrap(self.console, width)) for part in lines)
-        table = self._table(width, height - used) if board.series else [self._waiting()]
+        used = sum(len(part.wrap(self.console, width)) for part in head + tail)
+        table = self._table(rows, width, height - used) if rows else [self._waiting()]
         room = height - used - len(table)
         shown: List[Text] = []
         for note in reversed(notes):  # the newest that fit
@@ -122,11 +122,10 @@ class Live:
             f"type: g gauge, ms timing, c counter · stale: seconds silent, gone at {self.board.stale:g} s",
         ]
 
-    def _table(self, width: int, height: int) -> List[Text]:
+    def _table(self, rows: List[Series], width: int, height: int) -> List[Text]:
         """The header, then each sender's rows under its name, in at most ``height`` lines."""
         board = self.board
         now = board.now()
-        rows = board.rows()
         columns: Dict[str, List[str]] = {name: [] for name in COLUMNS}
         for series in rows:
             silence = board.silence(series, now)
