@@ -57,6 +57,11 @@ class Phase:
     #: Where the blocking work runs: on the loop, or handed to a "thread" or a "process" pool.
     where: str = "loop"
 
+    @property
+    def blocks(self) -> bool:
+        """Whether its requests hold the loop."""
+        return self.where == "loop" and self.work != "await"
+
 
 PHASES = (
     Phase("healthy", "healthy: each request awaits the slow backend (asyncio streams)", "await"),
@@ -138,8 +143,11 @@ class Service:
 
     async def stop(self) -> None:
         self._stop.set()
-        # Joined from a worker thread: the receiver's loop keeps taking datagrams meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        # Waited for in a worker thread: the receiver's loop keeps taking datagrams meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._end)
+
+    def _end(self) -> None:
+        self._thread.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _main(self) -> None:
@@ -213,7 +221,7 @@ class Tally:
         if not self.phases:
             return
         tally = self.phases[-1]
-        if len(self.phases) > 1 and tally.phase.where != "loop" and now - self._switched < GRACE_SECONDS:
+        if len(self.phases) > 1 and self.phases[-2].phase.blocks and now - self._switched < GRACE_SECONDS:
             tally = self.phases[-2]  # the last blocked request of the phase before, and its samples
         if sample.name == f"{PREFIX}.lag" and sample.type == "g":
             tally.lag_max = max(tally.lag_max or 0.0, sample.value)
@@ -224,7 +232,7 @@ class Tally:
         if monitor is not None:
             tally.stalls_seen = max(tally.stalls_seen, monitor.stalls)
             stall = monitor.last_stall
-            if stall is not None and stall.location and tally.phase.where == "loop" and tally.phase.work != "await":
+            if stall is not None and stall.location and tally.phase.blocks:
                 tally.stall = stall
 
     def summary(self, interrupted: bool) -> str:
