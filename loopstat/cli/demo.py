@@ -19,7 +19,7 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import loopstat
@@ -32,7 +32,8 @@ PREFIX = "loopstat"
 TAGS = {"service": "demo"}
 #: Sample often, so a short demo still shows a few samples per phase.
 INTERVAL = 0.1
-#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold (0.1 s).
+STALL_SECONDS = 0.1
+#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold.
 WORK_SECONDS = 0.15
 #: Time between two requests of one worker.
 PAUSE_SECONDS = 0.05
@@ -158,7 +159,7 @@ class Service:
 
     async def _serve(self) -> None:
         async with loopstat.install(
-            host="127.0.0.1", port=self.port, prefix=PREFIX, tags=TAGS, interval=INTERVAL
+            host="127.0.0.1", port=self.port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, stall_threshold=STALL_SECONDS
         ) as self.monitor:
             await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
 
@@ -192,15 +193,10 @@ class PhaseTally:
     phase: Phase
     #: None until a lag sample arrives.
     lag_max: Optional[float] = None
-    utilization_sum: float = 0.0
-    utilization_count: int = 0
+    utilization: List[float] = field(default_factory=list)
     stalls_seen: int = 0
     stall: Optional[loopstat.Stall] = None
     requests: int = 0
-
-    @property
-    def utilization(self) -> Optional[float]:
-        return self.utilization_sum / self.utilization_count if self.utilization_count else None
 
 
 class Tally:
@@ -226,8 +222,7 @@ class Tally:
         if sample.name == f"{PREFIX}.lag" and sample.type == "g":
             tally.lag_max = max(tally.lag_max or 0.0, sample.value)
         elif sample.name == f"{PREFIX}.utilization":
-            tally.utilization_sum += sample.value
-            tally.utilization_count += 1
+            tally.utilization.append(sample.value)
         monitor = self._service.monitor
         if monitor is not None:
             tally.stalls_seen = max(tally.stalls_seen, monitor.stalls)
@@ -237,45 +232,45 @@ class Tally:
 
     def summary(self, interrupted: bool) -> str:
         rows = ["", "loopstat demo: what the service's loop went through", ""]
-        rows.append(f"  {'phase':<16}{'lag max':>10}{'utilization':>13}{'stalls':>8}{'requests':>10}")
+        rows.append(f"  {'phase':<20}{'lag max':>10}{'utilization':>13}{'stalls':>8}{'requests':>10}")
         stalls_before = 0
         for index, tally in enumerate(self.phases):
-            use = "-" if tally.utilization is None else fmt.value(tally.utilization, "%")
+            use = fmt.value(sum(tally.utilization) / len(tally.utilization), "%") if tally.utilization else "-"
             stalls, stalls_before = tally.stalls_seen - stalls_before, tally.stalls_seen
             name = tally.phase.name + (" (cut)" if interrupted and index == len(self.phases) - 1 else "")
             lag = "-" if tally.lag_max is None else fmt.value(tally.lag_max, "ms")
-            rows.append(f"  {name:<16}{lag:>10}{use:>13}{stalls:>8}{tally.requests:>10}")
+            rows.append(f"  {name:<20}{lag:>10}{use:>13}{stalls:>8}{tally.requests:>10}")
         rows += [
             "",
             "  lag max: the most a timer ran late · utilization: share of the time the loop",
             "  ran code rather than waited · stalls: times it made no progress for over",
-            "  100 ms · requests: requests the service finished in the phase",
+            f"  {STALL_SECONDS * 1000:.0f} ms · requests: requests the service finished in the phase",
             "",
         ]
         for tally in self.phases:
             if tally.stall is not None:
                 rows.append(f"  {tally.phase.name} stalled at {tally.stall.location}")
-        rows += self._advice()
+        rows += advice({tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None})
         return "\n".join(rows) + "\n"
 
-    def _advice(self) -> List[str]:
-        """What the numbers showed, for each kind of work whose two phases ran."""
-        lags = {tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None}
-        out = []
-        for on_loop, moved, work, remedy in (
-            ("I/O on loop", "I/O in thread", "Blocking I/O", "a thread (asyncio.to_thread, run_in_executor)"),
-            ("CPU on loop", "CPU in process", "CPU-bound Python", "a process pool (threads share the GIL)"),
-        ):
-            if on_loop not in lags or moved not in lags:
-                continue
-            before, after = fmt.value(lags[on_loop], "ms"), fmt.value(lags[moved], "ms")
-            if lags[moved] < lags[on_loop] / 2:
-                out.append(f"  {work}: lag max {before} on the loop, {after} in {remedy.split(' (')[0]}.")
-                out.append(f"    Move it off the loop, to {remedy}.")
-            else:
-                out.append(f"  {work}: lag max {before} on the loop and {after} moved off it: no clear")
-                out.append("    gain this time (the machine may be short of CPU); try a longer --seconds.")
-        return out
+
+def advice(lags: Dict[str, float]) -> List[str]:
+    """What the lag of each phase showed (by phase name), for each kind of work whose two phases ran."""
+    out = []
+    for on_loop, moved, work, remedy in (
+        ("I/O on loop", "I/O in thread", "Blocking I/O", "a thread (asyncio.to_thread, run_in_executor)"),
+        ("CPU on loop", "CPU in process", "CPU-bound Python", "a process pool (threads share the GIL)"),
+    ):
+        if on_loop not in lags or moved not in lags:
+            continue
+        before, after = fmt.value(lags[on_loop], "ms"), fmt.value(lags[moved], "ms")
+        if lags[moved] < lags[on_loop] / 2:
+            out.append(f"  {work}: lag max {before} on the loop, {after} in {remedy.split(' (')[0]}.")
+            out.append(f"    Move it off the loop, to {remedy}.")
+        else:
+            out.append(f"  {work}: lag max {before} on the loop and {after} moved off it:")
+            out.append("    no clear gain this time (the machine may be short of CPU).")
+    return out
 
 
 class _ToView(logging.Handler):
