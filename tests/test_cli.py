@@ -448,6 +448,8 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
     assert re.search(r"^loopstat\.lag g service:demo last=\S+ ms min=", out, re.M)
     rows = summary_rows(out)
     assert list(rows) == ["healthy", "I/O on loop", "I/O in thread", "CPU on loop", "CPU in process"]
+    summary = out.split("\n\nloopstat demo: what the service's loop went through")[1]
+    assert max(map(len, summary.splitlines())) < 80, "no line of the summary wraps in an 80-column terminal"
     # Each blocked request holds the loop for 150 ms, past the stall threshold (100 ms).
     for on_loop, moved, advice in (
         ("I/O on loop", "I/O in thread", "to a thread (asyncio.to_thread, run_in_executor)"),
