@@ -19,17 +19,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
 
 from loopstat import tags as _tags
+from loopstat._metrics import LONGEST_SUFFIX
 from loopstat.tags import show
 
 T = TypeVar("T")
 
 # DogStatsD's guidance for UDP: larger datagrams may be fragmented or dropped.
 MAX_DATAGRAM = 1432
-# Longest metric suffix, value and type loopstat writes after the prefix,
-# with room to spare: ".executor.threads:" + 24-character value + "|ms|#".
-_LINE_OVERHEAD = 64
+# What a line holds after the prefix, besides its tags: the longest metric
+# name, ":", a value of up to 24 characters, "|ms|#", and room to spare.
+_LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + 16
 # Datadog metric names are at most 200 characters.
-MAX_PREFIX_LENGTH = 200 - len(".executor.threads")
+MAX_PREFIX_LENGTH = 200 - LONGEST_SUFFIX
 Flavor = Literal["dogstatsd", "statsd"]
 FLAVORS: Tuple[str, ...] = get_args(Flavor)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+from loopstat import _metrics
 from loopstat.cli.series import Series
 
 BARS = "▁▂▃▄▅▆▇█"
 
 #: Units of loopstat's metrics, by the end of their name (the prefix varies). Counters are
 #: shown per second and timings (type ``ms``) in milliseconds; other metrics without a unit.
-UNITS = {"lag": "ms", "stall": "ms", "gc.pause": "ms", "utilization": "%"}
+UNITS = {name: {"ms": "ms", "ratio": "%"}[unit] for name, unit in _metrics.UNITS.items() if unit != "count"}
 
 
 def unit(name: str, type: str) -> str:
