@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Tuple, Union
 import pytest
 
 import loopstat
+from loopstat import Flavor
 from tests.conftest import ENV_VARS
 from tests.provision import command
 from tests.servers import LOOPBACK, Carbon, GraphiteWeb, running_graphite, running_statsd
@@ -50,7 +51,7 @@ Value = Union[str, Sequence[str]]
 class App:
     """An application run: what it really did, to compare the dashboard with."""
 
-    flavor: str
+    flavor: Flavor
     tags: Mapping[str, str] = field(default_factory=dict)
     #: Tasks alive on its loop while monitored: its main task and the ones it started.
     tasks: int = 1
