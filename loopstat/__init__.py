@@ -1,8 +1,9 @@
 """loopstat: the health of asyncio event loops (lag, tasks, utilization, stalls), sent to StatsD/DogStatsD."""
 
+from loopstat._options import Flavor
 from loopstat.monitor import Monitor, install
 from loopstat.probes.stalls import Stall
 from loopstat.settings import Settings
 
-__all__ = ["Monitor", "Settings", "Stall", "__version__", "install"]
+__all__ = ["Flavor", "Monitor", "Settings", "Stall", "__version__", "install"]
 __version__ = "0.1.0"

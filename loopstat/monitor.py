@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Coroutine, List, Optional, Set, Tuple, Type
+from typing import Any, Callable, Coroutine, List, Literal, Optional, Set, Tuple, Type
 
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
@@ -346,7 +346,7 @@ def install(
     prefix: Optional[str] = None,
     tags: TagsArg = None,
     interval: float = _settings.DEFAULT_INTERVAL,
-    flavor: str = "dogstatsd",
+    flavor: Literal["dogstatsd", "statsd"] = "dogstatsd",
     loop: Optional[asyncio.AbstractEventLoop] = None,
     stall_threshold: Optional[float] = _settings.DEFAULT_STALL_THRESHOLD,
     utilization: bool = True,

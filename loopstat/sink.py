@@ -31,6 +31,7 @@ from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
 from loopstat.settings import MAX_DATAGRAM, Settings
+from loopstat.tags import joined
 
 log = logging.getLogger("loopstat")
 
@@ -162,10 +163,11 @@ class Sink:
         # Lines sent before the first connection (a stall during startup):
         # held until it is made, dropped if it fails.
         self._early: Optional[List[Line]] = []
-        tags = dict(settings.tags)
         namespace = settings.prefix or None
-        self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: build(
-            name=name, namespace=namespace, value=value, type_=kind, tags=tags, sample_rate=1
+        # Tags are written here, not by aiodogstatsd: it cannot write a tag without value.
+        tags = f"|#{joined(settings.tags)}".encode() if settings.tags else b""
+        self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: (
+            build(name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1) + tags
         )
 
     def start(self) -> None:

@@ -10,28 +10,18 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
+from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests.receiver import Receiver
 
-# Every variable loopstat reads; tests start from none of them set.
-ENV_VARS = (
-    "DD_DOGSTATSD_URL",
-    "DD_AGENT_HOST",
-    "DD_DOGSTATSD_PORT",
-    "STATSD_HOST",
-    "STATSD_PORT",
-    "STATSD_PREFIX",
-    "DD_SERVICE",
-    "DD_ENV",
-    "DD_VERSION",
-    "DD_TAGS",
-    "DATADOG_TAGS",
-)
+# Every variable loopstat reads (install()'s and loopstat-run's); tests start from none of them set.
+ENV_VARS = VARIABLES + RUN_VARIABLES
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    forget()  # settings resolved (and warned about) by an earlier test
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +46,7 @@ E2E_MODULES = {
     "test_run",
     "test_contrib",
     "test_dashboards",
+    "test_grafana_render",
     "test_package",
     "test_soak_smoke",
     "test_bench_smoke",
@@ -80,7 +71,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     if getattr(request, "param", "asyncio") == "uvloop":
-        return uvloop.EventLoopPolicy()
+        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+        return policy
     return asyncio.DefaultEventLoopPolicy()
 
 

@@ -1,35 +1,35 @@
-"""Real servers for the pipeline tests: Etsy statsd 0.9.0 writing into a Graphite carbon-cache.
+"""Real servers for the pipeline tests: Etsy statsd 0.9.0 writing into a Graphite carbon-cache,
+and graphite-web 1.1 answering render queries over carbon's files and tag index.
 
-Both are installed on demand, once per machine: statsd with npm into
-``~/.cache/loopstat-tests/statsd-0.9.0``, carbon with ``apt-get install
-graphite-carbon`` (as root). Each server runs in a temporary folder of its own,
-on ephemeral ports of 127.0.0.1 only, in a process group of its own that
-``stop()`` and ``kill()`` end as a whole.
+All are installed beforehand by ``python3 -m tests.provision`` (tests/provision.py);
+a test that finds one missing fails saying so. Each server runs in a temporary
+folder of its own, on ephemeral ports of 127.0.0.1 only, in a process group of
+its own that ``stop()`` and ``kill()`` end as a whole.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import whisper  # type: ignore[import-untyped]
 
-STATSD_VERSION = "0.9.0"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loopstat-tests"
+from tests.provision import command, statsd_script
+
 LOOPBACK = "127.0.0.1"
 # A statsd flush every second into 1-second whisper slots: statsd stamps each
 # flush with its second, and its flushes fall on whole seconds, so no flush
@@ -42,122 +42,31 @@ Point = Tuple[int, float]
 
 
 class ServerError(RuntimeError):
-    """A server could not be installed or started."""
+    """A server could not be started."""
 
 
-@contextlib.contextmanager
-def _file_lock(name: str) -> Iterator[None]:
-    """Hold an exclusive lock, so two processes never install the same thing at once."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / name, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def carbon_cache() -> str:
+    """The ``carbon-cache`` command, as provisioned."""
+    return command("carbon-cache")
 
 
-def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = None) -> None:
-    result = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
-        check=False,
-    )
-    if result.returncode != 0:
-        output = result.stdout.decode("utf-8", "replace")[-3000:]
-        raise ServerError(f"{' '.join(argv)} failed with exit code {result.returncode}:\n{output}")
-
-
-def apt_install(*packages: str) -> None:
-    """``apt-get install`` Debian packages, refreshing the package lists only if the first try fails."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise ServerError(f"{', '.join(packages)}: not installed, and installing needs apt-get as root")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for another apt-get (another test run, an unattended upgrade) instead of failing.
-    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *packages]
-    with _file_lock("apt.lock"):
-        try:
-            _run(install, timeout=900, env=env)
-        except ServerError:
-            _run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], timeout=600, env=env)
-            _run(install, timeout=900, env=env)
-
-
-def ensure_carbon() -> str:
-    """The ``carbon-cache`` command, installed from Debian's graphite-carbon if missing."""
-    found = shutil.which("carbon-cache")
-    if found is None:
-        apt_install("graphite-carbon")
-        found = shutil.which("carbon-cache")
-        if found is None:
-            raise ServerError("graphite-carbon is installed but carbon-cache is not on PATH")
-    return found
-
-
-def carbon_python() -> str:
-    """The interpreter carbon-cache runs on (its ``#!`` line), which can import ``carbon``."""
-    with open(ensure_carbon(), "rb") as script:
+def _script_python(script_path: str) -> str:
+    """The interpreter a Python script runs on (its ``#!`` line)."""
+    with open(script_path, "rb") as script:
         first = script.readline().decode("utf-8", "replace")
     if not first.startswith("#!") or not first[2:].split():
-        raise ServerError(f"carbon-cache has no #! line: {first!r}")
+        raise ServerError(f"{script_path} has no #! line: {first!r}")
     return first[2:].split()[0]
 
 
-def ensure_node() -> Tuple[str, str]:
-    """The ``node`` and ``npm`` commands, installed from Debian if missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        apt_install("nodejs", "npm")
-        node, npm = shutil.which("node"), shutil.which("npm")
-        if node is None or npm is None:
-            raise ServerError("nodejs and npm are installed but node or npm is not on PATH")
-    return node, npm
+def carbon_python() -> str:
+    """The interpreter carbon-cache runs on, which can import ``carbon``."""
+    return _script_python(carbon_cache())
 
 
-def _installed_statsd(folder: Path) -> Optional[Path]:
-    package = folder / "node_modules" / "statsd"
-    try:
-        version = json.loads((package / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    script = package / "stats.js"
-    return script if version == STATSD_VERSION and script.is_file() else None
-
-
-def ensure_statsd() -> Path:
-    """Etsy statsd's ``stats.js``, installed with npm into the cache folder if missing."""
-    target = CACHE_DIR / f"statsd-{STATSD_VERSION}"
-    script = _installed_statsd(target)
-    if script is not None:
-        return script
-    _, npm = ensure_node()
-    with _file_lock("statsd.lock"):
-        script = _installed_statsd(target)  # another process may have finished meanwhile
-        if script is not None:
-            return script
-        # Install beside the target, then move it in whole: a half-done install is never used.
-        staging = Path(tempfile.mkdtemp(prefix=".statsd-", dir=CACHE_DIR))
-        staging.chmod(0o755)
-        try:
-            _run(
-                [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--no-save",
-                 "--loglevel=error", f"statsd@{STATSD_VERSION}"],
-                timeout=600,
-            )  # fmt: skip
-            if _installed_statsd(staging) is None:
-                raise ServerError(f"npm installed statsd into {staging}, but not version {STATSD_VERSION}")
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    script = _installed_statsd(target)
-    if script is None:
-        raise ServerError(f"statsd {STATSD_VERSION} is not in {target} after installing it")
-    return script
+def graphite_web_python() -> str:
+    """The interpreter graphite-web is installed for (that of ``graphite-manage``), which can import ``graphite``."""
+    return _script_python(command("graphite-manage"))
 
 
 def free_port(kind: socket.SocketKind) -> int:
@@ -189,7 +98,14 @@ def _tcp_open(port: int) -> bool:
 class Process:
     """A server process in a session (and process group) of its own, its output in a file."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        cwd: Path,
+        env: Optional[Mapping[str, str]] = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         # The child writes to its own copy of the descriptor; ours is closed at once.
@@ -197,10 +113,12 @@ class Process:
             self._popen = subprocess.Popen(
                 self.argv,
                 cwd=cwd,
+                env=None if env is None else {**os.environ, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
 
     @property
@@ -286,13 +204,20 @@ def series_file(data_dir: Path, series: str) -> Path:
 
 
 class Carbon:
-    """A Graphite carbon-cache writing whisper files with 1-second slots."""
+    """A Graphite carbon-cache writing whisper files with 1-second slots.
 
-    def __init__(self, root: Path) -> None:
+    With ``graphite_url`` (a graphite-web's address) it indexes tags: every new
+    series is posted to graphite-web's ``/tags/tagMultiSeries``.
+    """
+
+    def __init__(self, root: Path, graphite_url: Optional[str] = None) -> None:
         self.root = root
         self.conf_dir = root / "conf"
         self.data_dir = root / "whisper"
+        self.graphite_url = graphite_url
         self.line_port = 0
+        #: Where graphite-web's carbonlink asks for points not yet written.
+        self.cache_query_port = 0
         self._process: Optional[Process] = None
 
     def _write_config(self) -> Path:
@@ -320,11 +245,12 @@ UDP_RECEIVER_PORT = 0
 PICKLE_RECEIVER_INTERFACE = {LOOPBACK}
 PICKLE_RECEIVER_PORT = 0
 CACHE_QUERY_INTERFACE = {LOOPBACK}
-CACHE_QUERY_PORT = 0
+CACHE_QUERY_PORT = {self.cache_query_port}
 MANHOLE_INTERFACE = {LOOPBACK}
 ENABLE_MANHOLE = False
-# Tags need graphite-web for their index; the whisper files do not.
-ENABLE_TAGS = False
+# The tag index lives in graphite-web (carbon posts new series to it); whisper files do not need it.
+ENABLE_TAGS = {self.graphite_url is not None}
+{f"GRAPHITE_URL = {self.graphite_url}" if self.graphite_url else ""}
 TAG_HASH_FILENAMES = True
 CARBON_METRIC_INTERVAL = 0
 LOG_LISTENER_CONN_SUCCESS = False
@@ -340,17 +266,22 @@ LOG_CREATES = True
         return carbon_conf
 
     def _listening(self, process: Process) -> bool:
-        """Carbon says it listens on the line port, and it does (not someone else)."""
-        said = f"CarbonReceiverFactory starting on {self.line_port}" in process.output(100_000)
-        return said and _tcp_open(self.line_port)
+        """Carbon says it listens on its line and cache-query ports, and it does (not someone else)."""
+        log = process.output(100_000)
+        said = all(
+            f"{factory} starting on {port}" in log
+            for factory, port in (("CarbonReceiverFactory", self.line_port), ("ServerFactory", self.cache_query_port))
+        )
+        return said and _tcp_open(self.line_port) and _tcp_open(self.cache_query_port)
 
     def start(self, timeout: float = 60.0) -> None:
-        executable = ensure_carbon()
+        executable = carbon_cache()
 
         def attempt() -> Process:
-            # Carbon cannot report an ephemeral line port; pick a free one, and
-            # another if something takes it before carbon does.
+            # Carbon cannot report an ephemeral port; pick free ones, and
+            # others if something takes one before carbon does.
             self.line_port = free_port(socket.SOCK_STREAM)
+            self.cache_query_port = free_port(socket.SOCK_STREAM)
             config = self._write_config()
             for stale in (self.root / "run").glob("*.pid"):
                 stale.unlink()
@@ -404,6 +335,130 @@ LOG_CREATES = True
             time.sleep(0.1)
 
 
+# graphite-web in one process: ``migrate`` creates its tag database, then its WSGI application
+# serves on a listening socket the test process bound (descriptor in argv[1]), so there is
+# no port to guess and none can be taken meanwhile. The database is a throwaway: SQLite
+# without fsync and in WAL mode (readers never wait for carbon's writes), where the
+# defaults take about 70 ms per series carbon registers on this kind of disk.
+_GRAPHITE_WEB_SERVER = """
+import socket, socketserver, sys
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import django
+from django.core.management import call_command
+from django.db.backends.signals import connection_created
+
+def throwaway_sqlite(sender, connection, **kwargs):
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=OFF")
+
+connection_created.connect(throwaway_sqlite)
+django.setup()
+call_command("migrate", interactive=False, verbosity=0)
+
+class Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+server = Server(("127.0.0.1", 0), WSGIRequestHandler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=int(sys.argv[1]))
+server.server_name, server.server_port = server.socket.getsockname()[:2]
+server.setup_environ()
+from graphite.wsgi import application
+server.set_app(application)
+print("graphite-web serving", flush=True)
+server.serve_forever()
+"""
+
+
+class GraphiteWeb:
+    """graphite-web 1.1 on 127.0.0.1: render API over a carbon's whisper files, with its tag index.
+
+    Its listening socket is bound as soon as the object exists, so that carbon can be
+    given ``url`` before either starts. It runs from a private settings module
+    (``GRAPHITE_SETTINGS_MODULE``): its local tag database in a fresh SQLite file
+    (Django's ``migrate``), ``WHISPER_DIR`` at carbon's data, and carbonlink at
+    carbon's cache-query port for points carbon has not written yet.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind((LOOPBACK, 0))
+        self._socket.listen(64)
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self._process: Optional[Process] = None
+
+    def _environment(self, carbon: Carbon) -> Dict[str, str]:
+        settings_dir = self.root / "settings"
+        for folder in (settings_dir, self.root / "storage", self.root / "log"):
+            folder.mkdir(parents=True, exist_ok=True)
+        (settings_dir / "loopstat_graphite_settings.py").write_text(
+            f"""SECRET_KEY = "loopstat-tests"
+ALLOWED_HOSTS = ["{LOOPBACK}"]
+STORAGE_DIR = {str(self.root / "storage")!r}
+LOG_DIR = {str(self.root / "log")!r}
+WHISPER_DIR = {str(carbon.data_dir)!r}
+STANDARD_DIRS = [WHISPER_DIR]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(self.root / "graphite.db")!r}}}}}
+TAGDB = "graphite.tags.localdatabase.LocalDatabaseTagDB"
+CARBONLINK_HOSTS = ["{LOOPBACK}:{carbon.cache_query_port}"]
+LOG_ROTATION = False
+"""
+        )
+        return {
+            "PYTHONPATH": str(settings_dir),
+            "DJANGO_SETTINGS_MODULE": "graphite.settings",
+            "GRAPHITE_SETTINGS_MODULE": "loopstat_graphite_settings",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+    def start(self, carbon: Carbon, timeout: float = 60.0) -> None:
+        """Create the tag database, then serve; ``carbon`` must be running (its cache-query port is known)."""
+        assert self._process is None, "graphite-web is running already"
+        process = Process(
+            [graphite_web_python(), "-c", _GRAPHITE_WEB_SERVER, str(self._socket.fileno())],
+            self.root / "graphite-web.log",
+            self.root,
+            self._environment(carbon),
+            pass_fds=[self._socket.fileno()],
+        )
+        self._process = process
+        _wait_until(lambda: "graphite-web serving" in process.output(), process, timeout, "graphite-web")
+        # Only graphite-web holds its socket now: if it dies, requests are refused, not left waiting.
+        self._socket.close()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop()
+        self._socket.close()
+
+    def get(self, path: str, params: Sequence[Tuple[str, str]] = (), timeout: float = 30.0) -> Any:
+        """GET ``path`` with query ``params``; its JSON answer."""
+        url = f"{self.url}{path}?{urllib.parse.urlencode(list(params))}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            try:  # graphite-web logs its exceptions here, not on its output
+                logged = (self.root / "log" / "exception.log").read_text("utf-8", "replace")[-4000:]
+            except OSError:
+                logged = ""
+            body = exc.read().decode("utf-8", "replace")[:2000]
+            raise ServerError(f"graphite-web answered {exc.code} to {url}: {body}\n{logged}") from exc
+
+    def render(self, target: str, **params: str) -> List[Dict[str, Any]]:
+        """``/render`` one target as JSON: a list of ``{"target", "tags", "datapoints": [[value, ts], ...]}``."""
+        result: List[Dict[str, Any]] = self.get("/render", [("target", target), ("format", "json"), *params.items()])
+        return result
+
+    def output(self) -> str:
+        return self._process.output() if self._process is not None else ""
+
+
 # One `key: value` pair in node's util.inspect of a flat object of numbers.
 _INSPECT_ITEM = re.compile(r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|([A-Za-z_$][\w$]*))\s*:\s*([^,\s}]+)""")
 
@@ -422,14 +477,26 @@ class Statsd:
 
     With ``graphite_port`` it flushes to carbon there every second, under
     Graphite's non-legacy names (``stats.gauges.P``, ``stats.timers.P.upper``,
-    ``stats.counters.P.count``); without, it aggregates and discards.
+    ``stats.counters.P.count``), or with ``legacy_namespace`` the legacy ones
+    (``stats_counts.P`` for counters); without, it aggregates and discards.
+    ``percent_threshold`` sets the timer percentiles (``upper_90``…; statsd's default is 90).
     """
 
-    def __init__(self, root: Path, port: Optional[int] = None, graphite_port: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: Optional[int] = None,
+        graphite_port: Optional[int] = None,
+        *,
+        legacy_namespace: bool = False,
+        percent_threshold: Sequence[int] = (),
+    ) -> None:
         self.root = root
         self.port = port or 0
         self.mgmt_port = 0
         self.graphite_port = graphite_port
+        self.legacy_namespace = legacy_namespace
+        self.percent_threshold = list(percent_threshold)
         self._fixed_port = port is not None
         self._process: Optional[Process] = None
         self._starts = 0
@@ -443,8 +510,10 @@ class Statsd:
             "flushInterval": FLUSH_MS,
             "backends": ["./backends/graphite"],
             "automaticConfigReload": False,
-            "graphite": {"legacyNamespace": False},
+            "graphite": {"legacyNamespace": self.legacy_namespace},
         }
+        if self.percent_threshold:
+            config["percentThreshold"] = self.percent_threshold
         if self.graphite_port is not None:
             config.update(graphiteHost=LOOPBACK, graphitePort=self.graphite_port)
         return config
@@ -452,8 +521,8 @@ class Statsd:
     def start(self, timeout: float = 60.0) -> None:
         """Start statsd, on ``port`` if one was given (a restart keeps it) or a free one."""
         assert self._process is None, "statsd is running already"
-        script = ensure_statsd()
-        node, _ = ensure_node()
+        script = statsd_script()
+        node = command("node")
         self.root.mkdir(parents=True, exist_ok=True)
 
         def attempt() -> Process:
@@ -541,10 +610,33 @@ def running_carbon(root: Path) -> Iterator[Carbon]:
 
 
 @contextlib.contextmanager
-def running_statsd(root: Path, port: Optional[int] = None, graphite_port: Optional[int] = None) -> Iterator[Statsd]:
-    statsd = Statsd(root, port, graphite_port)
+def running_statsd(
+    root: Path,
+    port: Optional[int] = None,
+    graphite_port: Optional[int] = None,
+    *,
+    legacy_namespace: bool = False,
+    percent_threshold: Sequence[int] = (),
+) -> Iterator[Statsd]:
+    statsd = Statsd(root, port, graphite_port, legacy_namespace=legacy_namespace, percent_threshold=percent_threshold)
     statsd.start()
     try:
         yield statsd
     finally:
         statsd.stop()
+
+
+@contextlib.contextmanager
+def running_graphite(root: Path) -> Iterator[Tuple[Carbon, GraphiteWeb]]:
+    """A carbon-cache indexing tags into a graphite-web that serves its series."""
+    web = GraphiteWeb(root / "graphite-web")
+    try:
+        carbon = Carbon(root / "carbon", graphite_url=web.url)
+        carbon.start()
+        try:
+            web.start(carbon)
+            yield carbon, web
+        finally:
+            carbon.stop()
+    finally:
+        web.stop()

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
+import re
+import socket
+from pathlib import Path
+
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import loopstat
+from loopstat import _options, bootstrap
+from loopstat._options import OPTIONS
+from loopstat.cli.run import usage
+from loopstat.tags import joined
 from tests.receiver import Receiver
 
 
@@ -130,3 +143,197 @@ async def test_over_long_tag_sets_are_cut_to_fit_one_datagram_with_a_warning(
     assert list(kept) == list(tags)[: len(kept)]
     assert max(len(datagram) for datagram in receiver.datagrams) <= 1432
     assert "dropped" in loopstat_log.text
+
+
+async def test_explicit_tags_beat_environment_tags_whose_keys_match_once_cleaned(
+    monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    monkeypatch.setenv("DD_TAGS", "my_team:other,Zone:env")
+    monkeypatch.setenv("DD_ENV", "from-dd-env")
+    async with loopstat.install(
+        "127.0.0.1", receiver.port, tags={"my team": "payments", "zone": "explicit", "ENV": "x"}, interval=0.02
+    ) as monitor:
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    expected = {"my_team": "payments", "zone": "explicit", "ENV": "x"}
+    assert dict(monitor.settings.tags) == expected
+    assert all(line.tags == expected for line in lines)
+
+
+async def test_tags_without_a_value_are_accepted_and_sent_bare(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DD_TAGS", "env:prod,canary")
+    # A plain socket: the test receiver's parser, like many, wants key:value.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        async with loopstat.install("127.0.0.1", sock.getsockname()[1], tags=["blue"], interval=0.02):
+            datagram = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65535), 5)
+    lines = datagram.decode().split("\n")
+    assert lines
+    assert all(line.endswith("|#blue,env:prod,canary") for line in lines), lines
+
+
+async def test_tag_keys_not_starting_with_a_letter_are_trimmed_or_dropped_with_one_warning(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    tags = {"1st": "a", "#team": "b", "123": "c", "_x": "d", "ok": "e", "²": "f"}
+    async with loopstat.install("127.0.0.1", receiver.port, tags=tags, interval=0.02) as monitor:
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    expected = {"st": "a", "team": "b", "x": "d", "ok": "e"}
+    assert dict(monitor.settings.tags) == expected
+    assert all(line.tags == expected and all(key[0].isalpha() for key in line.tags) for line in lines)
+    [warning] = [record.getMessage() for record in loopstat_log.records if record.levelname == "WARNING"]
+    assert "must start with a letter" in warning
+    assert "'1st' as 'st'" in warning
+    assert "dropped '123', '²'" in warning
+
+
+async def test_fetching_the_running_monitor_again_neither_checks_nor_warns_again(
+    monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DD_TAGS", "long:" + "v" * 300)
+    tags = [f"k{i}:{'v' * 150}" for i in range(20)]
+    first = loopstat.install(tags=tags, interval=0.02)
+    async with first:
+        for _ in range(1000):
+            assert loopstat.install(tags=tags, interval=0.02) is first
+    warnings = [record.getMessage() for record in loopstat_log.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings  # one for the cut tag, one for the dropped ones
+    assert len(set(warnings)) == 2
+
+
+def test_ten_thousand_bad_tags_make_a_few_short_warnings(
+    monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DD_TAGS", ",".join(f"{i}key{i}:{'v' * 250}" for i in range(10_000)))
+    settings = loopstat.settings.resolve(environ=os.environ)
+    assert 0 < len(settings.tags) < 10_000
+    messages = [record.getMessage() for record in loopstat_log.records]
+    assert 1 <= len(messages) <= 3
+    assert all(len(message) <= 1000 for message in messages), [len(message) for message in messages]
+    assert any("and 9995 more" in message for message in messages)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STATSD_PREFIX", "x" * 1_000_000),
+        ("DD_AGENT_HOST", "h" * 1_000_000),
+        ("DD_DOGSTATSD_URL", "udp://" + "[" * 1_000_000),
+        ("STATSD_PORT", "9" * 1_000_000),
+        ("DD_TAGS", "ok:1," + ":" * 1_000_000),
+    ],
+)
+def test_an_error_about_a_huge_variable_is_one_short_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=rf"^{name}: ") as raised:
+        loopstat.settings.resolve(environ=os.environ)
+    assert len(str(raised.value)) <= 400
+    assert "\n" not in str(raised.value)
+
+
+def test_tags_from_a_generator_are_read_once_and_kept() -> None:
+    settings = loopstat.settings.resolve(tags=(f"k{i}:v" for i in range(3)), environ={})
+    assert dict(settings.tags) == {"k0": "v", "k1": "v", "k2": "v"}
+
+
+def test_a_changed_environment_is_read_again() -> None:
+    first = loopstat.settings.resolve(environ={"DD_ENV": "a"})
+    second = loopstat.settings.resolve(environ={"DD_ENV": "b"})
+    assert (dict(first.tags), dict(second.tags)) == ({"env": "a"}, {"env": "b"})
+
+
+def test_true_is_not_mistaken_for_a_cached_1_second_interval() -> None:
+    assert loopstat.settings.resolve(interval=1, environ={}).interval == 1.0
+    with pytest.raises(ValueError, match=r"^interval: True"):
+        loopstat.settings.resolve(interval=True, environ={})
+
+
+def test_the_readme_configuration_table_is_the_option_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert _options.markdown_table() in readme
+
+
+def test_install_takes_every_option_in_table_order_with_its_default() -> None:
+    parameters = dict(inspect.signature(loopstat.install).parameters)
+    del parameters["loop"]
+    assert list(parameters) == [option.name for option in OPTIONS]
+    for option in OPTIONS:
+        # None where variables are read: the argument, when given, wins over them.
+        expected = None if option.env else option.default
+        assert parameters[option.name].default == expected, option.name
+
+
+@pytest.mark.parametrize("option", [option for option in OPTIONS if option.run], ids=lambda option: option.run)
+def test_loopstat_run_reads_every_option_that_has_a_variable(option: _options.Option) -> None:
+    assert option.run is not None
+    text = "team:a,canary" if option.name == "tags" else option.kind.as_text(option.default)
+    expected = ["team:a", "canary"] if option.name == "tags" else option.default
+    assert bootstrap.options({option.run: f" {text} "}) == {option.name: expected}
+    assert option.run in usage("loopstat-run")
+
+
+def test_loopstat_run_help_names_every_variable_and_the_bounds() -> None:
+    text = usage("loopstat-run")
+    for name in _options.VARIABLES + _options.RUN_VARIABLES:
+        assert name in text
+    assert "from 0.001 to 86400" in text
+    assert "from 0.01 to 86400, or 'off'" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LOOPSTAT_INTERVAL", "\u0660.\u0665", r"is not valid; expected a finite number of seconds from 0\.001"),
+        ("LOOPSTAT_INTERVAL", "1_0", "is not valid"),
+        ("LOOPSTAT_INTERVAL", "nan", "is not valid"),
+        ("LOOPSTAT_INTERVAL", "1e999", "is not valid"),
+        ("LOOPSTAT_INTERVAL", "0.0001", "is out of range"),
+        pytest.param("LOOPSTAT_INTERVAL", "9" * 5000, r"… \(5000 characters\) is not valid", id="5000 digits"),
+        ("LOOPSTAT_STALL_THRESHOLD", "0.001", r"is out of range; expected .* from 0\.01 to 86400, or 'off'"),
+        ("LOOPSTAT_PREFIX", "9lives", "is not a valid prefix"),
+        ("LOOPSTAT_FLAVOR", "DogStatsD", "expected 'dogstatsd' or 'statsd'"),
+        ("LOOPSTAT_GC", "maybe", r"expected 1 or 0 \(true/false, yes/no, on/off\)"),
+        ("LOOPSTAT_TAGS", "team:", "needs a non-empty key and value"),
+    ],
+)
+def test_a_bad_loopstat_variable_is_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: .*{message}"):
+        bootstrap.check({name: value})
+
+
+tag_items = st.text(alphabet=st.characters() | st.sampled_from("|#,:@\n\r ;=~!_-./0123456789"), max_size=250)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(items=st.lists(tag_items, max_size=30))
+def test_every_tag_sent_starts_with_a_letter_and_reads_back_as_sent(items: list[str]) -> None:
+    try:
+        resolved = loopstat.settings.resolve(tags=items, environ={})
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith("tags: "), message
+        return
+    text = joined(resolved.tags)
+    assert len(text.encode()) <= loopstat.settings.MAX_DATAGRAM
+    read_back = []
+    for tag in text.split(",") if text else []:
+        assert re.fullmatch(r"[^\W\d_][\w\-./]*(:[\w\-./:]+)?", tag), tag
+        assert len(tag) <= 200
+        key, _, value = tag.partition(":")
+        read_back.append((key, value))
+    assert read_back == list(resolved.tags)
+    assert len({key.lower() for key, _ in resolved.tags}) == len(resolved.tags)
+
+
+def test_a_long_tag_without_value_is_cut_to_200_characters() -> None:
+    resolved = loopstat.settings.resolve(tags=["canary" + "x" * 300], environ={})
+    assert resolved.tags == (("canary" + "x" * 194, ""),)
+
+
+def test_a_list_that_contains_itself_is_refused_as_tags() -> None:
+    tags: list[object] = []
+    tags.append(tags)
+    with pytest.raises(ValueError, match=r"^tags: tags must be strings, got list"):
+        loopstat.settings.resolve(tags=tags, environ={})

@@ -1,23 +1,20 @@
-"""dashboards/: every query names a metric loopstat really sends, and the Datadog one loads into the API client."""
+"""dashboards/: every query names a metric loopstat really sends, both dashboards combine services by one rule,
+every Grafana panel has its unit, and the Datadog one loads into the API client (rendering: test_grafana_render)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import gc
 import json
 import re
-import time
 from pathlib import Path
-from typing import Any, Iterator, List, Set, Tuple
+from typing import Any, Callable, Iterator, List, Set, Tuple
 
 import pytest
 from datadog_api_client import ApiClient, Configuration
 from datadog_api_client.model_utils import OpenApiModel, UnparsedObject
 from datadog_api_client.v1.model.dashboard import Dashboard
 
-import loopstat
-from tests.receiver import Receiver
+from loopstat._metrics import ACROSS, METRICS
 
 DASHBOARDS = Path(__file__).parent.parent / "dashboards"
 PREFIX = "loopstat"  # the dashboards are written for the default prefix
@@ -31,36 +28,14 @@ Metric = Tuple[str, str]  # name without the prefix, StatsD type
 
 @pytest.fixture(scope="module")
 def sent() -> Set[Metric]:
-    """Every (name, type) loopstat sends with all probes on, learnt from a real monitor, not from a list."""
-    receiver = Receiver()
-
-    async def exercise() -> None:
-        loop = asyncio.get_running_loop()
-        async with loopstat.install(
-            "127.0.0.1", receiver.port, prefix=PREFIX, interval=0.02, stall_threshold=0.05, gc=True
-        ):
-            await loop.run_in_executor(None, time.sleep, 0.01)  # the default executor now exists
-            gc.collect()
-            await asyncio.sleep(0.05)
-            time.sleep(0.12)  # a stall
-            await asyncio.sleep(0.15)
-
-    try:
-        asyncio.run(exercise())
-        lines = receiver.settle(lambda lines: any(x.name == f"{PREFIX}.stall" for x in lines))
-    finally:
-        receiver.close()
-    return {(line.name[len(PREFIX) + 1 :], line.type) for line in lines}
-
-
-def test_the_metric_list_comes_from_a_real_run_with_every_probe(sent: Set[Metric]) -> None:
-    names = {name for name, _ in sent}
-    assert {"lag", "tasks", "utilization", "stalls", "stall", "executor.queue", "gc.pause"} <= names
+    """Every (name, type) loopstat sends: the catalogue, which test_metrics checks against a real monitor."""
+    return {(metric.name, metric.type) for metric in METRICS}
 
 
 def load_datadog() -> Any:
     text = (DASHBOARDS / "datadog.json").read_text()
-    return ApiClient(Configuration()).deserialize(text, (Dashboard,), True)
+    client = ApiClient(Configuration())  # type: ignore[no-untyped-call]
+    return client.deserialize(text, (Dashboard,), True)
 
 
 def unparsed(value: Any, path: str = "dashboard") -> Iterator[str]:
@@ -90,7 +65,8 @@ def test_an_unknown_widget_is_caught_as_unparsed(tmp_path: Path) -> None:
     data = json.loads((DASHBOARDS / "datadog.json").read_text())
     broken = copy.deepcopy(data)
     broken["widgets"][1]["definition"]["type"] = "no_such_widget"
-    dashboard = ApiClient(Configuration()).deserialize(json.dumps(broken), (Dashboard,), True)
+    client = ApiClient(Configuration())  # type: ignore[no-untyped-call]
+    dashboard = client.deserialize(json.dumps(broken), (Dashboard,), True)
     assert list(unparsed(dashboard)) != []
 
 
@@ -145,17 +121,35 @@ def graphite_targets() -> List[str]:
     return [target["target"] for panel in data["panels"] for target in panel.get("targets", [])]
 
 
-def statsd_metric(path: str) -> Metric:
-    """The (name, type) Etsy statsd wrote ``path`` for."""
+# Where Etsy statsd writes each StatsD type, with graphite.legacyNamespace false and true.
+STATSD_HEADS = (("stats.gauges.", "g"), ("stats.timers.", "ms"), ("stats.counters.", "c"), ("stats_counts.", "c"))
+STATSD_COUNTER_STATS = ("count", "rate")
+
+
+def statsd_path(path: str) -> Tuple[str, str, str]:
+    """(name, StatsD type, statistic) of a path Etsy statsd writes for loopstat.
+
+    ``("lag", "ms", "upper")``, ``("tasks", "g", "")``, ``("stalls", "c", "count")``
+    (``stats.counters.P.stalls.count``, or ``stats_counts.P.stalls`` in the legacy namespace).
+    """
     path = path.replace("$prefix", PREFIX).replace("$percentile", "95")
-    for head, kind in (("stats.gauges.", "g"), ("stats.timers.", "ms"), ("stats_counts.", "c"), ("stats.", "c")):
+    for head, kind in STATSD_HEADS:
         if path.startswith(head + PREFIX + "."):
             name = path[len(head + PREFIX) + 1 :]
-            if kind == "ms":
-                name, _, stat = name.rpartition(".")
-                assert stat in STATSD_TIMER_STATS, path
-            return name, kind
+            if kind == "g":
+                return name, kind, ""
+            if head == "stats_counts.":
+                return name, kind, "count"
+            name, _, stat = name.rpartition(".")
+            assert stat in (STATSD_TIMER_STATS if kind == "ms" else STATSD_COUNTER_STATS), path
+            return name, kind, stat
     raise AssertionError(f"not a path statsd writes for loopstat: {path}")
+
+
+def statsd_metric(path: str) -> Metric:
+    """The (name, type) Etsy statsd wrote ``path`` for."""
+    name, kind, _ = statsd_path(path)
+    return name, kind
 
 
 def test_every_graphite_path_is_one_statsd_writes_for_a_metric_loopstat_sends(sent: Set[Metric]) -> None:
@@ -166,7 +160,8 @@ def test_every_graphite_path_is_one_statsd_writes_for_a_metric_loopstat_sends(se
 
 
 def test_grafana_dashboard_covers_both_flavors_with_the_same_metrics() -> None:
-    plain, tagged = set(), set()
+    plain: Set[Metric] = set()
+    tagged: Set[Metric] = set()
     for target in graphite_targets():
         for path in graphite_paths(target):
             (tagged if "seriesByTag" in target else plain).add(statsd_metric(path))
@@ -179,3 +174,69 @@ def test_grafana_dashboard_has_prefix_percentile_service_and_env_variables() -> 
     data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
     names = [variable["name"] for variable in data["templating"]["list"]]
     assert names == ["datasource", "prefix", "percentile", "service", "env"]
+
+
+#: (metric, how it combines services, whether it is broken down by service)
+Combination = Tuple[str, str, bool]
+
+
+def datadog_combinations() -> Set[Combination]:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    found: Set[Combination] = set()
+    for query in datadog_queries(data):
+        match = re.fullmatch(rf"(\w+):{PREFIX}\.([\w.]+)\{{[^}}]*\}}( by \{{service\}})?(\.as_count\(\))?", query)
+        assert match, query
+        how, name, by, _ = match.groups()
+        base, _, suffix = name.rpartition(".")
+        found.add((base if suffix in DATADOG_TIMING_SUFFIXES else name, how, bool(by)))
+    return found
+
+
+def grafana_combinations() -> Set[Combination]:
+    """The same for the tagged targets: sumSeries/maxSeries for a total, groupByTags(…, 'service') per service."""
+    found: Set[Combination] = set()
+    for target in graphite_targets():
+        if "seriesByTag(" not in target:
+            continue
+        total = re.search(r"\b(\w+)Series\(seriesByTag\(", target)
+        by_service = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', 'service'\)", target)
+        assert bool(total) != bool(by_service), f"a total or a breakdown by service: {target}"
+        (path,) = set(graphite_paths(target))
+        how = (total or by_service).group(1)  # type: ignore[union-attr]
+        found.add((statsd_path(path)[0], how, bool(by_service)))
+    return found
+
+
+def test_every_metric_loopstat_sends_has_a_rule_for_combining_services(sent: Set[Metric]) -> None:
+    assert set(ACROSS) == {name for name, _ in sent}
+
+
+@pytest.mark.parametrize("combinations", [datadog_combinations, grafana_combinations])
+def test_every_metric_is_totalled_across_services_by_its_rule(
+    combinations: Callable[[], Set[Combination]], sent: Set[Metric]
+) -> None:
+    found = combinations()
+    assert {metric for metric, _, _ in found} == {name for name, _ in sent}
+    for metric, how, _ in found:
+        assert how == ACROSS[metric], (metric, how)
+    assert {metric for metric, _, by in found if not by} == set(ACROSS), "every metric has a total"
+
+
+def test_both_dashboards_break_the_same_metrics_down_by_service() -> None:
+    datadog = {metric for metric, _, by in datadog_combinations() if by}
+    assert datadog == {metric for metric, _, by in grafana_combinations() if by}
+    assert {"lag", "utilization", "tasks", "stalls"} <= datadog
+
+
+#: The Grafana unit of a panel by what it shows: timings ("ms" type) in ms, counts "short".
+GRAFANA_UNITS = {"utilization": "percentunit", "gc.pause": "ms"}
+
+
+def test_every_grafana_panel_has_the_unit_of_what_it_shows() -> None:
+    data = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())
+    panels = [panel for panel in data["panels"] if panel["type"] != "row"]
+    assert panels
+    for panel in panels:
+        shown = {statsd_path(path) for target in panel["targets"] for path in graphite_paths(target["target"])}
+        units = {GRAFANA_UNITS.get(name, "ms" if kind == "ms" else "short") for name, kind, _ in shown}
+        assert units == {panel["fieldConfig"]["defaults"].get("unit")}, panel["title"]

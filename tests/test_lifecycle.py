@@ -232,7 +232,7 @@ def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> Non
         fds = open_sockets()
         loop = asyncio.new_event_loop()
         errors = collect_loop_errors(loop)
-        monitor = loopstat.install("127.0.0.1", 9, interval=0.0005, gc=True, loop=loop)
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.001, gc=True, loop=loop)
 
         async def main() -> None:
             while True:  # an application busy with short steps
@@ -265,7 +265,7 @@ def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> Non
 def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -> None:
     loop = asyncio.new_event_loop()
     try:
-        monitor = loopstat.install("127.0.0.1", 9, interval=0.0005, loop=loop)
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.001, loop=loop)
         sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, 5))
         try:
             loop.run_until_complete(asyncio.sleep(5))

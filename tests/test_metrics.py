@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from pathlib import Path
 
 import loopstat
+from loopstat._metrics import METRICS, markdown_table
 from tests.receiver import Receiver
 
 
@@ -137,3 +140,31 @@ async def test_monitor_exposes_latest_sample(receiver: Receiver) -> None:
         assert monitor.tasks == 1
         assert monitor.running
     assert not monitor.running
+
+
+def test_a_monitor_with_every_probe_on_sends_exactly_the_catalogue() -> None:
+    """Every (name, type) of loopstat/_metrics.py is sent by a real monitor, and nothing else is."""
+    receiver = Receiver()
+
+    async def exercise() -> None:
+        loop = asyncio.get_running_loop()
+        async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, gc=True):
+            await loop.run_in_executor(None, time.sleep, 0.01)  # the default executor now exists
+            gc.collect()
+            await asyncio.sleep(0.05)
+            time.sleep(0.12)  # a stall
+            await asyncio.sleep(0.15)
+
+    try:
+        asyncio.run(exercise())
+        lines = receiver.settle(lambda lines: any(x.name == "loopstat.stall" for x in lines))
+    finally:
+        receiver.close()
+    assert {(line.name.removeprefix("loopstat."), line.type) for line in lines} == {
+        (metric.name, metric.type) for metric in METRICS
+    }
+
+
+def test_the_readme_metrics_table_is_the_catalogue() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown_table() in readme

@@ -22,6 +22,7 @@ import pytest
 import uvloop
 
 import loopstat
+from loopstat import Flavor
 from tests.conftest import ENV_VARS
 from tests.servers import (
     LOOPBACK,
@@ -39,8 +40,8 @@ LOOPS: Dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
 }
-FLAVORS = ("statsd", "dogstatsd")
-RUN_IDS = [(flavor, loop) for flavor in FLAVORS for loop in LOOPS]
+FLAVORS: Tuple[Flavor, ...] = ("statsd", "dogstatsd")
+RUN_IDS: List[Tuple[Flavor, str]] = [(flavor, loop) for flavor in FLAVORS for loop in LOOPS]
 TAGS = {"team": "payments", "env": "ci", "version": "1.2"}
 #: Tasks each application starts besides its main task, which counts too.
 APP_TASKS = 7
@@ -52,7 +53,7 @@ BLOCK_MS = 250.0
 
 @dataclass(frozen=True)
 class AppRun:
-    flavor: str
+    flavor: Flavor
     loop: str
     prefix: str
     #: The tags statsd received, which carbon stores with every series; none with flavor="statsd".
@@ -73,7 +74,7 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0
         await asyncio.sleep(0.005)
 
 
-async def _application(port: int, prefix: str, flavor: str) -> None:
+async def _application(port: int, prefix: str, flavor: Flavor) -> None:
     """Run APP_TASKS tasks with a monitor, block the loop once, stop."""
     release = asyncio.Event()
     workers = [asyncio.ensure_future(release.wait()) for _ in range(APP_TASKS)]
@@ -92,7 +93,7 @@ async def _application(port: int, prefix: str, flavor: str) -> None:
         await asyncio.gather(*workers)
 
 
-def _run(port: int, flavor: str, loop_name: str) -> AppRun:
+def _run(port: int, flavor: Flavor, loop_name: str) -> AppRun:
     prefix = f"pipeline.t{uuid.uuid4().hex[:8]}.{flavor}.{loop_name}"
     loop = LOOPS[loop_name]()
     try:
@@ -118,7 +119,7 @@ def statsd(carbon: Carbon, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def runs(statsd: Statsd) -> Dict[Tuple[str, str], AppRun]:
+def runs(statsd: Statsd) -> Dict[Tuple[Flavor, str], AppRun]:
     """Every flavor on every loop, each in a thread of its own, all at once, under unique prefixes."""
     with pytest.MonkeyPatch.context() as env:
         for name in ENV_VARS:  # no DD_TAGS etc. from outside
@@ -129,7 +130,7 @@ def runs(statsd: Statsd) -> Dict[Tuple[str, str], AppRun]:
 
 
 @pytest.fixture(params=RUN_IDS, ids=[f"{flavor}-{loop}" for flavor, loop in RUN_IDS])
-def run(request: pytest.FixtureRequest, runs: Dict[Tuple[str, str], AppRun]) -> AppRun:
+def run(request: pytest.FixtureRequest, runs: Dict[Tuple[Flavor, str], AppRun]) -> AppRun:
     return runs[request.param]
 
 
@@ -187,7 +188,7 @@ def test_tagged_file_names_are_carbons_own(tmp_path: Path) -> None:
     assert carbons == [str(path.relative_to(tmp_path)) for path in ours]
 
 
-def test_statsd_counted_no_bad_lines(runs: Dict[Tuple[str, str], AppRun], carbon: Carbon, statsd: Statsd) -> None:
+def test_statsd_counted_no_bad_lines(runs: Dict[Tuple[Flavor, str], AppRun], carbon: Carbon, statsd: Statsd) -> None:
     ended = max(run.ended for run in runs.values())
     # Two flushes after the last application stopped: everything it sent has been counted.
     bad = carbon.wait_points("stats.counters.statsd.bad_lines_seen.count", lambda p: bool(p) and p[-1][0] >= ended + 2)

@@ -149,7 +149,7 @@ def test_an_existing_sitecustomize_still_runs(tmp_path: Path, receiver: Receiver
     [
         ("LOOPSTAT_INTERVAL", "soon"),
         ("LOOPSTAT_STALL_THRESHOLD", "-1"),
-        ("LOOPSTAT_TAGS", "novalue"),
+        ("LOOPSTAT_TAGS", "team:"),
         ("LOOPSTAT_PREFIX", "9lives"),
         ("STATSD_PORT", "eighty"),
     ],

@@ -10,22 +10,59 @@ import pytest
 import loopstat
 
 
-@pytest.mark.parametrize("interval", [0, -1, math.nan, math.inf, "0.25", None, True])
-def test_interval_must_be_a_finite_positive_number(interval: object) -> None:
-    with pytest.raises(ValueError, match=r"interval: .* expected a finite number of seconds > 0"):
+@pytest.mark.parametrize(
+    "interval", [0, -1, math.nan, math.inf, "0.25", None, True, 1e-9, 0.0009, 86401, pytest.param(10**5000, id="huge")]
+)
+def test_interval_must_be_a_finite_number_of_seconds_from_1_ms_to_a_day(interval: object) -> None:
+    with pytest.raises(ValueError, match=r"interval: .* expected a finite number of seconds from 0\.001 to 86400$"):
         loopstat.install(interval=interval)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("port", [0, 65536, -1, "8125", 8125.0, True])
+@pytest.mark.parametrize("threshold", [0, -0.1, math.nan, math.inf, "0.1", True, 1e-9, 0.009, 1e11])
+def test_stall_threshold_must_be_seconds_from_10_ms_to_a_day_or_none(threshold: object) -> None:
+    with pytest.raises(
+        ValueError, match=r"stall_threshold: .* expected a finite number of seconds from 0\.01 to 86400, or None"
+    ):
+        loopstat.install(stall_threshold=threshold)  # type: ignore[arg-type]
+
+
+def test_the_lower_bounds_themselves_are_accepted() -> None:
+    settings = loopstat.settings.resolve(interval=0.001, stall_threshold=0.01, environ={})
+    assert (settings.interval, settings.stall_threshold) == (0.001, 0.01)
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "8125", 8125.0, True, pytest.param(10**5000, id="5000 digits")])
 def test_port_must_be_an_int_in_1_to_65535(port: object) -> None:
     with pytest.raises(ValueError, match=r"port: .* expected an integer in 1\.\.65535"):
         loopstat.install(port=port)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("host", ["", " dd-agent", 42])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        " dd-agent",
+        "dd agent",
+        "a" * 254,
+        "a." * 127 + "a",
+        "b" * 64 + ".com",
+        "user:pw@agent",
+        "agent?x#y",
+        "[::1]",
+        "agent\x00",
+        "agent\udcff",
+        "a..b",
+        42,
+    ],
+)
 def test_host_must_be_a_name_or_address(host: object) -> None:
     with pytest.raises(ValueError, match=r"host: .* expected a host name or IP address"):
         loopstat.install(host=host)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["dd-agent", "datadog_agent", "agent.local.", "127.0.0.1", "::1", "bücher.example"])
+def test_host_names_and_addresses_are_accepted(host: str) -> None:
+    assert loopstat.settings.resolve(host, environ={}).host == host
 
 
 @pytest.mark.parametrize("flavor", ["datadog", "", None, "DOGSTATSD"])
@@ -36,7 +73,8 @@ def test_flavor_must_be_dogstatsd_or_statsd(flavor: object) -> None:
 
 @pytest.mark.parametrize("prefix", ["1app", "my-app", "my app", "app.", ".app", "a..b", "app|x", "é", "a" * 200, 5])
 def test_prefix_must_be_a_dotted_name(prefix: object) -> None:
-    with pytest.raises(ValueError, match=r"prefix: .* expected a letter followed by letters, digits"):
+    expected = r"expected '' or a letter, then letters, digits, '_' and single '\.' separators \(at most 183"
+    with pytest.raises(ValueError, match=rf"prefix: .* {expected}"):
         loopstat.install(prefix=prefix)  # type: ignore[arg-type]
 
 
@@ -48,9 +86,9 @@ def test_prefix_must_be_a_dotted_name(prefix: object) -> None:
         ({"team": True}, r"tags: tag 'team' has a value of type bool"),
         ({"team": ["a"]}, r"tags: tag 'team' has a value of type list"),
         ({1: "a"}, r"tags: tag keys must be str, got int"),
-        (["team"], r"tags: tag 'team' is not of the form \"key:value\""),
-        ([("team", "a")], r"tags: tags must be \"key:value\" strings, got tuple"),
-        (["team:"], r"tags: tag 'team':'' needs a non-empty key and value"),
+        ([""], r"tags: a tag is empty"),
+        ([("team", "a")], r"tags: tags must be strings, got tuple"),
+        (["team:"], r"tags: tag 'team:' needs a non-empty key and value, or no ':' for a tag without value"),
         ({"": "x"}, r"tags: tag '':'x' needs a non-empty key and value"),
         (42, r"tags: got int; expected a mapping"),
     ],
@@ -64,7 +102,10 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
     ("name", "value", "message"),
     [
         ("STATSD_PORT", "eighty", r"STATSD_PORT: 'eighty' is not a port"),
-        ("STATSD_PORT", "70000", r"STATSD_PORT: 70000 is not a port"),
+        ("STATSD_PORT", "70000", r"STATSD_PORT: '70000' is out of range; expected an integer in 1\.\.65535"),
+        ("STATSD_PORT", "\u00b2", r"STATSD_PORT: '\u00b2' is not a port; expected an integer in 1\.\.65535"),
+        ("STATSD_PORT", "\u0661\u0662", r"STATSD_PORT: .* is not a port"),
+        ("STATSD_PORT", "9" * 5000, r"STATSD_PORT: '9999.*… \(5000 characters\) is out of range"),
         ("DD_DOGSTATSD_PORT", "-1", r"DD_DOGSTATSD_PORT: '-1' is not a port"),
         ("STATSD_PREFIX", "my-app", r"STATSD_PREFIX: 'my-app' is not a valid prefix"),
         (
@@ -77,10 +118,32 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
             "tcp://agent:8125",
             r"DD_DOGSTATSD_URL: 'tcp://agent:8125' is not valid; expected udp://host:port",
         ),
-        ("DD_DOGSTATSD_URL", "udp://agent:notaport", r"DD_DOGSTATSD_URL: .* expected udp://host:port"),
+        ("DD_DOGSTATSD_URL", "udp://agent:notaport", r"DD_DOGSTATSD_URL: 'notaport' is not a port"),
         ("DD_DOGSTATSD_URL", "agent:8125", r"DD_DOGSTATSD_URL: .* expected udp://host:port"),
-        ("DD_TAGS", "team:a,canary", r"DD_TAGS: tag 'canary' is not of the form \"key:value\""),
-        ("DATADOG_TAGS", ":x", r"DATADOG_TAGS: tag '':'x' needs a non-empty key and value"),
+        ("DD_DOGSTATSD_URL", "udp://[::1:8125", r"DD_DOGSTATSD_URL: .* has an unclosed '\['; expected udp://host:port"),
+        ("DD_DOGSTATSD_URL", "udp://::1:8125", r"DD_DOGSTATSD_URL: .* has an IPv6 address without brackets"),
+        ("DD_DOGSTATSD_URL", "udp://[agent]:8125", r"DD_DOGSTATSD_URL: .* has no IPv6 address in brackets"),
+        ("DD_DOGSTATSD_URL", "udp://127.0.0.1:99999", r"DD_DOGSTATSD_URL: '99999' is out of range; expected .*65535"),
+        ("DD_DOGSTATSD_URL", "udp://127.0.0.1:\u00b2", r"DD_DOGSTATSD_URL: '\u00b2' is not a port"),
+        ("DD_DOGSTATSD_URL", "udp://user:pw@agent:8125", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
+        ("DD_DOGSTATSD_URL", "udp://agent:8125?q=1#f", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
+        ("DD_DOGSTATSD_URL", "udp://agent:8125/path", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
+        ("DD_DOGSTATSD_URL", "udp://my agent:8125", r"DD_DOGSTATSD_URL: 'my agent' is not a host"),
+        (
+            "DD_DOGSTATSD_URL",
+            f"udp://{'a' * 5000}:8125",
+            r"DD_DOGSTATSD_URL: 'aaa.*… \(5000 characters\) is not a host",
+        ),
+        ("DD_DOGSTATSD_URL", "udp://[::1%lo]:8125", r"DD_DOGSTATSD_URL: '::1%lo' is a scoped IPv6 address"),
+        ("DD_AGENT_HOST", "::1%lo", r"DD_AGENT_HOST: '::1%lo' is a scoped IPv6 address, which loopstat cannot send to"),
+        ("DD_AGENT_HOST", "user:pw@agent", r"DD_AGENT_HOST: 'user:pw@agent' is not a host"),
+        (
+            "DD_AGENT_HOST",
+            "agent:8125",
+            r"DD_AGENT_HOST: 'agent:8125' is not a host \(the port is a setting of its own\)",
+        ),
+        ("DD_TAGS", "team:a,team:", r"DD_TAGS: tag 'team:' needs a non-empty key and value"),
+        ("DATADOG_TAGS", ":x", r"DATADOG_TAGS: tag ':x' needs a non-empty key and value"),
     ],
 )
 def test_malformed_environment_variable_is_named(
@@ -110,14 +173,18 @@ def test_closed_loop_is_refused() -> None:
         loopstat.install(loop=loop)
 
 
-@pytest.mark.parametrize("threshold", [0, -0.1, math.nan, math.inf, "0.1", True])
-def test_stall_threshold_must_be_a_positive_number_or_none(threshold: object) -> None:
-    with pytest.raises(ValueError, match=r"stall_threshold: .* expected a finite number of seconds > 0, or None"):
-        loopstat.install(stall_threshold=threshold)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("switch", ["utilization", "executor", "gc"])
 @pytest.mark.parametrize("value", [1, "yes", None])
 def test_probe_switches_must_be_true_or_false(switch: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"{switch}: .* expected True or False"):
         loopstat.install(**{switch: value})  # type: ignore[arg-type]
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_value_that_cannot_be_shown_still_gets_its_error() -> None:
+    with pytest.raises(ValueError, match=r"^host: a _Unprintable is not a host"):
+        loopstat.install(host=_Unprintable())  # type: ignore[arg-type]

@@ -10,53 +10,23 @@ from __future__ import annotations
 import asyncio
 import asyncio.events
 import logging
-import math
 import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from loopstat import _options
 
 log = logging.getLogger("loopstat")
 
 #: The directory ``loopstat-run`` puts first on ``PYTHONPATH``: it holds only ``sitecustomize.py``.
 PYTHONPATH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythonpath")
 
-#: Variables read by ``options()``, with what each accepts; the DD_*/STATSD_* ones are install()'s own.
-VARIABLES: Dict[str, str] = {
-    "LOOPSTAT_PREFIX": "metric prefix (wins over STATSD_PREFIX)",
-    "LOOPSTAT_INTERVAL": "seconds between samples, a number > 0",
-    "LOOPSTAT_TAGS": "key:value items separated by commas or spaces (win over DD_SERVICE/DD_ENV/DD_TAGS)",
-    "LOOPSTAT_FLAVOR": "dogstatsd or statsd",
-    "LOOPSTAT_STALL_THRESHOLD": "seconds without progress that count as a stall, or 'off'",
-    "LOOPSTAT_UTILIZATION": "1/0: send the utilization gauge",
-    "LOOPSTAT_EXECUTOR": "1/0: send the executor gauges",
-    "LOOPSTAT_GC": "1/0: send GC pauses and collections",
-}
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _seconds(name: str, text: str, off: bool = False) -> Optional[float]:
-    if off and text.lower() in ("off", "none", "0"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        more = ", or 'off'" if off else ""
-        raise ValueError(f"{name}: {text!r} is not valid; expected a number of seconds > 0{more}")
-    return value
-
-
-def _switch(name: str, text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError(f"{name}: {text!r} is not valid; expected 1 or 0 (true/false, yes/no, on/off)")
+#: Variables read by ``options()``, with what each accepts (from the option table).
+VARIABLES: Dict[str, str] = _options.run_help()
+#: install()'s own variables, which the program reads as it would without loopstat-run.
+INSTALL_VARIABLES: Tuple[str, ...] = _options.VARIABLES
 
 
 def options(environ: Mapping[str, str]) -> Dict[str, Any]:
@@ -65,55 +35,13 @@ def options(environ: Mapping[str, str]) -> Dict[str, Any]:
     Only the variables that are set become arguments, so everything else keeps
     install()'s default (and its own DD_*/STATSD_* variables).
     """
-    kwargs: Dict[str, Any] = {}
-
-    def get(name: str) -> Optional[str]:
-        # As for install()'s own variables, "" means unset.
-        return environ.get(name, "").strip() or None
-
-    text = get("LOOPSTAT_PREFIX")
-    if text is not None:
-        kwargs["prefix"] = text
-    text = get("LOOPSTAT_INTERVAL")
-    if text is not None:
-        kwargs["interval"] = _seconds("LOOPSTAT_INTERVAL", text)
-    text = get("LOOPSTAT_STALL_THRESHOLD")
-    if text is not None:
-        kwargs["stall_threshold"] = _seconds("LOOPSTAT_STALL_THRESHOLD", text, off=True)
-    text = get("LOOPSTAT_FLAVOR")
-    if text is not None:
-        if text not in ("dogstatsd", "statsd"):
-            raise ValueError(f"LOOPSTAT_FLAVOR: {text!r} is not valid; expected 'dogstatsd' or 'statsd'")
-        kwargs["flavor"] = text
-    text = get("LOOPSTAT_TAGS")
-    if text is not None:
-        from loopstat.tags import parse_env
-
-        kwargs["tags"] = parse_env(text, "LOOPSTAT_TAGS")
-    for name, key in (
-        ("LOOPSTAT_UTILIZATION", "utilization"),
-        ("LOOPSTAT_EXECUTOR", "executor"),
-        ("LOOPSTAT_GC", "gc"),
-    ):
-        text = get(name)
-        if text is not None:
-            kwargs[key] = _switch(name, text)
-    return kwargs
+    return _options.run_arguments(environ)
 
 
 def check(environ: Mapping[str, str]) -> Dict[str, Any]:
     """Validate every variable loopstat reads, as install() will; return the install() arguments."""
-    from loopstat import settings
-
     kwargs = options(environ)
-    try:
-        settings.resolve(**kwargs, environ=environ)
-    except ValueError as exc:
-        # resolve() names the argument; here the argument came from a variable.
-        message = str(exc)
-        if message.startswith("prefix:"):
-            message = "LOOPSTAT_PREFIX:" + message[len("prefix:") :]
-        raise ValueError(message) from None
+    _options.resolve(**kwargs, environ=environ)
     return kwargs
 
 

@@ -1,7 +1,9 @@
-"""Board: every metric the watch receiver has seen, plus the lines it could not read."""
+"""Board: every metric the watch receiver has seen, fed by its UDP socket."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -10,17 +12,27 @@ from loopstat.cli.series import Series
 
 Key = Tuple[str, str, Tuple[str, ...]]
 
+#: Seconds without data after which a row is marked stale (at most half the drop time).
+STALE_MARK = 5.0
+#: Default seconds without data after which a row is dropped.
+STALE_DROP = 60.0
+
 
 class Board:
     """Feeds datagrams into one ``Series`` per (name, type, tags); never raises on bad input."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, stale: float = STALE_DROP) -> None:
         self.series: Dict[Key, Series] = {}
         self.lines = 0
         self.bad = 0
         self.last_bad: Optional[str] = None
         #: Events and service checks: well-formed, but not shown.
         self.other = 0
+        #: Seconds of silence after which a row is dropped, and after which it is marked stale.
+        self.stale = stale
+        self.stale_mark = min(STALE_MARK, stale / 2)
+        #: Clock time of the latest line of each sender.
+        self._senders: Dict[str, float] = {}
         self._clock = clock
         self._listeners: List[Callable[[float, statsd.Sample], None]] = []
 
@@ -46,12 +58,62 @@ class Board:
                 if series is None:
                     series = self.series[key] = Series(*key)
                 series.add(now, sample.value, sample.relative)
+                self._senders[series.sender] = now
                 for listener in self._listeners:
                     listener(now, sample)
 
+    def silence(self, series: Series, now: float) -> float:
+        """Seconds since a series was last heard of.
+
+        Gauges come every sample; counters and timings only when something
+        happens (a stall), so they are live as long as their sender is.
+        """
+        heard = series.updated if series.updated is not None else now
+        if series.type != "g":
+            heard = max(heard, self._senders.get(series.sender, heard))
+        return now - heard
+
     def rows(self) -> List[Series]:
-        """All series, sorted by name, then type, then tags."""
-        return [self.series[key] for key in sorted(self.series)]
+        """The series to show, by sender, then name, type and tags; drops those silent for ``stale`` seconds."""
+        now = self._clock()
+        for key, series in list(self.series.items()):
+            if self.silence(series, now) >= self.stale:
+                del self.series[key]
+        senders = {series.sender for series in self.series.values()}
+        self._senders = {sender: at for sender, at in self._senders.items() if sender in senders}
+        return sorted(self.series.values(), key=lambda s: (s.sender, s.name, s.type, s.tags))
 
     def now(self) -> float:
         return self._clock()
+
+
+class ListenError(Exception):
+    """The receiver cannot listen where it was asked to; the message is one line for a person."""
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, board: Board) -> None:
+        self.board = board
+
+    def datagram_received(self, data: bytes, addr: Tuple[str, int]) -> None:
+        self.board.feed(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # a receiver sends nothing; ICMP errors are not ours to report
+
+
+async def listen(board: Board, host: str, port: int) -> Tuple[asyncio.DatagramTransport, int]:
+    """Bind a UDP socket on ``host:port`` feeding ``board``; return the transport and the port actually bound."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(board), local_addr=(host, port))
+    except OSError as exc:
+        where = f"udp://{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"cannot listen on {where}: the port is in use (is another receiver or agent running?)"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {where}: {reason}") from None
+    bound: int = transport.get_extra_info("sockname")[1]
+    return transport, bound

@@ -2,33 +2,38 @@
 
 The service runs on its own loop in a thread (so the view stays live while the
 service's loop is blocked), with loopstat installed and sending to the
-receiver. It goes through four phases: healthy, CPU work on the loop, healthy
-again, and the same work in ``run_in_executor``.
+receiver. Each of its requests asks a slow backend (served by the receiver's
+loop) for a report, or crunches numbers. Five phases: awaiting the backend;
+reading it with a blocking socket on the loop, then in a thread; pure-Python
+CPU work on the loop, then in a process pool. The summary holds what the
+receiver saw in each phase, and advice drawn from those numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
+import signal
 import threading
-import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import loopstat
 from loopstat import settings as _settings
 from loopstat.cli import fmt, statsd
-from loopstat.cli.board import Board
-from loopstat.cli.listen import listen
+from loopstat.cli.board import Board, listen
 from loopstat.cli.watch import View, address, open_view, redraw_until, stop_on_signals
 
 PREFIX = "loopstat"
 TAGS = {"service": "demo"}
 #: Sample often, so a short demo still shows a few samples per phase.
 INTERVAL = 0.1
-#: Each request's share of CPU work: longer than the default stall threshold (0.1 s).
+STALL_SECONDS = 0.1
+#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold.
 WORK_SECONDS = 0.15
 #: Time between two requests of one worker.
 PAUSE_SECONDS = 0.05
@@ -44,24 +49,45 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class Phase:
-    """One stretch of the demo: what the service does, and what a person should see."""
+    """One stretch of the demo: what each request does, and the caption that says so."""
 
     name: str
     text: str
-    #: None: requests only await; "loop": crunch_numbers() on the loop; "executor": in run_in_executor.
-    work: Optional[str]
+    #: "await": the backend through asyncio streams; "read": with a blocking socket; "crunch": CPU work.
+    work: str
+    #: Where the blocking work runs: on the loop, or handed to a "thread" or a "process" pool.
+    where: str = "loop"
+
+    @property
+    def blocks(self) -> bool:
+        """Whether its requests hold the loop."""
+        return self.where == "loop" and self.work != "await"
 
 
 PHASES = (
-    Phase("healthy", "healthy: requests only await, the loop is free", None),
-    Phase("on the loop", "crunch_numbers() runs on the loop: lag, utilization and stalls rise", "loop"),
-    Phase("healthy", "healthy again: lag falls back", None),
-    Phase("executor", "the same crunch_numbers() in run_in_executor: the loop stays free", "executor"),
+    Phase("healthy", "healthy: each request awaits the slow backend (asyncio streams)", "await"),
+    Phase("I/O on loop", "blocking I/O on the loop: fetch_report() reads a blocking socket", "read"),
+    Phase("I/O in thread", "the same fetch_report() in asyncio.to_thread: the loop only awaits", "read", "thread"),
+    Phase("CPU on loop", "CPU-bound Python on the loop: crunch_numbers() never awaits", "crunch"),
+    Phase("CPU in process", "the same crunch_numbers() in a ProcessPoolExecutor", "crunch", "process"),
 )
 
 
-def crunch_numbers(seconds: float) -> int:
-    """CPU-bound work that never awaits, standing in for a big json.loads, a render or a hash."""
+#: The service's blocking functions. They are compiled under a file name of their
+#: own: to the stall watchdog they are the application's code, as they would be
+#: in a real service (code in loopstat's files is loopstat's own, never blamed).
+SERVICE_FILE = "demo_service.py"
+SERVICE_CODE = """
+import socket, time
+
+def fetch_report(port):
+    # Asks the backend with a blocking socket, as a synchronous HTTP client or database driver does.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"report\\n")
+        return sock.recv(64)
+
+def crunch_numbers(seconds):
+    # CPU-bound Python that never awaits, standing in for a big json.loads, a render or a pure-Python hash.
     deadline = time.perf_counter() + seconds
     total = n = 0
     while time.perf_counter() < deadline:
@@ -69,27 +95,61 @@ def crunch_numbers(seconds: float) -> int:
             total = (total + n * n) % 1_000_003
             n += 1
     return total
+"""
+_service: Dict[str, Any] = {"__name__": __name__}  # so that the process pool can pickle crunch_numbers
+exec(compile(SERVICE_CODE, SERVICE_FILE, "exec"), _service)
+fetch_report: Callable[[int], bytes] = _service["fetch_report"]
+crunch_numbers: Callable[[float], int] = _service["crunch_numbers"]
+
+
+async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The slow backend: answers each request after ``WORK_SECONDS``, without blocking its own loop."""
+    try:
+        await reader.readline()
+        await asyncio.sleep(WORK_SECONDS)
+        writer.write(b"ok\n")
+        await writer.drain()
+    except OSError:
+        pass  # the service went away mid-request
+    finally:
+        writer.close()
 
 
 class Service:
     """The demo service: a few workers serving fake requests on a loop of its own thread."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, backend: int) -> None:
         self.port = port
+        self.backend = backend
         #: Switched by the demo from the main thread; read by the workers between requests.
         self.phase: Phase = PHASES[0]
         self.requests = 0
+        self.monitor: Optional[loopstat.Monitor] = None
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="loopstat-demo-service", daemon=True)
+        # Spawned, not forked: this process has threads.
+        self._pool = ProcessPoolExecutor(WORKERS, multiprocessing.get_context("spawn"))
 
     def start(self) -> None:
+        # The processes start now, not in the middle of their phase, and with Ctrl-C blocked (they
+        # keep that mask): a terminal sends it to them too, and only the demo should answer it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(WORKERS):
+                self._pool.submit(crunch_numbers, 0.0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._thread.start()
 
     async def stop(self) -> None:
         self._stop.set()
-        # Joined from a worker thread: the receiver's loop keeps taking datagrams meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        # Waited for in a worker thread: the receiver's loop keeps taking datagrams meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._end)
+
+    def _end(self) -> None:
+        self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _main(self) -> None:
         try:
@@ -98,95 +158,132 @@ class Service:
             self.error = exc
 
     async def _serve(self) -> None:
-        async with loopstat.install(host="127.0.0.1", port=self.port, prefix=PREFIX, tags=TAGS, interval=INTERVAL):
+        async with loopstat.install(
+            host="127.0.0.1", port=self.port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, stall_threshold=STALL_SECONDS
+        ) as self.monitor:
             await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             await asyncio.sleep(PAUSE_SECONDS)
-            work = self.phase.work
-            if work == "loop":
+            phase = self.phase
+            if phase.work == "await":
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.backend)
+                writer.write(b"report\n")
+                await reader.readline()
+                writer.close()
+                await writer.wait_closed()
+            elif phase.work == "read":
+                if phase.where == "thread":
+                    await asyncio.to_thread(fetch_report, self.backend)
+                else:
+                    fetch_report(self.backend)
+            elif phase.where == "process":
+                await loop.run_in_executor(self._pool, crunch_numbers, WORK_SECONDS)
+            else:
                 crunch_numbers(WORK_SECONDS)
-            elif work == "executor":
-                await loop.run_in_executor(None, crunch_numbers, WORK_SECONDS)
             self.requests += 1
 
 
 @dataclass
 class PhaseTally:
-    """What the receiver saw during one phase."""
+    """What the receiver saw during one phase, and the monitor's stall count at its latest sample."""
 
     phase: Phase
-    lag_max: float = 0.0
+    #: None until a lag sample arrives.
+    lag_max: Optional[float] = None
     utilization: List[float] = field(default_factory=list)
-    stalls: float = 0.0
+    stalls_seen: int = 0
+    stall: Optional[loopstat.Stall] = None
     requests: int = 0
 
 
 class Tally:
     """Sorts the metrics the receiver gets into the phase the demo was in when they arrived."""
 
-    def __init__(self, board: Board) -> None:
-        self.phases = [PhaseTally(phase) for phase in PHASES]
-        self.current = 0
+    def __init__(self, board: Board, service: Service) -> None:
+        self.phases: List[PhaseTally] = []
         self._board = board
+        self._service = service
         self._switched = board.now()
-        #: Stall log messages, each once, in order.
-        self.stall_logs: List[str] = []
         board.listen(self._on_sample)
 
     def switch(self, index: int) -> None:
-        self.current = index
+        self.phases.append(PhaseTally(PHASES[index], stalls_seen=self.phases[-1].stalls_seen if self.phases else 0))
         self._switched = self._board.now()
 
     def _on_sample(self, now: float, sample: statsd.Sample) -> None:
-        index = self.current
-        if index > 0 and PHASES[index - 1].work == "loop" and now - self._switched < GRACE_SECONDS:
-            index -= 1
-        tally = self.phases[index]
+        if not self.phases:
+            return
+        tally = self.phases[-1]
+        if len(self.phases) > 1 and self.phases[-2].phase.blocks and now - self._switched < GRACE_SECONDS:
+            tally = self.phases[-2]  # the last blocked request of the phase before, and its samples
         if sample.name == f"{PREFIX}.lag" and sample.type == "g":
-            tally.lag_max = max(tally.lag_max, sample.value)
+            tally.lag_max = max(tally.lag_max or 0.0, sample.value)
         elif sample.name == f"{PREFIX}.utilization":
             tally.utilization.append(sample.value)
-        elif sample.name == f"{PREFIX}.stalls" and sample.type == "c":
-            tally.stalls += sample.value
+        monitor = self._service.monitor
+        if monitor is not None:
+            tally.stalls_seen = max(tally.stalls_seen, monitor.stalls)
+            stall = monitor.last_stall
+            if stall is not None and stall.location and tally.phase.blocks:
+                tally.stall = stall
 
-    def summary(self) -> str:
+    def summary(self, interrupted: bool) -> str:
         rows = ["", "loopstat demo: what the service's loop went through", ""]
-        rows.append(f"  {'phase':<14}{'lag max':>12}{'utilization':>14}{'stalls':>8}{'requests':>10}")
+        rows.append(f"  {'phase':<20}{'lag max':>10}{'utilization':>13}{'stalls':>8}{'requests':>10}")
+        stalls_before = 0
+        for index, tally in enumerate(self.phases):
+            use = fmt.value(sum(tally.utilization) / len(tally.utilization), "%") if tally.utilization else "-"
+            stalls, stalls_before = tally.stalls_seen - stalls_before, tally.stalls_seen
+            name = tally.phase.name + (" (cut)" if interrupted and index == len(self.phases) - 1 else "")
+            lag = "-" if tally.lag_max is None else fmt.value(tally.lag_max, "ms")
+            rows.append(f"  {name:<20}{lag:>10}{use:>13}{stalls:>8}{tally.requests:>10}")
+        rows += [
+            "",
+            "  lag max: the most a timer ran late · utilization: share of the time the loop",
+            "  ran code rather than waited · stalls: times it made no progress for over",
+            f"  {STALL_SECONDS * 1000:.0f} ms · requests: requests the service finished in the phase",
+            "",
+        ]
         for tally in self.phases:
-            use = f"{sum(tally.utilization) / len(tally.utilization):.0%}" if tally.utilization else "-"
-            lag = f"{fmt.number(tally.lag_max)} ms"
-            rows.append(f"  {tally.phase.name:<14}{lag:>12}{use:>14}{tally.stalls:>8.0f}{tally.requests:>10}")
-        rows.append("")
-        # The watchdog may miss the stack of a stall that ends as it looks: prefer one it named.
-        named = [text for text in self.stall_logs if " at " in text] or self.stall_logs
-        rows.extend("  stall log: " + text for text in named[:3])
-        on_loop, executor = self.phases[1], self.phases[3]
-        rows.append(
-            f"  crunch_numbers() on the loop: lag up to {fmt.number(on_loop.lag_max)} ms; "
-            f"in run_in_executor: {fmt.number(executor.lag_max)} ms."
-        )
-        rows.append("  Blocking work belongs in run_in_executor (or asyncio.to_thread), not on the loop.")
+            if tally.stall is not None:
+                rows.append(f"  {tally.phase.name} stalled at {tally.stall.location}")
+        rows += advice({tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None})
         return "\n".join(rows) + "\n"
+
+
+def advice(lags: Dict[str, float]) -> List[str]:
+    """What the lag of each phase showed (by phase name), for each kind of work whose two phases ran."""
+    out = []
+    for on_loop, moved, work, remedy in (
+        ("I/O on loop", "I/O in thread", "Blocking I/O", "a thread (asyncio.to_thread, run_in_executor)"),
+        ("CPU on loop", "CPU in process", "CPU-bound Python", "a process pool (threads share the GIL)"),
+    ):
+        if on_loop not in lags or moved not in lags:
+            continue
+        before, after = fmt.value(lags[on_loop], "ms"), fmt.value(lags[moved], "ms")
+        if lags[moved] < lags[on_loop] / 2:
+            out.append(f"  {work}: lag max {before} on the loop, {after} in {remedy.split(' (')[0]}.")
+            out.append(f"    Move it off the loop, to {remedy}.")
+        else:
+            out.append(f"  {work}: lag max {before} on the loop and {after} moved off it:")
+            out.append("    no clear gain this time (the machine may be short of CPU).")
+    return out
 
 
 class _ToView(logging.Handler):
     """Shows loopstat's log lines (the stall warnings) in the view, from whichever thread logs them."""
 
-    def __init__(self, view: View, tally: Tally, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, view: View, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(logging.INFO)
         self.view = view
-        self.tally = tally
         self.loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if "blocked" in text:
-            self.tally.stall_logs.append(text)
         # The view is drawn by the receiver's loop; hand the line over to it.
-        self.loop.call_soon_threadsafe(self.view.note, f"{record.levelname}: {text}")
+        self.loop.call_soon_threadsafe(self.view.note, f"{record.levelname}: {record.getMessage()}")
 
 
 @contextmanager
@@ -217,23 +314,24 @@ async def _phases(view: View, service: Service, tally: Tally, stop: asyncio.Even
             return
 
 
-async def demo(seconds: float, out: TextIO, err: TextIO) -> None:
-    """Run the demo for ``seconds`` (or until Ctrl-C), then write a summary to ``out``."""
+async def demo(seconds: float, out: TextIO, err: TextIO) -> int:
+    """Run the demo for ``seconds`` (or until Ctrl-C), write a summary to ``out``; return the exit status."""
     board = Board()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop) as received:
         transport, port = await listen(board, "127.0.0.1", 0)
+        backend = await asyncio.start_server(_backend, "127.0.0.1", 0)
         try:
-            service = Service(port)
             try:
                 # Same checks install() makes in the service thread, here, to fail in one line.
                 _settings.resolve("127.0.0.1", port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, environ=os.environ)
             except ValueError as exc:
                 raise DemoError(str(exc)) from None
-            tally = Tally(board)
+            service = Service(port, backend.sockets[0].getsockname()[1])
+            tally = Tally(board, service)
             view_cm = open_view(board, address("127.0.0.1", port), out, err, "loopstat demo")
-            with view_cm as view, _logs_to(_ToView(view, tally, loop)):
+            with view_cm as view, _logs_to(_ToView(view, loop)):
                 service.start()
                 try:
                     await _phases(view, service, tally, stop, seconds)
@@ -243,7 +341,9 @@ async def demo(seconds: float, out: TextIO, err: TextIO) -> None:
                 view.tick()
             if service.error is not None:
                 raise DemoError(f"the demo service failed: {service.error!r}")
-            out.write(tally.summary())
+            out.write(tally.summary(interrupted=bool(received)))
             out.flush()
         finally:
+            backend.close()
             transport.close()
+    return 128 + received[0] if received else 0

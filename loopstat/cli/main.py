@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import loopstat
+from loopstat import _options
+from loopstat.cli.board import STALE_DROP, STALE_MARK
 
-DEMO_SECONDS = 24.0
-DEMO_MIN_SECONDS = 2.0
+T = TypeVar("T")
+
+DEMO_SECONDS = 25.0
+#: One second a phase.
+DEMO_MIN_SECONDS = 5.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,20 +25,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected an integer in 0..65535 (0: any free port)")
-    return int(text)
+def _argument(kind: _options.Kind[T]) -> Callable[[str], T]:
+    """An argparse type that checks a flag as loopstat checks its settings."""
+
+    def convert(text: str) -> T:
+        try:
+            return kind.check(kind.parse(text, ""), "")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= DEMO_MIN_SECONDS or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid; expected a number of seconds >= {DEMO_MIN_SECONDS:g}")
-    return value
+_port = _argument(_options.Port(any_port=True))
+
+
+def _seconds_at_least(least: float) -> Callable[[str], Optional[float]]:
+    return _argument(_options.Seconds(least))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,20 +55,32 @@ def parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch",
         help="receive StatsD/DogStatsD metrics on a local port and show them live",
-        description="A StatsD/DogStatsD receiver for development: a live table in a terminal, "
-        "one line per metric per second otherwise.",
+        description="A StatsD/DogStatsD receiver for development: a live table in a terminal; otherwise, "
+        "each second, one line per metric that received data in it. Ctrl-C quits (exit 0).",
     )
     watch.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     watch.add_argument("--port", type=_port, default=8125, help="UDP port to listen on (default: 8125)")
+    watch.add_argument(
+        "--stale",
+        metavar="SECONDS",
+        type=_seconds_at_least(1.0),
+        default=STALE_DROP,
+        help=f"drop a row after this many seconds without data (default: {STALE_DROP:g}; "
+        f"marked stale after {STALE_MARK:g} s, or half of it if shorter)",
+    )
 
     demo = commands.add_parser(
         "demo",
-        help="watch a demo service block its loop, then move the work to an executor",
+        help="watch a demo service block its loop, then move the work off it",
         description="Starts the receiver and a small service with loopstat installed, and shows how "
-        "blocking work on the loop looks next to the same work in run_in_executor.",
+        "blocking I/O and CPU work on the loop look next to the same work in a thread or a process pool. "
+        "Exits 0, or 130 on Ctrl-C.",
     )
     demo.add_argument(
-        "--seconds", type=_seconds, default=DEMO_SECONDS, help=f"length of the demo (default: {DEMO_SECONDS:g})"
+        "--seconds",
+        type=_seconds_at_least(DEMO_MIN_SECONDS),
+        default=DEMO_SECONDS,
+        help=f"length of the demo (default: {DEMO_SECONDS:g})",
     )
 
     commands.add_parser(
@@ -82,19 +103,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(args_list)
     try:
         if args.command == "watch":
-            return _watch(args.host, args.port)
+            return _watch(args.host, args.port, args.stale)
         return _demo(args.seconds)
     except KeyboardInterrupt:
-        # Ctrl-C before the handlers are in place: still a clean exit.
-        return 0
+        # Ctrl-C before the handlers are in place: quitting watch is a clean exit, cutting the demo short is not.
+        return 0 if args.command == "watch" else 128 + signal.SIGINT
 
 
-def _watch(host: str, port: int) -> int:
-    from loopstat.cli.listen import ListenError
+def _watch(host: str, port: int, stale: float) -> int:
+    from loopstat.cli.board import ListenError
     from loopstat.cli.watch import NeedsRich, watch
 
     try:
-        asyncio.run(watch(host, port, sys.stdout, sys.stderr))
+        asyncio.run(watch(host, port, sys.stdout, sys.stderr, stale))
     except (ListenError, NeedsRich) as exc:
         print(f"loopstat watch: {exc}", file=sys.stderr)
         return 1
@@ -102,16 +123,15 @@ def _watch(host: str, port: int) -> int:
 
 
 def _demo(seconds: float) -> int:
+    from loopstat.cli.board import ListenError
     from loopstat.cli.demo import DemoError, demo
-    from loopstat.cli.listen import ListenError
     from loopstat.cli.watch import NeedsRich
 
     try:
-        asyncio.run(demo(seconds, sys.stdout, sys.stderr))
+        return asyncio.run(demo(seconds, sys.stdout, sys.stderr))
     except (ListenError, NeedsRich, DemoError) as exc:
         print(f"loopstat demo: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def run_script() -> NoReturn:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Mapping
 from typing import Dict, List, Optional, TextIO
 
@@ -19,18 +20,26 @@ from loopstat import bootstrap
 USAGE = """usage: {prog} COMMAND [ARGS...]
 
 Runs COMMAND (a Python program: python app.py, uvicorn app:app, gunicorn ...) with
-loopstat installed on every asyncio event loop it runs. Configured by environment:
+loopstat installed on every asyncio event loop it runs. Configured by environment,
+through install()'s own variables
 
-  DD_AGENT_HOST / STATSD_HOST, DD_DOGSTATSD_PORT / STATSD_PORT, DD_DOGSTATSD_URL,
-  STATSD_PREFIX, DD_SERVICE, DD_ENV, DD_VERSION, DD_TAGS, and:
+{install_variables}
+
+and these, which win over them:
 {variables}
 """
 
 
 def usage(prog: str) -> str:
     width = max(len(name) for name in bootstrap.VARIABLES)
-    variables = "\n".join(f"  {name:<{width}}  {text}" for name, text in bootstrap.VARIABLES.items())
-    return USAGE.format(prog=prog, variables=variables)
+    variables = "\n".join(
+        textwrap.fill(text, 100, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
+        for name, text in bootstrap.VARIABLES.items()
+    )
+    install_variables = textwrap.fill(
+        ", ".join(bootstrap.INSTALL_VARIABLES), 100, initial_indent="  ", subsequent_indent="  "
+    )
+    return USAGE.format(prog=prog, install_variables=install_variables, variables=variables)
 
 
 def child_environment(environ: Mapping[str, str]) -> Dict[str, str]:

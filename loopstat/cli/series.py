@@ -25,18 +25,25 @@ class Stats:
 class Series:
     """Values of one (name, type, tags) metric.
 
-    Counters are shown as totals and per-second sums; gauges and timings as
-    values, with each trend bucket holding the largest value of its second
-    (a spike is what a person looks for).
+    Counters (and sets) are shown as rates: sums per second. Gauges and
+    timings are shown as values, with each trend bucket holding the largest
+    value of its second (a spike is what a person looks for).
     """
 
     def __init__(self, name: str, type: str, tags: Tuple[str, ...]) -> None:
         self.name = name
         self.type = type
         self.tags = tags
-        #: Latest value; for counters, the total since the first line.
+        #: Who sent it: the value of its ``service`` tag ("" without one). Rows are grouped by sender.
+        self.sender = next((tag[len("service:") :] for tag in tags if tag.startswith("service:")), "")
+        #: The tags a row shows: the sender heads its group.
+        self.other_tags = tuple(tag for tag in tags if not tag.startswith("service:"))
+        #: Latest value (for counters, of the latest line).
         self.last = 0.0
-        self.updated = 0.0
+        #: Clock time of the latest line; None before the first.
+        self.updated: Optional[float] = None
+        #: Lines received so far.
+        self.received = 0
         self._window: Deque[Tuple[float, float]] = deque()
         self._buckets: Deque[Tuple[int, float]] = deque()
 
@@ -45,14 +52,11 @@ class Series:
         return self.type in ("c", "s")
 
     def add(self, now: float, value: float, relative: bool = False) -> None:
-        if self.counter:
-            self.last += value
-        elif relative:
-            value = self.last + value
-            self.last = value
-        else:
-            self.last = value
+        if relative and not self.counter:
+            value += self.last
+        self.last = value
         self.updated = now
+        self.received += 1
         self._window.append((now, value))
         second = int(now)
         if self._buckets and self._buckets[-1][0] == second:
@@ -68,21 +72,29 @@ class Series:
         while self._buckets and self._buckets[0][0] <= int(now) - TREND:
             self._buckets.popleft()
 
+    def current(self, now: float) -> float:
+        """What the "last" column shows: the latest value, or for counters the sum over the last whole second."""
+        if not self.counter:
+            return self.last
+        return dict(self._buckets).get(int(now) - 1, 0.0)
+
     def stats(self, now: float) -> Optional[Stats]:
-        """Min/avg/max over the window: of values, or for counters of per-second sums."""
+        """Min/avg/max over the window: of values, or for counters of the sums of its whole seconds.
+
+        None for a gauge or timing with no value in the window.
+        """
         self._prune(now)
-        if not self._window:
-            return None
         if self.counter:
-            # Every second of the window counts, the silent ones as 0.
-            first = int(now) - int(WINDOW) + 1
-            sums = {second: 0.0 for second in range(first, int(now) + 1)}
+            # Every whole second of the window counts, the silent ones as 0.
+            sums = dict.fromkeys(range(int(now) - int(WINDOW), int(now)), 0.0)
             for second, total in self._buckets:
                 if second in sums:
                     sums[second] = total
             values = list(sums.values())
         else:
             values = [value for _, value in self._window]
+        if not values:
+            return None
         return Stats(min(values), sum(values) / len(values), max(values), len(self._window))
 
     def trend(self, now: float) -> List[Optional[float]]:

@@ -1,0 +1,96 @@
+"""The catalogue of metrics loopstat sends: one row each, read by the monitor, the datagram budget,
+``loopstat watch``'s units, the dashboards' tests and the README's metrics table.
+
+Adding a metric is one row here plus the probe that measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Literal, Tuple
+
+#: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
+Kind = Literal["g", "ms", "c"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its name after the prefix, StatsD type, unit and meaning."""
+
+    name: str
+    type: Kind
+    #: "ms", "ratio" (0 to 1) or "count".
+    unit: str
+    #: The module of ``loopstat/probes`` that measures it.
+    probe: str
+    #: How dashboards combine it across services and workers: summed, or the worst of them.
+    across: Literal["sum", "max"]
+    doc: str
+
+
+METRICS: Tuple[Metric, ...] = (
+    Metric("lag", "g", "ms", "lag", "max", "latest sleep overshoot (float, µs precision)"),
+    Metric("lag", "ms", "ms", "lag", "max", "every sample, so the agent keeps max and percentiles per flush"),
+    Metric(
+        "tasks",
+        "g",
+        "count",
+        "tasks",
+        "sum",
+        "tasks on the loop that are not done, not counting loopstat's own (the application's main task counts)",
+    ),
+    Metric(
+        "utilization",
+        "g",
+        "ratio",
+        "utilization",
+        "max",
+        "share of the time since the previous sample that the loop spent running callbacks rather than "
+        "waiting for events; stdlib loops only",
+    ),
+    Metric(
+        "stalls",
+        "c",
+        "count",
+        "stalls",
+        "sum",
+        "1 for each stall: the loop made no progress for longer than `stall_threshold`",
+    ),
+    Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends"),
+    Metric(
+        "executor.queue",
+        "g",
+        "count",
+        "executor",
+        "sum",
+        "work items waiting for a thread in the loop's default executor (once it exists and if it is a "
+        "`ThreadPoolExecutor`)",
+    ),
+    Metric("executor.threads", "g", "count", "executor", "sum", "threads in that executor"),
+    Metric(
+        "gc.pause",
+        "g",
+        "ms",
+        "gc",
+        "max",
+        "longest garbage-collector pause since the previous sample (`gc=True`)",
+    ),
+    Metric("gc.collections", "c", "count", "gc", "sum", "collections since the previous sample (`gc=True`)"),
+)
+
+#: Each metric name once, with how dashboards combine it across services.
+ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
+#: Each metric name once, with its unit.
+UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}
+#: The longest name after the prefix, with its dot: it bounds the prefix and the line overhead.
+LONGEST_SUFFIX = max(len("." + metric.name) for metric in METRICS)
+
+_TYPES = {"g": "gauge `g`", "ms": "timing `ms`", "c": "counter `c`"}
+_UNITS = {"ms": "ms", "ratio": "ratio 0\N{EN DASH}1", "count": "count"}
+
+
+def markdown_table() -> str:
+    """The README's metrics table."""
+    rows = ["| name | StatsD type | unit | value |", "|---|---|---|---|"]
+    rows += [f"| `P.{m.name}` | {_TYPES[m.type]} | {_UNITS[m.unit]} | {m.doc} |" for m in METRICS]
+    return "\n".join(rows) + "\n"

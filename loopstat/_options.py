@@ -1,0 +1,556 @@
+"""The option table: each setting declared once, with its type, default, bounds, variables and doc.
+
+``Settings`` is the table: one field per option. ``install()`` checks its
+arguments through it, ``resolve()`` fills the rest from the environment in the
+order each row gives, ``loopstat-run`` reads its ``LOOPSTAT_*`` variables and
+writes its ``--help`` from it, and the tests check the README's configuration
+table and their list of variables against it. Adding an option is one field
+here plus the code that uses it (and its ``install()`` parameter).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import threading
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
+
+from loopstat import tags as _tags
+from loopstat._metrics import LONGEST_SUFFIX
+from loopstat.tags import show
+
+T = TypeVar("T")
+
+# DogStatsD's guidance for UDP: larger datagrams may be fragmented or dropped.
+MAX_DATAGRAM = 1432
+# What a line holds after the prefix, besides its tags: the longest metric
+# name, ":", a value of up to 24 characters, "|ms|#", and room to spare.
+_LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + 16
+# Datadog metric names are at most 200 characters.
+MAX_PREFIX_LENGTH = 200 - LONGEST_SUFFIX
+Flavor = Literal["dogstatsd", "statsd"]
+FLAVORS: Tuple[str, ...] = get_args(Flavor)
+
+# At 1 ms the sampler already wakes the loop 1,000 times a second; below it,
+# asyncio.sleep() returns at once and the sampler runs on every loop turn.
+MIN_INTERVAL = 0.001
+# The watchdog wakes every threshold / 10: at 10 ms that is 1,000 times a
+# second, and ordinary GC pauses and scheduling noise start to count as stalls.
+MIN_STALL_THRESHOLD = 0.01
+# A day: anything longer is a mistake rather than a choice, and waits of
+# about 1e10 s overflow (threading.Event.wait raises OverflowError).
+MAX_SECONDS = 86400.0
+
+DEFAULT_HOST = "localhost"
+# The Datadog Agent's and Etsy statsd's port (aiodogstatsd's own default is 9125).
+DEFAULT_PORT = 8125
+DEFAULT_PREFIX = "loopstat"
+DEFAULT_INTERVAL = 0.25
+# asyncio's own slow_callback_duration.
+DEFAULT_STALL_THRESHOLD = 0.1
+
+URL_VARIABLE = "DD_DOGSTATSD_URL"
+# Datadog's unified service tagging: each variable is one tag.
+_UNIFIED = {"DD_SERVICE": "service", "DD_ENV": "env", "DD_VERSION": "version"}
+
+
+class Kind(Generic[T]):
+    """How one type of setting is checked, as an argument and as environment text."""
+
+    #: The type, as the docs name it.
+    type_doc = ""
+
+    def accepted(self) -> str:
+        """What an argument may be, for errors and docs."""
+        raise NotImplementedError
+
+    def accepted_text(self) -> str:
+        """What a variable may hold, for errors and ``--help``."""
+        return self.accepted()
+
+    def as_text(self, value: Any) -> str:
+        """``value`` as a variable would hold it."""
+        return str(value)
+
+    def check(self, value: object, source: str) -> T:
+        """The checked value of an argument; ValueError naming ``source`` and the accepted form."""
+        raise NotImplementedError
+
+    def parse(self, text: str, source: str) -> object:
+        """An ``install()`` argument from a variable's text; ValueError naming the variable."""
+        return self.check(text, source)
+
+    def _bad(self, value: object, source: str, why: str = "is not valid", text: bool = False) -> ValueError:
+        named = f"{source}: " if source else ""
+        return ValueError(f"{named}{show(value)} {why}; expected {self.accepted_text() if text else self.accepted()}")
+
+
+class Seconds(Kind[Optional[float]]):
+    """A finite number of seconds within bounds; ``off`` also allows None (the feature off)."""
+
+    type_doc = "float (seconds)"
+    # Plain decimal notation only: float() would also take "1_0", "nan" and non-ASCII digits.
+    _NUMBER = re.compile(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+    _OFF = ("off", "none", "0")
+
+    def __init__(self, minimum: float, maximum: float = MAX_SECONDS, off: bool = False) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.off = off
+
+    def _range(self) -> str:
+        return f"a finite number of seconds from {self.minimum:g} to {self.maximum:g}"
+
+    def accepted(self) -> str:
+        return self._range() + (", or None to turn it off" if self.off else "")
+
+    def accepted_text(self) -> str:
+        return self._range() + (", or 'off'" if self.off else "")
+
+    def as_text(self, value: Any) -> str:
+        return "off" if value is None else f"{value:g}"
+
+    def check(self, value: object, source: str) -> Optional[float]:
+        if value is None and self.off:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._bad(value, source)
+        # A float must be finite; an int small enough for a float (float(10**400) raises).
+        finite = math.isfinite(value) if isinstance(value, float) else value.bit_length() <= 64
+        if not finite:
+            raise self._bad(value, source)
+        if not self.minimum <= value <= self.maximum:
+            raise self._bad(value, source, "is out of range")
+        return float(value)
+
+    def parse(self, text: str, source: str) -> Optional[float]:
+        if self.off and text.lower() in self._OFF:
+            return None
+        number = float(text) if self._NUMBER.fullmatch(text) else math.nan
+        if not math.isfinite(number):
+            raise self._bad(text, source, text=True)
+        if not self.minimum <= number <= self.maximum:
+            raise self._bad(text, source, "is out of range", text=True)
+        return number
+
+
+class Port(Kind[int]):
+    """A UDP port number; ``any_port`` also allows 0 (listen on any free port)."""
+
+    type_doc = "int"
+
+    def __init__(self, any_port: bool = False) -> None:
+        self.lowest = 0 if any_port else 1
+
+    def accepted(self) -> str:
+        return f"an integer in {self.lowest}..65535" + (" (0: any free port)" if self.lowest == 0 else "")
+
+    def check(self, value: object, source: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(value, source, "is not a port")
+        if not self.lowest <= value <= 65535:
+            raise self._bad(value, source, "is out of range")
+        return value
+
+    def parse(self, text: str, source: str) -> int:
+        # ASCII digits only: int() takes "²"-like digits of any script, and raises
+        # its own message past 4,300 digits.
+        if not re.fullmatch(r"[0-9]+", text):
+            raise self._bad(text, source, "is not a port")
+        if len(text.lstrip("0")) > 5 or not self.lowest <= int(text) <= 65535:
+            raise self._bad(text, source, "is out of range")
+        return int(text)
+
+
+class Host(Kind[str]):
+    """A host name or an IP address, as the sink can resolve and connect to it."""
+
+    type_doc = "str"
+    # Letters (IDN names included), digits, "-", "_" (container names) and dots.
+    _NAME = re.compile(r"[\w-]{1,63}(?:\.[\w-]{1,63})*\.?")
+
+    def accepted(self) -> str:
+        return "a host name or IP address (at most 253 characters; IPv6 without brackets or %zone)"
+
+    def check(self, value: object, source: str) -> str:
+        if not isinstance(value, str):
+            raise self._bad(value, source, "is not a host")
+        if "%" in value:
+            raise self._bad(value, source, "is a scoped IPv6 address, which loopstat cannot send to")
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if len(value) > 253 or not self._NAME.fullmatch(value):
+                name, colon, port = value.rpartition(":")
+                if colon and port.isdigit() and self._NAME.fullmatch(name):
+                    raise self._bad(value, source, "is not a host (the port is a setting of its own)") from None
+                raise self._bad(value, source, "is not a host") from None
+        return value
+
+
+class Prefix(Kind[str]):
+    """A metric prefix: a dotted name that keeps metric names within Datadog's limit."""
+
+    type_doc = "str"
+    _FORM = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+    def accepted(self) -> str:
+        return "'' or " + self.accepted_text()
+
+    def accepted_text(self) -> str:
+        return f"a letter, then letters, digits, '_' and single '.' separators (at most {MAX_PREFIX_LENGTH} characters)"
+
+    def check(self, value: object, source: str) -> str:
+        if not isinstance(value, str) or (
+            value and (len(value) > MAX_PREFIX_LENGTH or not self._FORM.fullmatch(value))
+        ):
+            raise self._bad(value, source, "is not a valid prefix")
+        return value
+
+
+class Choice(Kind[str]):
+    """One of a few words."""
+
+    type_doc = "str"
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def accepted(self) -> str:
+        return " or ".join(repr(choice) for choice in self.choices)
+
+    def check(self, value: object, source: str) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise self._bad(value, source)
+        return value
+
+
+class Switch(Kind[bool]):
+    """On or off."""
+
+    type_doc = "bool"
+    _TRUE = ("1", "true", "yes", "on")
+    _FALSE = ("0", "false", "no", "off")
+
+    def accepted(self) -> str:
+        return "True or False"
+
+    def accepted_text(self) -> str:
+        return "1 or 0 (true/false, yes/no, on/off)"
+
+    def as_text(self, value: Any) -> str:
+        return "1" if value else "0"
+
+    def check(self, value: object, source: str) -> bool:
+        if not isinstance(value, bool):
+            raise self._bad(value, source)
+        return value
+
+    def parse(self, text: str, source: str) -> bool:
+        word = text.lower()
+        if word not in self._TRUE + self._FALSE:
+            raise self._bad(text, source, text=True)
+        return word in self._TRUE
+
+
+class TagList(Kind[_tags.Tags]):
+    """Tags: checked here, merged and made safe for the wire by ``tags.render``."""
+
+    type_doc = "mapping or iterable"
+
+    def accepted(self) -> str:
+        return _tags.ACCEPTED
+
+    def accepted_text(self) -> str:
+        return '"key:value" or "key" items separated by commas or spaces'
+
+    def as_text(self, value: Any) -> str:
+        return _tags.joined(value) or "none"
+
+    def check(self, value: object, source: str) -> _tags.Tags:
+        return _tags.parse(value, source)
+
+    def parse(self, text: str, source: str) -> List[str]:
+        if source in _UNIFIED:
+            return [f"{_UNIFIED[source]}:{text}"]
+        return _tags.split_env(text, source)
+
+
+HOST = Host()
+PORT = Port()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the table."""
+
+    name: str
+    default: object
+    kind: Kind[Any]
+    doc: str
+    #: install()'s own variables, strongest first.
+    env: Tuple[str, ...]
+    #: The variable loopstat-run reads it from, if any.
+    run: Optional[str]
+
+
+def _row(default: T, kind: Kind[Any], doc: str, env: Tuple[str, ...] = (), run: Optional[str] = None) -> T:
+    return field(default=default, metadata={"option": (kind, doc, env, run)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a monitor needs, resolved from arguments and environment; each field is one option."""
+
+    host: str = _row(DEFAULT_HOST, HOST, "agent host", (URL_VARIABLE, "DD_AGENT_HOST", "STATSD_HOST"))
+    port: int = _row(DEFAULT_PORT, PORT, "agent port", (URL_VARIABLE, "DD_DOGSTATSD_PORT", "STATSD_PORT"))
+    prefix: str = _row(DEFAULT_PREFIX, Prefix(), "metric prefix", ("STATSD_PREFIX",), "LOOPSTAT_PREFIX")
+    #: ``(key, value)`` pairs as sent; value "" for a tag without value.
+    tags: Tuple[Tuple[str, str], ...] = _row(
+        (), TagList(), "tags on every line", (*_UNIFIED, "DD_TAGS", "DATADOG_TAGS"), "LOOPSTAT_TAGS"
+    )
+    interval: float = _row(DEFAULT_INTERVAL, Seconds(MIN_INTERVAL), "sample interval", run="LOOPSTAT_INTERVAL")
+    flavor: Literal["dogstatsd", "statsd"] = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
+    #: Seconds without progress that make a stall; None: no stall watchdog.
+    stall_threshold: Optional[float] = _row(
+        DEFAULT_STALL_THRESHOLD,
+        Seconds(MIN_STALL_THRESHOLD, off=True),
+        "stall threshold: seconds without progress",
+        run="LOOPSTAT_STALL_THRESHOLD",
+    )
+    utilization: bool = _row(True, Switch(), "utilization gauge", run="LOOPSTAT_UTILIZATION")
+    executor: bool = _row(True, Switch(), "executor gauges", run="LOOPSTAT_EXECUTOR")
+    gc: bool = _row(False, Switch(), "GC pause and collection metrics", run="LOOPSTAT_GC")
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+#: The table, in install()'s order.
+OPTIONS: Tuple[Option, ...] = tuple(Option(f.name, f.default, *f.metadata["option"]) for f in fields(Settings))
+_BY_NAME = {option.name: option for option in OPTIONS}
+#: Every variable install() reads.
+VARIABLES: Tuple[str, ...] = tuple(dict.fromkeys(name for option in OPTIONS for name in option.env))
+#: Every variable loopstat-run reads for install()'s arguments.
+RUN_VARIABLES: Tuple[str, ...] = tuple(option.run for option in OPTIONS if option.run)
+
+
+def _env(environ: Mapping[str, str], name: str) -> Optional[str]:
+    # Deployment templates often export a variable as "" to mean "not set".
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+_URL_FORM = "udp://host:port or udp://host (IPv6 in brackets: udp://[::1]:8125)"
+
+
+def _url(text: str) -> Dict[str, Any]:
+    """Host and port (None when left out) from DD_DOGSTATSD_URL."""
+    name = URL_VARIABLE
+
+    def bad(why: str = "is not valid") -> ValueError:
+        return ValueError(f"{name}: {show(text)} {why}; expected {_URL_FORM}")
+
+    scheme, sep, rest = text.partition("://")
+    if scheme.lower() == "unix":
+        raise ValueError(f"{name}: unix:// sockets are not supported yet; use udp://host:port")
+    if not sep or scheme.lower() != "udp":
+        raise bad()
+    netloc, _, path = rest.partition("/")
+    if path or any(char in netloc for char in "@?#"):
+        raise bad("has a path, user, query or fragment")
+    port_text: Optional[str] = None
+    if netloc.startswith("["):
+        host, bracket, after = netloc[1:].partition("]")
+        if not bracket:
+            raise bad("has an unclosed '['")
+        if after:
+            if not after.startswith(":"):
+                raise bad()
+            port_text = after[1:]
+        if "%" not in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise bad("has no IPv6 address in brackets") from None
+    else:
+        host, colon, port_text_or_host = netloc.rpartition(":")
+        if not colon:
+            host = netloc
+        else:
+            port_text = port_text_or_host
+        if ":" in host:
+            raise bad("has an IPv6 address without brackets")
+    return {"host": HOST.check(host, name), "port": None if port_text is None else PORT.parse(port_text, name)}
+
+
+def _from_environment(option: Option, environ: Mapping[str, str]) -> Any:
+    """The checked value the first variable that is set gives ``option``, or its default."""
+    for variable in option.env:
+        text = _env(environ, variable)
+        if text is None:
+            continue
+        if variable == URL_VARIABLE:
+            value = _url(text)[option.name]
+            if value is not None:
+                return value
+            continue
+        return option.kind.check(option.kind.parse(text, variable), variable)
+    return option.default
+
+
+def _tag_sources(explicit: _tags.Tags, environ: Mapping[str, str]) -> List[_tags.Tags]:
+    """Explicit tags, then each tag variable's, strongest first."""
+    option = _BY_NAME["tags"]
+    sources = [explicit]
+    for variable in option.env:
+        text = _env(environ, variable)
+        if text is not None:
+            sources.append(option.kind.check(option.kind.parse(text, variable), variable))
+    return sources
+
+
+_UNSET: Any = object()
+
+
+def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    values: Dict[str, Any] = {}
+    for option in OPTIONS:
+        given = arguments.get(option.name, _UNSET)
+        if option.name == "tags":
+            values["tags"] = [] if given is _UNSET else option.kind.check(given, "tags")
+        elif given is _UNSET or (given is None and option.env):
+            values[option.name] = _from_environment(option, environ)
+        else:
+            values[option.name] = option.kind.check(given, option.name)
+
+    if values["flavor"] == "dogstatsd":
+        budget = MAX_DATAGRAM - len(values["prefix"]) - _LINE_OVERHEAD
+        values["tags"] = tuple(_tags.render(_tag_sources(values["tags"], environ), budget))
+    else:
+        if values["tags"]:
+            _tags.log.warning("loopstat: tags are not sent with flavor='statsd'; use flavor='dogstatsd' to send them")
+        values["tags"] = ()
+    return Settings(**values)
+
+
+# Settings already resolved, by arguments and environment: install() called
+# again to fetch the running monitor neither checks nor warns again.
+_CACHE_SIZE = 64
+_resolved: Dict[Hashable, Settings] = {}
+_resolved_lock = threading.Lock()
+
+
+def forget() -> None:
+    """Drop the resolved settings kept, so the next resolve() checks and warns afresh (for tests)."""
+    with _resolved_lock:
+        _resolved.clear()
+
+
+class _Unhashable(Exception):
+    pass
+
+
+def _scalar(value: object) -> Hashable:
+    # The type goes in too: True == 1 == 1.0, but only 1 and 1.0 are valid seconds.
+    if value is None or isinstance(value, (str, int, float)):
+        return (type(value), value)
+    raise _Unhashable
+
+
+def _frozen(value: object) -> Hashable:
+    """``value`` as part of a cache key; one level deep, as no valid argument is deeper."""
+    if isinstance(value, Mapping):
+        return (Mapping, tuple((_scalar(k), _scalar(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (list, tuple(_scalar(item) for item in value))
+    return _scalar(value)
+
+
+def resolve(host: object = None, port: object = None, *, environ: Mapping[str, str], **arguments: object) -> Settings:
+    """Check arguments, fill the rest from ``environ``; raise ValueError naming what is wrong.
+
+    Every option may be passed by name (``prefix=``, ``interval=``, …);
+    an option left out, or None where variables are read, comes from the
+    environment or the default.
+    """
+    unknown = sorted(set(arguments) - set(_BY_NAME))
+    if unknown:
+        raise TypeError(f"resolve() got unexpected keyword arguments: {', '.join(unknown)}")
+    arguments.update(host=host, port=port)
+    tags = arguments.get("tags")
+    if isinstance(tags, Iterable) and not isinstance(tags, (str, bytes, Mapping, list, tuple)):
+        arguments["tags"] = list(tags)  # a generator can be read once, and must be for the key
+    try:
+        key: Optional[Hashable] = (
+            tuple((name, _frozen(value)) for name, value in sorted(arguments.items())),
+            tuple(environ.get(name) for name in VARIABLES),
+        )
+    except _Unhashable:
+        key = None
+    if key is not None:
+        with _resolved_lock:
+            cached = _resolved.get(key)
+        if cached is not None:
+            return cached
+    settings = _resolve(arguments, environ)
+    if key is not None:
+        with _resolved_lock:
+            if len(_resolved) >= _CACHE_SIZE:
+                del _resolved[next(iter(_resolved))]
+            _resolved[key] = settings
+    return settings
+
+
+# What the docs add after a variable's name.
+_NOTES = {URL_VARIABLE: "(`udp://host:port`, `udp://[v6]:port`)", "DD_VERSION": "(as `service`, `env`, `version`)"}
+
+
+_NONE = "\N{EN DASH}"
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = [
+        "| setting | argument | type | accepted | default | environment, in order of precedence | `loopstat-run` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        env = ", ".join(" ".join(filter(None, (f"`{name}`", _NOTES.get(name)))) for name in option.env)
+        default = f"`{option.default!r}`" if option.default != () else "none"
+        cells = (
+            option.doc,
+            f"`{option.name}`",
+            option.kind.type_doc,
+            option.kind.accepted(),
+            default,
+            env or _NONE,
+            f"`{option.run}`" if option.run else _NONE,
+        )
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def run_help() -> Dict[str, str]:
+    """Each ``LOOPSTAT_*`` variable with what it holds, for ``loopstat-run --help``."""
+    return {
+        option.run: f"{option.doc}: {option.kind.accepted_text()} (default: {option.kind.as_text(option.default)})"
+        for option in OPTIONS
+        if option.run
+    }
+
+
+def run_arguments(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """``install()`` keyword arguments from the ``LOOPSTAT_*`` variables that are set; ValueError names a bad one."""
+    arguments: Dict[str, Any] = {}
+    for option in OPTIONS:
+        text = _env(environ, option.run) if option.run else None
+        if option.run and text is not None:
+            value = option.kind.parse(text, option.run)
+            option.kind.check(value, option.run)
+            arguments[option.name] = value
+    return arguments
