@@ -302,6 +302,7 @@ def _after_fork_in_child() -> None:
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
+    _sink_module.after_fork_in_child()  # first: closing a sink below may take its lock
     for ref in list(_monitors.values()):
         monitor = ref()
         if monitor is not None:
@@ -309,7 +310,6 @@ def _after_fork_in_child() -> None:
             monitor._shut = True
             monitor._sink.abandon()
     _monitors.clear()
-    _sink_module.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
