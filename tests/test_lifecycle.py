@@ -479,3 +479,20 @@ async def test_closing_a_monitored_loop_from_inside_another_running_loop_leaves_
     del other
     gc.collect()
     assert (monitor.running, errors, open_sockets()) == (False, [], fds)
+
+
+async def test_a_stop_cancelled_by_its_caller_has_still_released_everything(receiver: Receiver) -> None:
+    errors = collect_loop_errors(asyncio.get_running_loop())
+    sockets = open_sockets()
+    for yields in range(1, 5):  # the first yield lets stop() begin
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.001)
+        await sending(monitor)
+        stopping = asyncio.ensure_future(monitor.stop())
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        stopping.cancel()  # as asyncio.wait_for() does when its timeout ends
+        await asyncio.gather(stopping, return_exceptions=True)
+        assert not monitor.running
+    gc.collect()
+    assert errors == []
+    assert open_sockets() == sockets
