@@ -122,8 +122,8 @@ class Monitor:
                 self._fault()
             while True:
                 lag = await _lag.overshoot(interval)
-                if self._pid != os.getpid():
-                    return  # inherited by a forked child: the parent's, not ours
+                if self._stopped or self._pid != os.getpid():
+                    return  # stopped meanwhile, or inherited by a forked child: the parent's, not ours
                 try:
                     sink.maintain()
                     self._sample(lag)
