@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.repeats is not None:
         plan = dataclasses.replace(plan, repeats=args.repeats, http_repeats=args.repeats, idle_repeats=args.repeats)
-    web.quiet_loopstat()
+    variants.quiet_loopstat()
     if args.what == "instructions":
         return precise.main(args.quick, args.loops)
     if args.what == "idle":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from bench import loops, variants
-from bench.web import ROOT, child_env, quiet_loopstat
+from bench.web import ROOT, child_env
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(args) != 5:
         print("usage: python -m bench.idle VARIANT LOOP STATSD_PORT WARMUP WINDOW", file=sys.stderr)
         return 2
-    quiet_loopstat()
+    variants.quiet_loopstat()
     variant, loop, port, warmup, window = args[0], args[1], int(args[2]), float(args[3]), float(args[4])
     result = loops.run(lambda: _idle(variant, port, warmup, window), loop)
     print(json.dumps(result.__dict__), flush=True)

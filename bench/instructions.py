@@ -16,15 +16,12 @@ PYTHONHASHSEED=0; the figure read is the child's total instructions.
   over the instructions the unmonitored workload executes per native CPU second
   (its per-operation count times its native rate, the best of a few short runs).
 
-``python -m bench.instructions MODE WORKLOAD LOOP VARIANT SIZE STATSD_PORT`` is one
-child (MODE parked, busy or idle; SIZE operations, or milliseconds when idle).
+Each child is ``python -m bench.counted`` (see there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import compileall
-import gc
 import json
 import re
 import shutil
@@ -32,14 +29,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from bench import loops, variants, workloads
-from bench.web import ROOT, child_env, quiet_loopstat
+from bench import loops, workloads
+from bench.web import ROOT, child_env
 
 VALGRIND = ("--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
-MODES = ("parked", "busy", "idle")
 # Without time-driven work: their busy runs would only repeat the parked one.
 TIMERLESS = ("none", "monitored-ioloop")
 # Probes that do nothing on uvloop (it waits inside libuv, out of Python's reach).
@@ -64,6 +59,7 @@ class Plan:
     """Run sizes (operations, small and big, per workload), variants, idle windows (ms), parallel children.
 
     ``busy``: also run the big size with real settings, for the time-driven cost.
+    ``baselines``: run ``none`` on every loop (else on the first only, to keep a smoke run short).
     """
 
     sizes: Dict[str, Tuple[int, int]]
@@ -72,11 +68,13 @@ class Plan:
     idle_ms: Tuple[int, int]
     jobs: int
     busy: bool = True
+    baselines: bool = True
 
 
 FULL = Plan({"yielding": (3000, 12000), "ping-pong": (1500, 7500), "http": (50, 300)}, COUNTED, IDLE, (1000, 5000), 2)
-# A smoke run: one workload, the baseline and loopstat on each loop; no busy runs, no idle windows.
-QUICK = Plan({"ping-pong": (50, 200)}, ("none", "loopstat"), (), (0, 0), 2, busy=False)
+# A smoke run: loopstat on ping-pong on each loop, the baseline on the first; no busy runs, no idle.
+# Three at a time: on a loaded machine the children get a bigger share; on an idle one it costs nothing.
+QUICK = Plan({"ping-pong": (50, 200)}, ("none", "loopstat"), (), (0, 0), 3, busy=False, baselines=False)
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,9 @@ def jobs_of(plan: Plan, loop_names: Sequence[str], names: Sequence[str], idle_na
     """Every child the plan needs, biggest first (so the last to start are short)."""
     jobs = []
     for loop in loop_names:
+        runs = [v for v in names if applies(v, loop) and (plan.baselines or loop == loop_names[0] or v != "none")]
         for workload, (small, big) in plan.sizes.items():
-            for variant in (v for v in names if applies(v, loop)):
+            for variant in runs:
                 jobs += [Job("parked", workload, loop, variant, small), Job("parked", workload, loop, variant, big)]
                 if plan.busy and variant not in TIMERLESS:
                     jobs.append(Job("busy", workload, loop, variant, big))
@@ -127,7 +126,7 @@ def count(job: Job, port: int) -> Count:
     env = child_env()
     env["PYTHONHASHSEED"] = "0"
     args = [job.mode, job.workload, job.loop, job.variant, str(job.size), str(port)]
-    command = [valgrind() or "valgrind", *VALGRIND, sys.executable, "-m", "bench.instructions", *args]
+    command = [valgrind() or "valgrind", *VALGRIND, sys.executable, "-m", "bench.counted", *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     if done.returncode != 0 or found is None:
@@ -196,36 +195,3 @@ def idle_rates(counts: Dict[Job, Count]) -> Dict[Tuple[str, str], float]:
 def share(cost: Cost, base: Cost, native_per_second: float) -> Tuple[float, float]:
     """The variant's extra over ``base`` as shares of the workload at native speed: per operation, per second."""
     return (cost.per_op - base.per_op) / base.per_op, cost.busy_per_second / native_per_second
-
-
-async def _child(mode: str, workload: str, variant: str, size: int, port: int) -> float:
-    attached = variants.attach(variant, port, parked=mode == "parked")
-    # Start-up objects (modules a variant imports, the variant itself) out of the collector's sight:
-    # in a process this small they would change how often full collections run, by heap size alone.
-    gc.freeze()
-    try:
-        started = perf_counter()
-        if mode == "idle":
-            await asyncio.sleep(size / 1000.0)
-        else:
-            await workloads.BODIES[workload](workloads.Ops(size))
-        return perf_counter() - started
-    finally:
-        await attached.detach()
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of one child."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 6 or args[0] not in MODES:
-        print("usage: python -m bench.instructions parked|busy|idle WORKLOAD LOOP VARIANT SIZE PORT", file=sys.stderr)
-        return 2
-    quiet_loopstat()
-    mode, workload, loop, variant, size, port = args[0], args[1], args[2], args[3], int(args[4]), int(args[5])
-    seconds = loops.run_on(lambda: _child(mode, workload, variant, size, port), variants.new_loop(variant, loop))
-    print(json.dumps({"seconds": seconds}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

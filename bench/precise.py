@@ -60,8 +60,9 @@ def main(quick: bool, loop_names: List[str]) -> int:
         "the wall clock, so this is their native rate). *At native speed* adds both as shares of the "
         "unmonitored workload: derivation below each table."
     )
-    progress("native rates of the unmonitored workloads (best of 3 short runs each)")
-    native = {(w, lp): instructions.native_rate(w, lp) for w in plan.sizes for lp in loop_names}
+    progress("native rates of the unmonitored workloads (the best of a few short runs each)")
+    rounds, seconds = (1, 0.1) if quick else (3, 0.3)
+    native = {(w, lp): instructions.native_rate(w, lp, rounds, seconds) for w in plan.sizes for lp in loop_names}
     instructions.prepare()
     jobs = instructions.jobs_of(plan, loop_names, runnable, [n for n in plan.idle if n in runnable])
     progress(f"instructions: {len(jobs)} children under valgrind, {plan.jobs} at a time")

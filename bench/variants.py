@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -72,6 +73,11 @@ class Sample:
     ms: float
     kind: str
     where: Optional[str] = None
+
+
+def quiet_loopstat() -> None:
+    """Keep loopstat's stall warnings out of the bench's output (they are read from the monitor)."""
+    logging.getLogger("loopstat").addHandler(logging.NullHandler())
 
 
 def probe_args_missing() -> List[str]:

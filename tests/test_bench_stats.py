@@ -132,3 +132,37 @@ def test_uvloop_runs_no_selector_probe_and_timerless_variants_get_no_busy_run() 
     }
     assert not [j for j in jobs if j.mode == "busy" and j.variant == "none"]
     assert len([j for j in jobs if j.mode == "idle"]) == 4
+
+
+def test_instruction_table_shows_shares_against_the_baseline_and_dashes_without_one() -> None:
+    found = {
+        ("ping-pong", "asyncio", "none"): Cost(50_000.0, 0.0),
+        ("ping-pong", "asyncio", "loopstat"): Cost(51_000.0, 2_000_000.0),
+        ("ping-pong", "uvloop", "loopstat"): Cost(30_000.0, 0.0),
+    }
+    # 50,000 instructions x 200,000 operations a second = 10 G instructions a second.
+    native = {("ping-pong", "asyncio"): 200_000.0, ("ping-pong", "uvloop"): 300_000.0}
+    text = report.instruction_tables(found, native, ["none", "loopstat"], {})
+    loopstat = next(line for line in text.splitlines() if line.startswith("| loopstat"))
+    cells = [c.strip() for c in loopstat.split("|")[2:-1]]
+    assert cells == ["51,000", "+1,000 (+2.00%)", "2.00M (0.020%)", "**+2.02%**", "30,000", "-", "-", "-"]
+    assert "- uvloop: no `none` run, so no shares." in text
+    assert "= 10.00 G instructions per second" in text
+
+
+def test_instruction_targets_compare_ping_pong_with_the_naive_sampler_and_peers_with_their_match() -> None:
+    found = {
+        ("ping-pong", "asyncio", "none"): Cost(100.0, 0.0),
+        ("ping-pong", "asyncio", "naive"): Cost(101.0, 0.0),
+        ("ping-pong", "asyncio", "loopstat"): Cost(103.0, 0.0),
+        ("ping-pong", "asyncio", "loopstat-lag"): Cost(101.5, 0.0),
+        ("ping-pong", "asyncio", "loopmon"): Cost(101.2, 0.0),
+    }
+    targets = report.instruction_targets(found, {("ping-pong", "asyncio"): 1000.0})
+    naive, loopmon = targets
+    assert naive.what == "ping-pong vs naive"
+    assert naive.measured.startswith("+2.00 points")
+    assert naive.met is False
+    # loopmon samples lag and tasks: it is matched with loopstat's sampler alone.
+    assert loopmon.what == "ping-pong: `loopstat-lag` below `loopmon`"
+    assert loopmon.met is False
