@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import List
 
 import pytest
+
+from tests.provision import command
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
@@ -58,7 +59,7 @@ def test_quick_run_prints_every_variant() -> None:
     out = done.stdout
     sections_ = sections(out)
     overhead = [t for title, t in sections_.items() if title.startswith(("100 tasks", "one task", "HTTP"))]
-    assert len(overhead) == 3, list(sections)
+    assert len(overhead) == 3, list(sections_)
     for table in overhead:
         assert rows(table) == list(VARIANTS)
     (idle,) = (t for title, t in sections_.items() if title.startswith("Idle"))
@@ -74,8 +75,8 @@ def test_quick_run_prints_every_variant() -> None:
     assert "asyncio ratio" in out
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
 def test_quick_instruction_counts_print_a_cost_per_operation_on_both_loops() -> None:
+    command("valgrind")  # from the provisioning step; if it is missing, this fails saying how to get it
     out = bench("instructions").stdout
     assert re.search(r"Python 3\.\d+\.\d+", out)
     table = next(body for title, body in sections(out).items() if title.startswith("one task"))
