@@ -1,7 +1,11 @@
-"""``python -m bench [overhead|fidelity|all] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
+"""``python -m bench [overhead|fidelity|all|instructions|idle] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
 
 Runs the variants side by side and prints markdown tables on stdout; progress
-goes to stderr. Installs nothing: the peers come from the ``bench`` extra.
+goes to stderr. Installs nothing: the peers come from the ``bench`` extra
+(monitored-ioloop, for ``instructions`` only, from ``pip install monitored-ioloop``).
+``instructions`` counts instructions under valgrind (deterministic); ``idle``
+measures CPU and wake-ups of idle loops over a long window; the others time
+wall-clock runs, whose ratios come with 95 % confidence intervals.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from bench import fidelity, idle, loops, report, variants, web, workloads
+from bench import fidelity, idle, instructions, loops, precise, report, variants, web, workloads
+from bench.precise import emit, progress
 from bench.udp import Receiver
 
 
@@ -46,7 +51,9 @@ QUICK = Plan(1, 0.1, 0.02, 1, 0.2, 0.05, 1, 0.2, 0.3, 2, 1, 0.3, (0.08, 0.12), F
 
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("what", nargs="?", default="all", choices=("overhead", "fidelity", "all"))
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=("overhead", "fidelity", "all", "instructions", "idle")
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--loop", default="asyncio,uvloop", help="comma-separated loops (asyncio, uvloop)")
     parser.add_argument(
@@ -64,15 +71,9 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--loop: name at least one loop")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: at least 1")
+    if args.what == "instructions" and instructions.valgrind() is None:
+        parser.error("instructions: valgrind is not installed (apt-get install valgrind)")
     return args
-
-
-def progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def emit(text: str) -> None:
-    print(text + "\n", flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -80,7 +81,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.repeats is not None:
         plan = dataclasses.replace(plan, repeats=args.repeats, http_repeats=args.repeats, idle_repeats=args.repeats)
-    web.quiet_loopstat()
+    variants.quiet_loopstat()
+    if args.what == "instructions":
+        return precise.main(args.quick, args.loops)
+    if args.what == "idle":
+        return precise.idle_main(args.quick, args.loops, args.repeats or 1)
     started = time.perf_counter()
     names = list(variants.VARIANTS)
     skipped: Dict[str, str] = {}
@@ -97,8 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"### loopstat benchmarks{' (--quick: smoke counts, not a measurement)' if args.quick else ''}\n\n"
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} cores; loopstat {loopstat.__version__}; loops: {', '.join(args.loops)}. "
-        "Ratios are to `none` in the same round (median, interquartile range in brackets).\n\n"
-        + report.variants_legend(names, skipped)
+        "Ratios are to `none` in the same round: the geometric mean of the per-round ratios, its 95 % "
+        "confidence interval in brackets (a t-interval on their logarithms), and *within noise* when that "
+        "interval includes 1.0.\n\n" + report.variants_legend(names, skipped)
     )
     targets: List[report.Target] = []
     receiver = Receiver()

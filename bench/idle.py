@@ -1,9 +1,11 @@
-"""Idle process: the CPU a variant burns while the loop has nothing to do, and the memory it holds.
+"""Idle process: the CPU a variant burns and the wake-ups it causes while the loop has nothing to do.
 
 ``python -m bench.idle VARIANT LOOP STATSD_PORT WARMUP WINDOW`` attaches the
 variant to an idle loop, waits ``WARMUP`` seconds, then measures the process's
-CPU time (every thread) over ``WINDOW`` seconds and prints a JSON line. All
-variants of a loop run at once, each in its own process, over the same window.
+CPU time and voluntary context switches (every thread) over ``WINDOW`` seconds
+and prints a JSON line. All variants of a loop run at once, each in its own
+process, over the same window. On a virtual machine each wake-up costs tens of
+microseconds of kernel and scheduler time that the CPU figure may not show.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from bench import loops, variants
-from bench.web import ROOT, child_env, quiet_loopstat
+from bench.web import ROOT, child_env
 
 
 @dataclass(frozen=True)
 class Idle:
-    """CPU seconds per minute of wall time, and resident memory in MiB."""
+    """CPU seconds per minute of wall time, resident memory in MiB, voluntary context switches per second."""
 
     cpu_per_minute: float
     rss_mib: float
+    wakeups_per_second: float
 
 
 def rss_mib() -> float:
@@ -39,13 +42,19 @@ def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def voluntary_switches() -> int:
+    """Voluntary context switches of this process so far, every thread (Linux sums them in RUSAGE_SELF)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 async def _idle(variant: str, statsd_port: int, warmup: float, window: float) -> Idle:
     attached = variants.attach(variant, statsd_port)
     await asyncio.sleep(warmup)
-    cpu, wall = time.process_time(), time.perf_counter()
+    # Voluntary switches: the thread blocked (waited for an event or a timeout), i.e. one wake-up each.
+    cpu, wall, switches = time.process_time(), time.perf_counter(), voluntary_switches()
     await asyncio.sleep(window)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    result = Idle(cpu / wall * 60.0, rss_mib())
+    result = Idle(cpu / wall * 60.0, rss_mib(), (voluntary_switches() - switches) / wall)
     await attached.detach()
     return result
 
@@ -89,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(args) != 5:
         print("usage: python -m bench.idle VARIANT LOOP STATSD_PORT WARMUP WINDOW", file=sys.stderr)
         return 2
-    quiet_loopstat()
+    variants.quiet_loopstat()
     variant, loop, port, warmup, window = args[0], args[1], int(args[2]), float(args[3]), float(args[4])
     result = loops.run(lambda: _idle(variant, port, warmup, window), loop)
     print(json.dumps(result.__dict__), flush=True)

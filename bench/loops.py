@@ -40,7 +40,11 @@ def run(main: Callable[[], Awaitable[T]], name: str) -> T:
     Not ``asyncio.run()``: choosing the loop there needs a policy (deprecated)
     or ``loop_factory`` (Python 3.12+), and the runner supports 3.9.
     """
-    loop = new_loop(name)
+    return run_on(main, new_loop(name))
+
+
+def run_on(main: Callable[[], Awaitable[T]], loop: asyncio.AbstractEventLoop) -> T:
+    """Run ``main()`` on ``loop``, a new one, then cancel leftovers and close it."""
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(main())

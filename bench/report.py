@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from bench import fidelity, idle, stats, web, workloads
+from bench import fidelity, idle, instructions, stats, web, workloads
 from bench.variants import DESCRIPTIONS
 
 BASELINE = "none"
@@ -45,12 +45,31 @@ def rate(value: float) -> str:
 
 
 def ratio(r: stats.Ratio) -> str:
-    """Median ratio to the baseline with its interquartile range."""
-    if math.isnan(r.median):
+    """A ratio to the baseline with its 95 % confidence interval, and "within noise" when that holds 1.0."""
+    if math.isnan(r.estimate):
         return "-"
-    if r.rounds < 3:
-        return f"{r.median:.3f}"
-    return f"{r.median:.3f} ({r.low:.3f}-{r.high:.3f})"
+    if math.isnan(r.low):
+        return f"{r.estimate:.3f} (no interval: {r.rounds} round)"
+    return f"{r.estimate:.3f} [{r.low:.3f}, {r.high:.3f}]" + (" within noise" if r.within_noise else "")
+
+
+def change(r: stats.Ratio) -> str:
+    """A ratio as a change in percent, with its interval."""
+    if math.isnan(r.low):
+        return f"{(r.estimate - 1) * 100:+.1f}% (no interval)"
+    text = f"{(r.estimate - 1) * 100:+.1f}% [{(r.low - 1) * 100:+.1f}%, {(r.high - 1) * 100:+.1f}%]"
+    return text + (", within noise" if r.within_noise else "")
+
+
+def judge(r: stats.Ratio, lowest: float = -math.inf, highest: float = math.inf) -> Optional[bool]:
+    """Met when the whole interval lies within [lowest, highest], missed when none of it does; else undecided."""
+    if math.isnan(r.low):
+        return None
+    if lowest <= r.low and r.high <= highest:
+        return True
+    if r.high < lowest or r.low > highest:
+        return False
+    return None
 
 
 def percent(value: Optional[float], digits: int = 0) -> str:
@@ -100,18 +119,12 @@ def overhead_tables(
                 r = stats.ratios([x.cpu for x in runs], [x.cpu for x in base])
                 wall = stats.ratios([x.wall for x in runs], [x.wall for x in base])
                 row += [rate(stats.median([x.wall for x in runs])), rate(stats.median([x.cpu for x in runs]))]
-                row += [ratio(r), ratio(wall)]
+                row += [ratio(r), ratio(wall)] if name != BASELINE else ["baseline", "baseline"]
                 if name == TARGET_VARIANT:
                     goal = goals[workload]
-                    targets.append(
-                        Target(
-                            f"overhead, {workload} (CPU rate)",
-                            loop,
-                            f"{(r.median - 1) * 100:+.1f}% (ratio {r.median:.3f})",
-                            f"≥ {(goal - 1) * 100:.0f}% (ratio ≥ {goal})",
-                            r.median >= goal,
-                        )
-                    )
+                    what = f"overhead, {workload} (CPU rate)"
+                    goal_text = f"≥ {(goal - 1) * 100:.0f}% (ratio ≥ {goal})"
+                    targets.append(Target(what, loop, change(r), goal_text, judge(r, lowest=goal)))
             rows.append(row)
         out.append(f"#### {workloads.TITLES[workload]}\n\n{table(header, rows)}")
     return "\n\n".join(out)
@@ -132,30 +145,35 @@ def http_table(results: web.Results, names: Sequence[str], skipped: Dict[str, st
             runs, base = by_variant[name], by_variant[BASELINE]
             rps = stats.ratios([x.rps for x in runs], [x.rps for x in base])
             p99 = stats.ratios([x.p99_ms for x in runs], [x.p99_ms for x in base])
-            row += [rate(stats.median([x.rps for x in runs])), ratio(rps)]
-            row += [ms(stats.median([x.p99_ms for x in runs])), ratio(p99)]
             cpu = stats.ratios([x.server_cpu_us for x in runs], [x.server_cpu_us for x in base])
-            row += [f"{stats.median([x.server_cpu_us for x in runs]):.0f}", ratio(cpu)]
+            shown = [ratio(rps), ratio(p99), ratio(cpu)] if name != BASELINE else ["baseline"] * 3
+            row += [rate(stats.median([x.rps for x in runs])), shown[0]]
+            row += [ms(stats.median([x.p99_ms for x in runs])), shown[1]]
+            row += [f"{stats.median([x.server_cpu_us for x in runs]):.0f}", shown[2]]
             if name == TARGET_VARIANT:
-                rps_text = f"{(rps.median - 1) * 100:+.1f}% (ratio {rps.median:.3f})"
-                p99_text = f"{(p99.median - 1) * 100:+.1f}% (ratio {p99.median:.3f})"
-                targets.append(Target("HTTP req/s", loop, rps_text, "≥ -0.5%", rps.median >= 0.995))
-                targets.append(Target("HTTP p99 latency", loop, p99_text, "≤ +0.5%", p99.median <= 1.005))
-                cpu_text = f"{(cpu.median - 1) * 100:+.1f}% (ratio {cpu.median:.3f})"
-                targets.append(
-                    Target(
-                        "HTTP server CPU per request (steadier proxy)", loop, cpu_text, "≤ +0.5%", cpu.median <= 1.005
-                    )
-                )
+                targets.append(Target("HTTP req/s", loop, change(rps), "≥ -0.5%", judge(rps, lowest=0.995)))
+                targets.append(Target("HTTP p99 latency", loop, change(p99), "≤ +0.5%", judge(p99, highest=1.005)))
+                what = "HTTP server CPU per request (steadier proxy)"
+                targets.append(Target(what, loop, change(cpu), "≤ +0.5%", judge(cpu, highest=1.005)))
         rows.append(row)
     errors = sum(x.errors for by_variant in results.values() for runs in by_variant.values() for x in runs)
     note = f"\n\nClient errors: {errors}." if errors else ""
     return table(header, rows) + note
 
 
+def spread(values: Sequence[float], form: str) -> str:
+    """`` (lowest-highest)`` of several values, nothing for one."""
+    if len(values) < 2:
+        return ""
+    return f" ({form.format(min(values))}-{form.format(max(values))})"
+
+
 def idle_table(results: idle.Results, names: Sequence[str], skipped: Dict[str, str], targets: List[Target]) -> str:
-    """CPU per minute and RSS of an idle process, and what each adds to ``none``."""
-    header = ["loop", "variant", "CPU s/min", "% of a core", "extra over none", "RSS MiB", "extra MiB"]
+    """CPU per minute, wake-ups and RSS of an idle process, and what each adds to ``none``.
+
+    Medians over the rounds, with their range (lowest-highest) when there are several.
+    """
+    header = ["loop", "variant", "CPU s/min", "% of a core", "extra over none", "wake-ups/s", "RSS MiB", "extra MiB"]
     rows = []
     for loop, by_variant in results.items():
         base_cpu = stats.median([x.cpu_per_minute for x in by_variant[BASELINE]])
@@ -166,22 +184,25 @@ def idle_table(results: idle.Results, names: Sequence[str], skipped: Dict[str, s
                 continue
             cpu = stats.median([x.cpu_per_minute for x in by_variant[name]])
             rss = stats.median([x.rss_mib for x in by_variant[name]])
+            wakeups = stats.median([x.wakeups_per_second for x in by_variant[name]])
             extra = (cpu - base_cpu) / 60.0
             rows.append(
                 [
                     loop,
                     name,
                     f"{cpu:.3f}",
-                    f"{cpu / 60 * 100:.3f}%",
+                    f"{cpu / 60 * 100:.3f}%"
+                    + spread([x.cpu_per_minute / 60 * 100 for x in by_variant[name]], "{:.3f}%"),
                     f"{extra * 100:+.3f}%",
+                    f"{wakeups:.1f}" + spread([x.wakeups_per_second for x in by_variant[name]], "{:.1f}"),
                     f"{rss:.1f}",
                     f"{rss - base_rss:+.1f}",
                 ]
             )
             if name == TARGET_VARIANT:
-                targets.append(
-                    Target("idle CPU", loop, f"{extra * 100:.3f}% of a core", "≤ 0.1% of a core", extra <= 0.001)
-                )
+                share = cpu / 60.0
+                targets.append(Target("idle CPU", loop, f"{share * 100:.3f}% of a core", "≤ 0.15%", share <= 0.0015))
+                targets.append(Target("idle wake-ups", loop, f"{wakeups:.1f}/s", "≤ 6/s", wakeups <= 6.0))
     return table(header, rows)
 
 
@@ -279,8 +300,140 @@ def _fidelity_targets(s: fidelity.Score, loop: str, targets: List[Target]) -> No
 
 def targets_table(targets: Sequence[Target]) -> str:
     """Every target with PASS or MISS."""
-    rows = [
-        [t.what, t.loop, t.measured, t.goal, "-" if t.met is None else ("PASS" if t.met else "**MISS**")]
-        for t in targets
-    ]
+    verdicts = {None: "undecided: the interval straddles the goal", True: "PASS", False: "**MISS**"}
+    rows = [[t.what, t.loop, t.measured, t.goal, verdicts[t.met]] for t in targets]
     return table(["target (loopstat default vs none)", "loop", "measured", "goal", "result"], rows)
+
+
+COUNTED_TITLES = {
+    "yielding": "100 tasks yielding with `await asyncio.sleep(0)` (an operation: one task's iteration)",
+    "ping-pong": "one task ping-ponging through two `asyncio.Queue`s (an operation: a round trip)",
+    "http": "aiohttp server and keep-alive client in one process (an operation: a request)",
+}
+PEERS = ("aiodebug", "loopmon", "monitored-ioloop")
+
+
+def same_as(peer: str, loop: str) -> str:
+    """The loopstat variant that measures what ``peer`` measures on ``loop``.
+
+    loopmon samples lag and tasks, as loopstat's sampler alone does; so does aiodebug
+    on uvloop, where its ``Handle._run`` hook never runs. On stdlib loops aiodebug
+    also names slow callbacks, and monitored-ioloop times every callback: loopstat's
+    defaults (utilization, stalls named by the watchdog) are the counterpart.
+    """
+    if peer == "loopmon" or (peer == "aiodebug" and loop == "uvloop"):
+        return "loopstat-lag"
+    return TARGET_VARIANT
+
+
+def instruction_tables(
+    found: Dict[Tuple[str, str, str], instructions.Cost],
+    native: Dict[Tuple[str, str], float],
+    names: Sequence[str],
+    skipped: Dict[str, str],
+) -> str:
+    """Per workload: instructions per operation, time-driven instructions per second, and both at native speed.
+
+    ``native`` is (workload, loop) -> unmonitored operations per native CPU second.
+    """
+    out = []
+    for workload in dict.fromkeys(w for w, _, _ in found):
+        loop_names = list(dict.fromkeys(lp for w, lp, _ in found if w == workload))
+        header = ["variant"]
+        for loop in loop_names:
+            header += [f"{loop} instr/op", "extra per op", "timers, instr/s busy", "at native speed"]
+        rows = []
+        notes = []
+        for loop in loop_names:
+            base = found.get((workload, loop, BASELINE))
+            if base is None:
+                notes.append(f"- {loop}: no `{BASELINE}` run, so no shares.")
+                continue
+            per_second = base.per_op * native[(workload, loop)]
+            notes.append(
+                f"- {loop}: `none` runs {base.per_op:,.0f} instructions per operation x "
+                f"{native[(workload, loop)]:,.0f} operations per native CPU second = {per_second / 1e9:.2f} G "
+                "instructions per second; at native speed = extra per op ÷ none per op + timers ÷ that."
+            )
+        for name in names:
+            if name in skipped:
+                rows.append(_skip_row(name, len(header), skipped))
+                continue
+            row = [name]
+            for loop in loop_names:
+                cost = found.get((workload, loop, name))
+                if cost is None:
+                    row += ["n/a", "-", "-", "-"]
+                    continue
+                base = found.get((workload, loop, BASELINE))
+                if base is None:
+                    row += [f"{cost.per_op:,.0f}", "-", "-", "-"]
+                    continue
+                op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
+                row += [
+                    f"{cost.per_op:,.0f}",
+                    f"{cost.per_op - base.per_op:+,.0f} ({op * 100:+.2f}%)",
+                    f"{cost.busy_per_second / 1e6:.2f}M ({sec * 100:.3f}%)",
+                    f"**{(op + sec) * 100:+.2f}%**",
+                ]
+            rows.append(row)
+        out.append(f"#### {COUNTED_TITLES[workload]}\n\n{table(header, rows)}\n\n" + "\n".join(notes))
+    return "\n\n".join(out)
+
+
+def idle_instructions_table(rates: Dict[Tuple[str, str], float], names: Sequence[str]) -> str:
+    """Instructions per second of an idle loop over ``none``, and per sample where a sampler alone runs."""
+    loop_names = list(dict.fromkeys(lp for lp, _ in rates))
+    intervals = {"naive": 0.25, "loopstat-lag": 0.25, "aiodebug": 0.25, "loopmon": 0.1}
+    rows = []
+    for name in names:
+        if name == BASELINE or not any((lp, name) in rates for lp in loop_names):
+            continue
+        row = [name]
+        for loop in loop_names:
+            if (loop, name) not in rates:
+                row.append("n/a")
+                continue
+            extra = rates[(loop, name)] - rates[(loop, BASELINE)]
+            interval = intervals.get(name)
+            per_sample = f" = {extra * interval / 1e3:,.0f}k per sample ({interval:g} s)" if interval else ""
+            row.append(f"{extra / 1e3:,.0f}k{per_sample}")
+        rows.append(row)
+    return table(["variant"] + [f"{loop} instr/s over none" for loop in loop_names], rows)
+
+
+def instruction_targets(
+    found: Dict[Tuple[str, str, str], instructions.Cost], native: Dict[Tuple[str, str], float]
+) -> List[Target]:
+    """Issue 12's targets on the instruction counts, at native speed."""
+
+    def at_native(workload: str, loop: str, name: str) -> Optional[float]:
+        cost, base = found.get((workload, loop, name)), found.get((workload, loop, BASELINE))
+        if cost is None or base is None:
+            return None
+        op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
+        return op + sec
+
+    targets = []
+    for workload, loop, name in found:
+        if name != TARGET_VARIANT:
+            continue
+        ours = at_native(workload, loop, name)
+        if ours is None:
+            continue
+        if workload == "ping-pong":
+            naive = at_native(workload, loop, "naive")
+            limit = 1.0 if loop == "asyncio" else 0.5
+            if naive is not None:
+                extra = (ours - naive) * 100
+                measured = f"{extra:+.2f} points over naive ({ours * 100:+.2f}% vs {naive * 100:+.2f}%)"
+                targets.append(Target("ping-pong vs naive", loop, measured, f"≤ +{limit:g} points", extra <= limit))
+        else:
+            targets.append(Target(workload, loop, f"{ours * 100:+.2f}%", "≤ +0.5%", ours <= 0.005))
+        for peer in PEERS:
+            theirs, match = at_native(workload, loop, peer), same_as(peer, loop)
+            mine = at_native(workload, loop, match)
+            if theirs is not None and mine is not None:
+                measured = f"{mine * 100:+.2f}% vs {theirs * 100:+.2f}%"
+                targets.append(Target(f"{workload}: `{match}` below `{peer}`", loop, measured, "lower", mine < theirs))
+    return targets

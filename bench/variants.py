@@ -7,15 +7,23 @@ running one variant carries no other's modules (this matters for RSS).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import inspect
+import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
+from bench import loops
 from bench.udp import UdpTimer
 
 VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
+# Only the instruction counts compare these: loopstat's sampler with one probe at a time, and a
+# peer that is a loop of its own rather than something attached to a running loop.
+PROBE_VARIANTS = ("loopstat-lag", "loopstat-utilization", "loopstat-stalls", "loopstat-gc")
+LOOP_VARIANTS = ("monitored-ioloop",)
 
 DESCRIPTIONS = {
     "none": "no monitor (the baseline)",
@@ -24,12 +32,32 @@ DESCRIPTIONS = {
     "loopstat-all": "loopstat.install() with every probe on (gc=True too)",
     "aiodebug": "aiodebug 2.3: monitor_loop_lag.enable() with a UDP StatsD client, log_slow_callbacks.enable(0.05)",
     "loopmon": "loopmon 1.0: loopmon.create() (0.1 s) with a callback sending lag and tasks over UDP",
+    "loopstat-lag": "loopstat's sampler alone (lag, tasks): stall_threshold=None, utilization, executor, gc off",
+    "loopstat-utilization": "the sampler and the utilization probe (its selector wrapper; stdlib loops only)",
+    "loopstat-stalls": "the sampler and the stall watchdog (heartbeat and watchdog thread) at its default threshold",
+    "loopstat-gc": "the sampler and the GC pause probe (a gc.callbacks hook)",
+    "monitored-ioloop": "monitored-ioloop 0.0.23: its loop subclass (every call_soon callback wrapped and timed), "
+    "the callback keeping the latest state",
+}
+
+# install() arguments of loopstat's probe variants, on top of all probes off.
+PROBES_OFF: Dict[str, Any] = {"stall_threshold": None, "utilization": False, "executor": False, "gc": False}
+PROBE_ARGS_OF = {
+    "loopstat": {},
+    "loopstat-all": {"stall_threshold": 0.1, "utilization": True, "executor": True, "gc": True},
+    "loopstat-lag": PROBES_OFF,
+    "loopstat-utilization": {**PROBES_OFF, "utilization": True},
+    "loopstat-stalls": {**PROBES_OFF, "stall_threshold": 0.1},
+    "loopstat-gc": {**PROBES_OFF, "gc": True},
 }
 
 # install() arguments that arrive with issue 4 (stall watchdog, utilization, executor, GC).
 PROBE_ARGS = ("stall_threshold", "utilization", "executor", "gc")
 
 NAIVE_INTERVAL = 0.25
+# Every interval and threshold of a parked variant: nothing time-driven fires during a run,
+# while its timers still sit in the loop's heap (which costs every iteration, as it would natively).
+PARKED_SECONDS = 3600.0
 SLOW_CALLBACK_SECONDS = 0.05
 
 
@@ -47,6 +75,11 @@ class Sample:
     where: Optional[str] = None
 
 
+def quiet_loopstat() -> None:
+    """Keep loopstat's stall warnings out of the bench's output (they are read from the monitor)."""
+    logging.getLogger("loopstat").addHandler(logging.NullHandler())
+
+
 def probe_args_missing() -> List[str]:
     """The issue-4 arguments the installed ``loopstat.install()`` does not take yet."""
     import loopstat
@@ -57,15 +90,17 @@ def probe_args_missing() -> List[str]:
 
 def missing(name: str) -> Optional[str]:
     """Why variant ``name`` cannot run here, or None when it can."""
-    if name not in VARIANTS:
-        return f"unknown variant {name!r} (known: {', '.join(VARIANTS)})"
-    if name == "loopstat-all":
+    known = VARIANTS + PROBE_VARIANTS + LOOP_VARIANTS
+    if name not in known:
+        return f"unknown variant {name!r} (known: {', '.join(known)})"
+    if name == "loopstat-all" or name in PROBE_VARIANTS:
         absent = probe_args_missing()
         if absent:
             return f"loopstat.install() has no {', '.join(absent)} argument yet (issue 4 not landed)"
-    for package in {"aiodebug": "aiodebug", "loopmon": "loopmon"}.get(name, "").split():
-        if importlib.util.find_spec(package) is None:
-            return f"{package} is not installed (pip install -e '.[bench]')"
+    package = {"aiodebug": "aiodebug", "loopmon": "loopmon", "monitored-ioloop": "monitored_ioloop"}.get(name)
+    if package is not None and importlib.util.find_spec(package) is None:
+        hint = "pip install monitored-ioloop" if name == "monitored-ioloop" else "pip install -e '.[bench]'"
+        return f"{package} is not installed ({hint})"
     return None
 
 
@@ -90,17 +125,17 @@ class Naive(Attached):
 
     name = "naive"
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = NAIVE_INTERVAL) -> None:
         super().__init__()
         self.tasks = 0
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run(interval))
 
-    async def _run(self) -> None:
+    async def _run(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            await asyncio.sleep(NAIVE_INTERVAL)
-            lag = loop.time() - started - NAIVE_INTERVAL
+            await asyncio.sleep(interval)
+            lag = loop.time() - started - interval
             self.tasks = len(asyncio.all_tasks())
             self.samples.append(Sample(time.perf_counter(), lag * 1000.0, "lag"))
 
@@ -110,16 +145,18 @@ class Naive(Attached):
 
 
 class Loopstat(Attached):
-    """``loopstat.install()``, with its defaults or with every probe on."""
+    """``loopstat.install()``: its defaults, every probe on, or the sampler with one probe (``PROBE_ARGS_OF``)."""
 
-    def __init__(self, port: int, every_probe: bool) -> None:
+    def __init__(self, port: int, parked: bool = False, name: str = "loopstat") -> None:
         import loopstat
 
         super().__init__()
-        self.name = "loopstat-all" if every_probe else "loopstat"
-        kwargs: Dict[str, Any] = {}
-        if every_probe:
-            kwargs = {"stall_threshold": 0.1, "utilization": True, "executor": True, "gc": True}
+        self.name = name
+        kwargs: Dict[str, Any] = dict(PROBE_ARGS_OF[name])
+        if parked:
+            kwargs["interval"] = PARKED_SECONDS
+            if kwargs.get("stall_threshold", 0.0) is not None:
+                kwargs["stall_threshold"] = PARKED_SECONDS
         self.monitor = loopstat.install(host="127.0.0.1", port=port, **kwargs)
         self._stalls = 0
         #: The stall watchdog's threshold in ms, or None without a watchdog.
@@ -149,7 +186,7 @@ class Aiodebug(Attached):
 
     name = "aiodebug"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, parked: bool = False) -> None:
         import aiodebug.log_slow_callbacks  # type: ignore[import-untyped]
         import aiodebug.monitor_loop_lag  # type: ignore[import-untyped]
 
@@ -158,7 +195,8 @@ class Aiodebug(Attached):
         self._loop = asyncio.get_running_loop()
         # aiodebug never undoes its patch; the bench does, so the next variant runs unpatched.
         self._saved_run = asyncio.events.Handle._run
-        aiodebug.monitor_loop_lag.enable(self.client, loop=self._loop)
+        interval = PARKED_SECONDS if parked else NAIVE_INTERVAL  # aiodebug's default is 0.25 s too
+        aiodebug.monitor_loop_lag.enable(self.client, interval, loop=self._loop)
         # Same text as its default log line ("Executing %s took %.3f seconds"), kept instead of logged.
         aiodebug.log_slow_callbacks.enable(SLOW_CALLBACK_SECONDS, on_slow_callback=self._slow)
 
@@ -179,13 +217,16 @@ class Loopmon(Attached):
 
     name = "loopmon"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, parked: bool = False) -> None:
         import loopmon
 
         super().__init__()
         self.client = UdpTimer(port)
         self._before = set(asyncio.all_tasks())
-        self.monitor = loopmon.create(callbacks=[self._send])
+        if parked:
+            self.monitor = loopmon.create(interval=PARKED_SECONDS, callbacks=[self._send])
+        else:
+            self.monitor = loopmon.create(callbacks=[self._send])
         self._tasks = asyncio.all_tasks() - self._before
 
     async def _send(self, lag: float, tasks: int, data_at: object) -> None:
@@ -200,19 +241,41 @@ class Loopmon(Attached):
         self.client.close()
 
 
-FACTORIES: Dict[str, Callable[[int], Attached]] = {
-    "none": lambda port: Attached(),
-    "naive": lambda port: Naive(),
-    "loopstat": lambda port: Loopstat(port, every_probe=False),
-    "loopstat-all": lambda port: Loopstat(port, every_probe=True),
+# (port, parked) -> the variant attached to the running loop
+FACTORIES: Dict[str, Callable[[int, bool], Attached]] = {
+    "none": lambda port, parked: Attached(),
+    "naive": lambda port, parked: Naive(PARKED_SECONDS if parked else NAIVE_INTERVAL),
+    **{name: partial(Loopstat, name=name) for name in PROBE_ARGS_OF},
     "aiodebug": Aiodebug,
     "loopmon": Loopmon,
+    # The loop itself is the monitor (see ``new_loop``).
+    "monitored-ioloop": lambda port, parked: Attached(),
 }
 
 
-def attach(name: str, port: int) -> Attached:
-    """Start variant ``name`` on the running loop, sending (if it sends) to 127.0.0.1:``port``."""
+def attach(name: str, port: int, parked: bool = False) -> Attached:
+    """Start variant ``name`` on the running loop, sending (if it sends) to 127.0.0.1:``port``.
+
+    ``parked``: with every interval and threshold at ``PARKED_SECONDS``, so that
+    only its per-operation cost shows.
+    """
     reason = missing(name)
     if reason is not None:
         raise RuntimeError(f"variant {name}: {reason}")
-    return FACTORIES[name](port)
+    return FACTORIES[name](port, parked)
+
+
+def new_loop(name: str, loop: str) -> asyncio.AbstractEventLoop:
+    """A new loop of kind ``loop`` for variant ``name``: the variant's own loop class if it has one."""
+    if name != "monitored-ioloop":
+        return loops.new_loop(loop)
+    latest: List[object] = [None]
+
+    def keep(state: object) -> None:
+        latest[0] = state
+
+    # Imported by name: it is not in the bench extra, so the type checker may not have it.
+    kind = "uvloop" if loop == "uvloop" else "asyncio"
+    module: Any = importlib.import_module(f"monitored_ioloop.monitored_{kind}")
+    made: asyncio.AbstractEventLoop = getattr(module, f"monitored_{kind}_loop_factory")(keep)()
+    return made

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -47,11 +46,6 @@ def child_env() -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
-
-
-def quiet_loopstat() -> None:
-    """Keep loopstat's stall warnings out of the bench's output (they are read from the monitor)."""
-    logging.getLogger("loopstat").addHandler(logging.NullHandler())
 
 
 async def _serve(variant: str, statsd_port: int) -> None:
@@ -230,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the server and load subprocesses."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["serve"] and len(args) == 4:
-        quiet_loopstat()
+        variants.quiet_loopstat()
         variant, loop, statsd_port = args[1], args[2], int(args[3])
         loops.run(lambda: _serve(variant, statsd_port), loop)
         return 0
