@@ -27,6 +27,9 @@ from loopstat.tags import TagsArg
 
 log = logging.getLogger("loopstat")
 
+# install() asking a running monitor for other settings warns once for each of
+# this many different settings, then no more (a caller that varies them per call).
+ASKED_MAX = 8
 # A failing sample is logged at most this often; the rest are counted.
 FAULT_LOG_SECONDS = 60.0
 # stop() waits at most this long for the sampler task to end once everything is
@@ -69,6 +72,8 @@ class Monitor:
         self._pid = os.getpid()
         self._fault_logged_at = -math.inf
         self._faults_held = 0
+        # Other settings a later install() asked for, each warned about once.
+        self._asked: Set[_settings.Settings] = set()
         self._clock: Optional[SelectorClock] = None
         self._utilization: Optional[Utilization] = None
         self._stall_probe: Optional[StallProbe] = None
@@ -377,7 +382,8 @@ def install(
         ref = _monitors.get(target)
         existing = ref() if ref is not None else None
         if existing is not None and existing.running:
-            if existing.settings != settings:
+            if existing.settings != settings and settings not in existing._asked and len(existing._asked) < ASKED_MAX:
+                existing._asked.add(settings)
                 log.warning(
                     "loopstat: install() called again with different settings; the running monitor "
                     "is kept (await monitor.stop() first to change them)"

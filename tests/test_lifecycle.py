@@ -496,3 +496,16 @@ async def test_a_stop_cancelled_by_its_caller_has_still_released_everything(rece
     gc.collect()
     assert errors == []
     assert open_sockets() == sockets
+
+
+async def test_asking_a_running_monitor_for_other_settings_again_and_again_warns_once(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    first = loopstat.install("127.0.0.1", receiver.port, interval=0.02)
+    for _ in range(1000):
+        assert loopstat.install("127.0.0.1", receiver.port, interval=0.5) is first
+    for interval in range(1, 1000):  # a different setting at each call: a bounded number of warnings
+        assert loopstat.install("127.0.0.1", receiver.port, interval=interval) is first
+    warnings = [r for r in loopstat_log.records if "different settings" in r.getMessage()]
+    assert len(warnings) == 8
+    await first.stop()
