@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import socket
 import threading
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -26,6 +28,12 @@ T = TypeVar("T")
 
 # DogStatsD's guidance for UDP: larger datagrams may be fragmented or dropped.
 MAX_DATAGRAM = 1432
+# Over a Unix socket nothing fragments; the Agent reads each datagram into a
+# buffer of dogstatsd_buffer_size bytes (8192 by default) and cuts what is
+# longer, so datadogpy sends up to 8192 bytes there too.
+MAX_UNIX_DATAGRAM = 8192
+# sun_path holds 108 bytes on Linux, the last one the terminating NUL.
+MAX_SOCKET_PATH = 107
 # What a line holds after the prefix, besides its tags: the longest metric
 # name, ":", a value of up to 24 characters, "|ms|#", and room to spare.
 _LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + 16
@@ -53,8 +61,15 @@ DEFAULT_INTERVAL = 0.25
 DEFAULT_STALL_THRESHOLD = 0.1
 
 URL_VARIABLE = "DD_DOGSTATSD_URL"
-# Datadog's unified service tagging: each variable is one tag.
-_UNIFIED = {"DD_SERVICE": "service", "DD_ENV": "env", "DD_VERSION": "version"}
+# Datadog's unified service tagging, then the pod's id the Kubernetes admission
+# controller sets for origin detection (read as datadogpy reads it): each
+# variable is one tag.
+_TAG_VARIABLES = {
+    "DD_SERVICE": "service",
+    "DD_ENV": "env",
+    "DD_VERSION": "version",
+    "DD_ENTITY_ID": "dd.internal.entity_id",
+}
 
 
 class Kind(Generic[T]):
@@ -274,13 +289,47 @@ class TagList(Kind[_tags.Tags]):
         return _tags.parse(value, source)
 
     def parse(self, text: str, source: str) -> List[str]:
-        if source in _UNIFIED:
-            return [f"{_UNIFIED[source]}:{text}"]
+        if source in _TAG_VARIABLES:
+            return [f"{_TAG_VARIABLES[source]}:{text}"]
         return _tags.split_env(text, source)
+
+
+class SocketPath(Kind[Optional[str]]):
+    """The path of the Agent's Unix datagram socket; None: send over UDP to host and port."""
+
+    type_doc = "str or None"
+
+    def accepted(self) -> str:
+        return f"None, or the absolute path of a Unix socket (at most {MAX_SOCKET_PATH} bytes)"
+
+    def accepted_text(self) -> str:
+        return f"the absolute path of a Unix socket (at most {MAX_SOCKET_PATH} bytes)"
+
+    def check(self, value: object, source: str) -> Optional[str]:
+        if value is None:
+            return None
+        return self._path(os.fspath(value) if isinstance(value, os.PathLike) else value, source, text=False)
+
+    def parse(self, text: str, source: str) -> str:
+        return self._path(text, source, text=True)
+
+    def _path(self, value: object, source: str, text: bool) -> str:
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+            raise self._bad(value, source, "is not an absolute path", text)
+        try:
+            size = len(os.fsencode(value))
+        except UnicodeError:
+            raise self._bad(value, source, "cannot be encoded as a file name", text) from None
+        if size > MAX_SOCKET_PATH:
+            raise self._bad(value, source, f"is too long ({size} bytes)", text)
+        if not hasattr(socket, "AF_UNIX"):
+            raise ValueError(f"{source}: Unix sockets are not available on this platform; use host and port")
+        return value
 
 
 HOST = Host()
 PORT = Port()
+SOCKET_PATH = SocketPath()
 
 
 @dataclass(frozen=True)
@@ -307,10 +356,12 @@ class Settings:
 
     host: str = _row(DEFAULT_HOST, HOST, "agent host", (URL_VARIABLE, "DD_AGENT_HOST", "STATSD_HOST"))
     port: int = _row(DEFAULT_PORT, PORT, "agent port", (URL_VARIABLE, "DD_DOGSTATSD_PORT", "STATSD_PORT"))
+    #: The Agent's Unix datagram socket; when set, host and port are not used.
+    socket_path: Optional[str] = _row(None, SOCKET_PATH, "agent Unix socket, instead of host and port", (URL_VARIABLE,))
     prefix: str = _row(DEFAULT_PREFIX, Prefix(), "metric prefix", ("STATSD_PREFIX",), "LOOPSTAT_PREFIX")
     #: ``(key, value)`` pairs as sent; value "" for a tag without value.
     tags: Tuple[Tuple[str, str], ...] = _row(
-        (), TagList(), "tags on every line", (*_UNIFIED, "DD_TAGS", "DATADOG_TAGS"), "LOOPSTAT_TAGS"
+        (), TagList(), "tags on every line", (*_TAG_VARIABLES, "DD_TAGS", "DATADOG_TAGS"), "LOOPSTAT_TAGS"
     )
     interval: float = _row(DEFAULT_INTERVAL, Seconds(MIN_INTERVAL), "sample interval", run="LOOPSTAT_INTERVAL")
     flavor: Literal["dogstatsd", "statsd"] = _row("dogstatsd", Choice(*FLAVORS), "line format", run="LOOPSTAT_FLAVOR")
@@ -327,6 +378,9 @@ class Settings:
 
     @property
     def address(self) -> str:
+        """Where metrics go, for messages: ``host:port``, ``[v6]:port`` or ``unix:///path``."""
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -345,19 +399,22 @@ def _env(environ: Mapping[str, str], name: str) -> Optional[str]:
     return value or None
 
 
-_URL_FORM = "udp://host:port or udp://host (IPv6 in brackets: udp://[::1]:8125)"
+_URL_FORM = "udp://host:port, udp://host (IPv6 in brackets: udp://[::1]:8125) or unix:///path/to/dsd.socket"
 
 
 def _url(text: str) -> Dict[str, Any]:
-    """Host and port (None when left out) from DD_DOGSTATSD_URL."""
+    """Host, port and socket path (each None when left out) from DD_DOGSTATSD_URL."""
     name = URL_VARIABLE
 
     def bad(why: str = "is not valid") -> ValueError:
         return ValueError(f"{name}: {show(text)} {why}; expected {_URL_FORM}")
 
     scheme, sep, rest = text.partition("://")
-    if scheme.lower() == "unix":
-        raise ValueError(f"{name}: unix:// sockets are not supported yet; use udp://host:port")
+    if sep and scheme.lower() == "unix":
+        # The path as written: a socket file may hold any byte but NUL ("%" and "#" too).
+        if not rest.startswith("/"):
+            raise bad("has no absolute path (three slashes: unix:///path)")
+        return {"host": None, "port": None, "socket_path": SOCKET_PATH.parse(rest, name)}
     if not sep or scheme.lower() != "udp":
         raise bad()
     netloc, _, path = rest.partition("/")
@@ -385,7 +442,8 @@ def _url(text: str) -> Dict[str, Any]:
             port_text = port_text_or_host
         if ":" in host:
             raise bad("has an IPv6 address without brackets")
-    return {"host": HOST.check(host, name), "port": None if port_text is None else PORT.parse(port_text, name)}
+    port = None if port_text is None else PORT.parse(port_text, name)
+    return {"host": HOST.check(host, name), "port": port, "socket_path": None}
 
 
 def _from_environment(option: Option, environ: Mapping[str, str]) -> Any:
@@ -427,6 +485,17 @@ def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Set
             values[option.name] = _from_environment(option, environ)
         else:
             values[option.name] = option.kind.check(given, option.name)
+
+    # host or port given beats DD_DOGSTATSD_URL=unix://, as any argument beats
+    # any variable; given together with socket_path, they are a contradiction.
+    addressed = [name for name in ("host", "port") if arguments.get(name) is not None]
+    if addressed and values["socket_path"] is not None:
+        if arguments.get("socket_path") is not None:
+            raise ValueError(
+                f"socket_path: cannot be combined with {' or '.join(addressed)}; "
+                "expected either socket_path or host and port"
+            )
+        values["socket_path"] = None
 
     if values["flavor"] == "dogstatsd":
         budget = MAX_DATAGRAM - len(values["prefix"]) - _LINE_OVERHEAD
@@ -507,7 +576,11 @@ def resolve(host: object = None, port: object = None, *, environ: Mapping[str, s
 
 
 # What the docs add after a variable's name.
-_NOTES = {URL_VARIABLE: "(`udp://host:port`, `udp://[v6]:port`)", "DD_VERSION": "(as `service`, `env`, `version`)"}
+_NOTES = {
+    URL_VARIABLE: "(`udp://host:port`, `udp://[v6]:port`, `unix:///path`)",
+    "DD_VERSION": "(as `service`, `env`, `version`)",
+    "DD_ENTITY_ID": "(as `dd.internal.entity_id`)",
+}
 
 
 _NONE = "\N{EN DASH}"

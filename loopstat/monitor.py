@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Coroutine, List, Literal, Optional, Set, Tuple, Type
+from typing import Any, Callable, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union
 
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
@@ -348,6 +348,7 @@ def install(
     host: Optional[str] = None,
     port: Optional[int] = None,
     *,
+    socket_path: Union[str, os.PathLike[str], None] = None,
     prefix: Optional[str] = None,
     tags: TagsArg = None,
     interval: float = _settings.DEFAULT_INTERVAL,
@@ -367,6 +368,7 @@ def install(
     settings = _settings.resolve(
         host,
         port,
+        socket_path=socket_path,
         prefix=prefix,
         tags=tags,
         interval=interval,

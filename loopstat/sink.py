@@ -1,4 +1,4 @@
-"""Sink: sends metric lines over a UDP socket of its own and survives every network fault.
+"""Sink: sends metric lines over a socket of its own (UDP, or the Agent's Unix socket) and survives every fault.
 
 Lines are built by aiodogstatsd's public line builder (``aiodogstatsd.protocol.build``,
 its version pinned in setup.cfg, its output pinned by tests/test_sink.py); the
@@ -15,10 +15,19 @@ something loopstat must do without it:
 * an absent agent shows as an error on the next ``send()`` of a connected
   socket (Linux stores the ICMP refusal on it), so errors are seen without a
   reader waking the loop.
+
+With ``socket_path`` (``DD_DOGSTATSD_URL=unix://…``) the socket is a connected
+non-blocking Unix datagram socket instead. Nothing is looked up; its faults are
+immediate: ``connect()`` fails while the socket file is absent or not
+writable, and ``send()`` fails once the Agent has closed its end. A restarted
+Agent binds a new socket under the same name, which an old connection never
+reaches, so a failed send closes the socket and it is connected again on the
+retry schedule.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -30,14 +39,15 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
-from loopstat.settings import MAX_DATAGRAM, Settings
+from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined
 
 log = logging.getLogger("loopstat")
 
 # Datagrams going out this long with none refused mean the agent is back.
 # Linux limits ICMP errors to about one a second towards other hosts, so
-# anything shorter would call every rate-limited gap a recovery.
+# anything shorter would call every rate-limited gap a recovery. (A Unix
+# socket refuses at once, so there one accepted datagram is proof.)
 RECOVERY_SECONDS = 3.0
 # Retry lookups of an unresolvable host, or of a host that keeps refusing
 # (it may have moved), this often at first, doubling up to the cap.
@@ -46,6 +56,11 @@ MAX_RETRY_SECONDS = 60.0
 
 # Lines held for the first connection, at most: a few seconds of samples.
 EARLY_LINES = 200
+# A Unix socket's send buffer bounds its datagrams on some systems (macOS
+# starts at 2 KiB); datadogpy raises it to this, as does loopstat.
+MIN_UNIX_SEND_BUFFER = 32 * 1024
+# Send errors that mean a full buffer, not an absent Agent: drop and go on.
+_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 #: One metric to send: (name without prefix, StatsD type, value).
 Line = Tuple[str, str, float]
@@ -123,16 +138,19 @@ def after_fork_in_child() -> None:
     _lookups.after_fork_in_child()
 
 
-def _ip_address(host: str) -> Optional[Address]:
+def _fixed_address(settings: Settings) -> Optional[Address]:
+    """The address of a Unix socket or an IP address, which need no lookup; None for a host name."""
+    if settings.socket_path is not None:
+        return socket.AF_UNIX, (settings.socket_path,)
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(settings.host)
     except ValueError:
         return None
-    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (host, 0)
+    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (settings.host, 0)
 
 
 class Sink:
-    """Where a monitor's samples go: one connected UDP socket, kept connected.
+    """Where a monitor's samples go: one connected datagram socket (UDP or Unix), kept connected.
 
     Used on the loop's thread; nothing here waits or needs the loop, so it
     can be closed while the loop shuts down, after it closed, or from the
@@ -148,7 +166,10 @@ class Sink:
         #: Sends the socket refused (an absent agent refuses each datagram or every other one).
         self.errors = 0
         self._clock = clock
-        self._ip = _ip_address(settings.host)
+        self._fixed = _fixed_address(settings)
+        self._unix = settings.socket_path is not None
+        self._max_datagram = MAX_UNIX_DATAGRAM if self._unix else MAX_DATAGRAM
+        self._recovery_seconds = 0.0 if self._unix else RECOVERY_SECONDS
         self._sock: Optional[socket.socket] = None
         self._address: Optional[Address] = None
         # Filled by a lookup thread, emptied on the loop's thread.
@@ -171,11 +192,11 @@ class Sink:
         )
 
     def start(self) -> None:
-        """Connect at once to an IP address; look a host name up first (``maintain`` connects)."""
-        if self._ip is None:
+        """Connect at once to an IP address or a Unix socket; look a host name up first (``maintain`` connects)."""
+        if self._fixed is None:
             self._start_lookup()
         else:
-            self._connect(self._ip)
+            self._connect(self._fixed)
 
     def _start_lookup(self) -> None:
         self._looking_up = True
@@ -189,10 +210,10 @@ class Sink:
         if self._failing and not self._looking_up and now >= self._next_lookup:
             self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
             self._next_lookup = now + self._retry
-            if self._ip is None:
+            if self._fixed is None:
                 self._start_lookup()  # the host may have moved
             elif self._sock is None:
-                self._connect(self._ip)  # an address cannot move; its socket may not have opened
+                self._connect(self._fixed)  # an address cannot move; its socket may not have opened
         if not self._lookups:
             return
         result = self._lookups.popleft()
@@ -203,8 +224,10 @@ class Sink:
             self._connect(result)
 
     def _connect(self, found: Address) -> None:
-        family, address = found
-        address = (address[0], self.settings.port, *address[2:])
+        family, found_address = found
+        address: Any = found_address[0]
+        if family != socket.AF_UNIX:
+            address = (address, self.settings.port, *found_address[2:])
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as exc:
@@ -212,17 +235,21 @@ class Sink:
             return
         try:
             sock.setblocking(False)
-            sock.connect(address)  # UDP: no packet leaves, nothing waits
+            if family == socket.AF_UNIX and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MIN_UNIX_SEND_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MIN_UNIX_SEND_BUFFER)
+            # UDP: no packet leaves. Unix: the file is checked and the Agent's
+            # socket found at once. Nothing waits either way.
+            sock.connect(address)
         except OSError as exc:
             sock.close()
-            self._fail(f"cannot open a socket to {self.settings.address} ({exc})")
+            self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
             return
         old, self._sock, self._address = self._sock, sock, found
         if old is not None:
             old.close()
         # A new address: find out afresh whether it works.
         self._clean_since = None
-        log.debug("loopstat: sending to %s (%s)", self.settings.address, address[0])
+        log.debug("loopstat: sending to %s (%s)", self.settings.address, found_address[0])
         early, self._early = self._early, None
         if early:
             self.send(early)
@@ -246,19 +273,22 @@ class Sink:
             now = self._clock()
             if self._clean_since is None:
                 self._clean_since = now
-            elif now - self._clean_since >= RECOVERY_SECONDS:
+            if now - self._clean_since >= self._recovery_seconds:
                 self._failing = False
                 self._retry = FIRST_RETRY_SECONDS
                 log.info("loopstat: metrics reach %s again", self.settings.address)
 
     def datagrams(self, lines: List[Line]) -> List[Tuple[bytes, int]]:
-        """Datagrams for ``lines`` and their line counts: lines joined by newlines, at most MAX_DATAGRAM bytes each."""
+        """Datagrams for ``lines`` and their line counts: lines joined by newlines, each within the transport's limit.
+
+        At most MAX_DATAGRAM bytes over UDP, MAX_UNIX_DATAGRAM over a Unix socket.
+        """
         out: List[Tuple[bytes, int]] = []
         batch: List[bytes] = []
         size = 0
         for name, kind, value in lines:
             line = self._build(name, _TYPES[kind], value)
-            if batch and size + 1 + len(line) > MAX_DATAGRAM:
+            if batch and size + 1 + len(line) > self._max_datagram:
                 out.append((b"\n".join(batch), len(batch)))
                 batch, size = [], 0
             size += len(line) + (1 if batch else 0)
@@ -277,15 +307,22 @@ class Sink:
             else:
                 self.dropped += len(lines)
             return
-        for data, count in self.datagrams(lines):
+        datagrams = self.datagrams(lines)
+        for index, (data, count) in enumerate(datagrams):
             try:
                 sock.send(data)
-            except BlockingIOError:
-                self.dropped += count  # the socket's buffer is full: a local burst, not an outage
             except OSError as exc:
                 self.dropped += count
+                if exc.errno in _FULL:
+                    continue  # the socket's buffer (or the Agent's queue) is full: a burst, not an outage
                 self.errors += 1
                 self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
+                if self._unix:
+                    # The Agent closed its end: only a new connection reaches the socket it binds next.
+                    self._sock = None
+                    sock.close()
+                    self.dropped += sum(rest for _, rest in datagrams[index + 1 :])
+                    return
             else:
                 self._went_out(count)
 

@@ -110,8 +110,8 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
         ("STATSD_PREFIX", "my-app", r"STATSD_PREFIX: 'my-app' is not a valid prefix"),
         (
             "DD_DOGSTATSD_URL",
-            "unix:///var/run/datadog/dsd.socket",
-            r"DD_DOGSTATSD_URL: unix:// sockets are not supported yet",
+            "unix://var/run/datadog/dsd.socket",
+            r"DD_DOGSTATSD_URL: 'unix://var/run/datadog/dsd.socket' has no absolute path \(three slashes: unix:///path\)",
         ),
         (
             "DD_DOGSTATSD_URL",
