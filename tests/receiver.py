@@ -1,4 +1,4 @@
-"""A StatsD receiver on a loopback UDP port that parses every line it gets, strictly."""
+"""A StatsD receiver on a loopback UDP port (or a Unix datagram socket) that parses every line it gets, strictly."""
 
 from __future__ import annotations
 
@@ -43,13 +43,22 @@ def parse(text: str) -> Optional[Line]:
 
 
 class Receiver:
-    """Collects datagrams on 127.0.0.1 from a thread of its own, so any loop can be under test."""
+    """Collects datagrams on 127.0.0.1 from a thread of its own, so any loop can be under test.
 
-    def __init__(self, port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", port))
+    With ``path`` it binds a Unix datagram socket there instead, as the Datadog Agent does
+    (``port`` is then 0).
+    """
+
+    def __init__(self, port: int = 0, path: Optional[str] = None) -> None:
+        if path is None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", port))
+            self.port: int = self.sock.getsockname()[1]
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sock.bind(path)
+            self.port = 0
         self.sock.settimeout(0.05)
-        self.port: int = self.sock.getsockname()[1]
         self.datagrams: List[bytes] = []
         #: The source port of each datagram, in step with ``datagrams``.
         self.ports: List[int] = []
@@ -63,14 +72,14 @@ class Receiver:
     def _read(self) -> None:
         while self._open:
             try:
-                data, (_, port) = self.sock.recvfrom(65535)
+                data, source = self.sock.recvfrom(65535)
             except socket.timeout:
                 continue
             except OSError:
                 return
             with self._lock:
                 self.datagrams.append(data)
-                self.ports.append(port)
+                self.ports.append(source[1] if isinstance(source, tuple) else 0)
                 for text in data.decode("utf-8", "replace").split("\n"):
                     line = parse(text)
                     if line is None:
