@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
+
+from loopstat.cli import statsd
 
 
 @dataclass(frozen=True)
@@ -19,85 +19,40 @@ class Datagram:
     value: float
 
 
-def parse(text: str) -> Optional[tuple[str, str, float]]:
-    """``name:value|type[|…]`` as (name, type, value), or None for anything else."""
-    head, _, rest = text.partition("|")
-    name, sep, value = head.partition(":")
-    kind = rest.split("|", 1)[0]
-    if not sep or not kind:
-        return None
-    try:
-        return name, kind, float(value)
-    except ValueError:
-        return None
-
-
 class Receiver:
     """Drains a UDP port on 127.0.0.1 from a daemon thread, so senders never meet a closed port.
 
-    With ``keep`` it also parses every line and stamps it with the arrival
-    time; without, it only counts datagrams (cheapest, for overhead runs).
+    The shared receiver of ``loopstat.cli.statsd``, seen as the bench reads
+    it. With ``keep`` it also parses every line and stamps it with the
+    arrival time; without, it only counts datagrams (cheapest, for overhead runs).
     """
 
     def __init__(self, keep: bool = False) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        # A burst must not be dropped by the kernel while this thread waits for the GIL.
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.port: int = self._sock.getsockname()[1]
-        self.count = 0
-        self.bad = 0
-        self._keep = keep
-        self._lines: List[Datagram] = []
-        self._lock = threading.Lock()
-        self._open = True
-        self._thread = threading.Thread(target=self._drain, name="bench-receiver", daemon=True)
-        self._thread.start()
+        # A burst must not be dropped by the kernel while the thread waits for the GIL.
+        self._receiver = statsd.Receiver(keep=keep, buffer=1 << 20)
+        self.port = self._receiver.port
 
-    def _drain(self) -> None:
-        while self._open:
-            try:
-                data = self._sock.recv(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            at = time.perf_counter()
-            with self._lock:
-                self.count += 1
-                if not self._keep:
-                    continue
-                for text in data.decode("utf-8", "replace").split("\n"):
-                    parsed = parse(text)
-                    if parsed is None:
-                        self.bad += 1
-                    else:
-                        self._lines.append(Datagram(at, *parsed))
+    @property
+    def count(self) -> int:
+        """Datagrams received."""
+        return self._receiver.count
+
+    @property
+    def bad(self) -> int:
+        """Lines that did not parse (only counted with ``keep``)."""
+        return len(self._receiver.bad)
 
     def lines(self) -> List[Datagram]:
         """Every line parsed so far, in arrival order."""
-        with self._lock:
-            return list(self._lines)
+        return [Datagram(at, line.name, line.type, line.value) for at, line in self._receiver.arrived()]
 
     def settle(self, quiet: float = 0.05, limit: float = 1.0) -> int:
         """Wait until nothing has arrived for ``quiet`` seconds (at most ``limit``); return the count."""
-        deadline = time.monotonic() + limit
-        last = -1
-        while time.monotonic() < deadline:
-            with self._lock:
-                count = self.count
-            if count == last:
-                break
-            last = count
-            time.sleep(quiet)
-        return self.count
+        return self._receiver.quiet(quiet, limit)
 
     def close(self) -> None:
         """Stop draining and close the port."""
-        self._open = False
-        self._thread.join()
-        self._sock.close()
+        self._receiver.close()
 
 
 class UdpTimer:

@@ -85,7 +85,7 @@ async def test_dogstatsd_url_unix_sends_to_the_socket_tagged_with_dd_entity_id(
     monkeypatch.setenv("DD_ENV", "prod")
     async with loopstat.install(interval=0.02, stall_threshold=None):
         lines = await agent.wait_for(lambda lines: len(lines) >= 3)
-    assert lines[0].tags == {"env": "prod", "dd.internal.entity_id": "9c4f2f3e-1b2a-4d5e-8f90-0123456789ab"}
+    assert dict(lines[0].tags) == {"env": "prod", "dd.internal.entity_id": "9c4f2f3e-1b2a-4d5e-8f90-0123456789ab"}
 
 
 def test_loopstat_run_accepts_a_unix_dogstatsd_url_and_names_dd_entity_id() -> None:

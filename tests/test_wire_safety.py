@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loopstat
+from loopstat.cli.statsd import parse_strict
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
 from loopstat.sink import Sink
 from loopstat.tags import sanitize
-from tests.receiver import Receiver, parse
+from tests.receiver import Receiver
 
 VALID_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 WIRE = "|#,:@\n\r\x00 ;=~!\u2028\u0085"
@@ -71,18 +72,17 @@ def test_every_line_parses_as_exactly_the_intended_metric(prefix: str, tags: Tag
     settings = resolved_or_rejected(prefix, tags)
     if settings is None:
         return
-    expected_tags = dict(settings.tags)
-    for key, tag_value in expected_tags.items():
+    for key, tag_value in settings.tags:
         assert (key, tag_value) == sanitize(key, tag_value)
         assert ":" not in key
     value = round(value, 3)
     lines = lines_for(settings, value)
     assert len(lines) == len(SAMPLE)
     for data, (name, kind) in zip(lines, SAMPLE):
-        line = parse(data.decode())
+        line = parse_strict(data.decode())
         assert line is not None, data
         full = f"{settings.prefix}.{name}" if settings.prefix else name
-        assert (line.name, line.type, line.value, line.tags) == (full, kind, value, expected_tags)
+        assert (line.name, line.type, line.value, line.tags) == (full, kind, value, settings.tags)
 
 
 @settings(max_examples=400, deadline=None)
@@ -117,7 +117,7 @@ async def test_hostile_tags_arrive_as_sanitized_tags_over_udp(receiver: Receiver
         monitor = loopstat.install("127.0.0.1", receiver.port, prefix="fuzz", tags=tags, interval=0.01)
     except ValueError:
         return
-    expected = dict(monitor.settings.tags)
+    expected = monitor.settings.tags
     start = len(receiver.snapshot())
     async with monitor:
         lines = await receiver.wait_for(lambda lines: len(lines) >= start + 3)

@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from loopstat.cli import statsd
 from loopstat.cli.series import Series
+from loopstat.tags import joined
 
 Key = Tuple[str, str, Tuple[str, ...]]
 
@@ -42,18 +43,15 @@ class Board:
 
     def feed(self, datagram: bytes) -> None:
         now = self._clock()
-        for line in datagram.decode("utf-8", "replace").splitlines():
-            if not line.strip():
-                continue
+        for line, sample in statsd.read(datagram):
             self.lines += 1
-            sample = statsd.parse(line)
             if sample is None:
                 self.bad += 1
                 self.last_bad = line[:120]
             elif isinstance(sample, statsd.Other):
                 self.other += 1
             else:
-                key = (sample.name, sample.type, sample.tags)
+                key = (sample.name, sample.type, tuple(sorted(joined([tag]) for tag in sample.tags)))
                 series = self.series.get(key)
                 if series is None:
                     series = self.series[key] = Series(*key)
@@ -92,6 +90,8 @@ class ListenError(Exception):
 
 
 class _Protocol(asyncio.DatagramProtocol):
+    """Feeds the board on the loop that draws it, so neither needs a lock; ``statsd.read`` parses."""
+
     def __init__(self, board: Board) -> None:
         self.board = board
 
