@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,11 +59,25 @@ ENDINGS = (
 )
 
 
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """Keep every core busy with processes that spin, as on a loaded machine; killed at the end."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 2))]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+@pytest.mark.usefixtures("busy_cores")
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("end", ENDINGS)
 def test_ending_the_loop_leaves_no_warnings_and_flushes(
     tmp_path: Path, receiver: Receiver, loop: str, end: str
 ) -> None:
+    """Under ``-X dev`` asyncio warns of any step over 100 ms: loopstat's own start and stop must not be one."""
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(APP.format(port=receiver.port, loop=loop, end=end)))
     done = subprocess.run(
@@ -76,3 +92,43 @@ def test_ending_the_loop_leaves_no_warnings_and_flushes(
     assert done.returncode == 0
     lines = receiver.settle(lambda lines: any(x.name == "loopstat.last" for x in lines))
     assert any(x.name == "loopstat.lag" for x in lines)
+
+
+FORK_APP = """
+import asyncio, os, threading
+import loopstat
+
+def new_loop():
+    if "{loop}" == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+async def main():
+    async with loopstat.install("127.0.0.1", {port}, interval=0.01):
+        await asyncio.sleep(0.2)
+
+loop = new_loop()
+loop.run_until_complete(main())
+loop.close()
+pid = os.fork()  # Python 3.12+ warns here if another thread runs
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("threads:", threading.active_count())
+"""
+
+
+@pytest.mark.usefixtures("busy_cores")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_fork_after_the_last_monitor_stopped_finds_no_watchdog_thread(
+    tmp_path: Path, receiver: Receiver, loop: str
+) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(FORK_APP.format(port=receiver.port, loop=loop)))
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr == ""
+    assert done.stdout == "threads: 1\n"
+    assert done.returncode == 0

@@ -213,6 +213,19 @@ async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_run
     assert stalls.locate(frames, probe.outer) is None
 
 
+async def test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_loop() -> None:
+    """A loop starved of CPU right after install() is not blamed on the code that runs it."""
+    async with loopstat.install("127.0.0.1", 9) as monitor:
+        for _ in range(10):  # a few turns of the loop, far less than a beat period
+            await asyncio.sleep(0)
+        probe = monitor._stall_probe
+        assert probe is not None
+        assert probe.outer
+        # Around callbacks: the code that runs the loop, not this coroutine, which called install().
+        here = test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_loop.__name__
+        assert here not in [function for _, function in probe.outer]
+
+
 def as_loopstats_code(source: str, module: types.ModuleType, **names: object) -> Any:
     """Evaluate ``source`` compiled as if it were part of loopstat's ``module``: code loopstat itself runs."""
     return eval(compile(source, module.__file__ or "", "eval"), {"time": time, **names})
@@ -356,7 +369,7 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     assert stall.location is not None
     # Caught on its way down (100,000 calls take a while) or at the bottom.
     recurse_line = inspect.getsourcelines(recurse)[1]
-    assert re.search(rf"test_stalls.py:(\d+ in recurse|{SLEEP_LINE} in blocking_function)$", stall.location)
+    assert re.search(r"test_stalls.py:\d+ in (recurse|blocking_function)$", stall.location)
     assert len(stall.stack.encode()) <= stalls.STACK_BYTES
     assert stall.stack.count(", in recurse") >= stalls.STACK_INNER - 1
     assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stalls.STACK_INNER - 2

@@ -127,6 +127,7 @@ class StallProbe:
         self._clock = clock
         self._on_stall = on_stall
         self._handle: Optional[asyncio.Handle] = loop.call_later(self.period, self._beat)
+        loop.call_soon(self._learn)
         self._restart_posted = False
         self._restart_posted_at = -math.inf
         self._closed = False
@@ -152,10 +153,14 @@ class StallProbe:
         if ident != self.thread_id or self._outer_stale:
             self.thread_id = ident
             self._outer_stale = False
-            # The frame that runs this callback, and the ones around it: every
-            # callback of this run starts with them. Taken here, not at install(),
-            # which may be called from a task running eagerly or from another run.
+            # The frame that runs the calling callback, and the ones around it:
+            # every callback of this run starts with them. Taken from a callback,
+            # not in install(), which may run inside a task started eagerly.
             self.outer = outer_of(sys._getframe(2))
+
+    def _learn(self) -> None:
+        """The first callback: learn the frames around callbacks before any stall needs them."""
+        self._on_the_loop()
 
     def _beat(self) -> None:
         # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
