@@ -132,3 +132,79 @@ def test_a_fork_after_the_last_monitor_stopped_finds_no_watchdog_thread(
     assert done.stderr == ""
     assert done.stdout == "threads: 1\n"
     assert done.returncode == 0
+
+
+INTERRUPTED_APP = """
+import asyncio, logging, os, random, signal, sys, threading, time
+import loopstat
+
+logging.getLogger("loopstat").setLevel(logging.CRITICAL)  # the stalls are on purpose
+sys.setrecursionlimit(10000)
+if "{loop}" == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+handled = []
+loop.set_exception_handler(lambda _, context: handled.append(context))
+
+def deep(depth, seconds):
+    if depth == 0:
+        time.sleep(seconds)
+        return
+    deep(depth - 1, seconds)
+
+async def work():
+    while True:
+        deep(3000, random.uniform(0.05, 0.15))  # a stall, often caught while being captured
+        await asyncio.sleep(random.choice([0, 0.001, 0.01]))
+
+async def start():
+    return loopstat.install("127.0.0.1", {port}, stall_threshold=0.05)
+
+monitor = loop.run_until_complete(start())
+done = threading.Event()
+
+def ctrl_c():
+    while not done.wait(random.uniform(0.02, 0.2)):
+        os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c).start()
+interrupts = 0
+task = None
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    try:
+        if task is None or task.done():
+            task = loop.create_task(work())
+        loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        interrupts += 1
+done.set()
+time.sleep(0.3)  # no more Ctrl-C from here
+task.cancel()
+loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+before = monitor.stalls
+
+async def last_stall():
+    await asyncio.sleep(0.1)
+    time.sleep(0.2)
+    await asyncio.sleep(0.1)
+
+loop.run_until_complete(last_stall())
+loop.run_until_complete(monitor.stop())
+loop.close()
+print(interrupts > 0, monitor.stalls == before + 1, handled)
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_ctrl_c_at_any_moment_of_a_stall_reaches_only_the_application_and_detection_goes_on(
+    tmp_path: Path, receiver: Receiver, loop: str
+) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(INTERRUPTED_APP.format(port=receiver.port, loop=loop)))
+    done = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.stderr == ""
+    assert done.stdout == "True True []\n"
+    assert done.returncode == 0

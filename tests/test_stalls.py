@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import random
 import re
 import sys
 import threading
@@ -585,3 +586,34 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
     assert monitor.last_stall is not None
     assert monitor.last_stall.location is not None
     assert monitor.last_stall.location.endswith(WHERE)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_loops_closed_at_any_moment_in_many_threads_leave_nothing_behind(kind: str) -> None:
+    """Loops that block and close while the watchdog looks at them: no error, no warning, no thread left."""
+    handled: list[dict[str, Any]] = []
+
+    def one(seed: int) -> None:
+        rnd = random.Random(seed)
+        loop = new_loop(kind)
+        loop.set_exception_handler(lambda _, context: handled.append(context))
+
+        async def main() -> None:
+            monitor = loopstat.install("127.0.0.1", 9, stall_threshold=0.05)
+            end = time.perf_counter() + rnd.uniform(0.0, 0.3)
+            while time.perf_counter() < end:
+                if rnd.random() < 0.2:
+                    time.sleep(rnd.uniform(0.03, 0.08))  # around the threshold: caught or not
+                await asyncio.sleep(rnd.choice([0, 0.001, 0.01]))
+            if rnd.random() < 0.5:
+                await monitor.stop()
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()  # the monitor still running or not
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(24)))
+    assert handled == []
+    assert no_watchdog_soon()

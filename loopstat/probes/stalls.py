@@ -275,7 +275,7 @@ class _Watchdog:
         with self._changed:
             self._probes.add(probe)
             self._nudge()
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="loopstat-watchdog", daemon=True)
                 self._thread.start()
 
@@ -307,13 +307,21 @@ class _Watchdog:
         self._changed.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._watch_loops()
+        finally:
+            with self._changed:
+                if self._thread is threading.current_thread():
+                    self._thread = None  # ended by an error: the next watch() starts another
+                self._changed.notify_all()
+
+    def _watch_loops(self) -> None:
         while True:
             with self._changed:
                 self._news = False
                 probes = list(self._probes)
                 if not probes:
                     self._thread = None
-                    self._changed.notify_all()
                     return
             wake = _look(probes, perf_counter())
             del probes  # holding a probe would keep its loop alive
