@@ -119,10 +119,11 @@ class StallProbe:
         self.paused = -math.inf
         #: Set by the watchdog while it waits for the loop to come out of its selector.
         self.parked = False
-        #: The frames around this loop's callbacks, taken at a beat on the loop's
-        #: thread; () until the first beat and after the loop may have moved.
+        #: The frames around this loop's callbacks, taken by a callback on the
+        #: loop's thread at the first turn of each run; () until then.
         self.outer: Outer = ()
         self._outer_stale = True
+        self._learn_posted = True
         self._loop = loop
         self._clock = clock
         self._on_stall = on_stall
@@ -156,12 +157,17 @@ class StallProbe:
             # The frame that runs the calling callback, and the ones around it:
             # every callback of this run starts with them. Taken from a callback,
             # not in install(), which may run inside a task started eagerly.
-            self.outer = outer_of(sys._getframe(2))
+            try:
+                around: Optional[FrameType] = sys._getframe(2)
+            except ValueError:  # run from C with no Python frame around: nothing to strip
+                around = None
+            self.outer = outer_of(around)
 
     def _learn(self) -> None:
-        """The first callback: learn the frames around callbacks before any stall needs them."""
+        """Run first in each run of the loop: learn what is around its callbacks before a stall needs it."""
+        self._learn_posted = False
         self._on_the_loop()
-
+        _watchdog.wake()  # running again: worth a look
     def _beat(self) -> None:
         # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
         # the watchdog then sees no beat and restarts it.
@@ -219,8 +225,13 @@ class StallProbe:
         loop = self._loop
         if not loop.is_running():
             self.paused = now
-            self._outer_stale = True  # the next run may be in another thread, or from elsewhere
-            return now + self.threshold
+            if not self._learn_posted and not self._closed:
+                # The next run may be in another thread or called from elsewhere;
+                # its first turn learns that, and wakes the watchdog.
+                self._outer_stale = True
+                self._learn_posted = True
+                loop.call_soon_threadsafe(self._learn)
+            return now + PARKED_SECONDS
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
