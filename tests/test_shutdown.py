@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,13 @@ ENDINGS = (
 )
 
 
+def run_app(tmp_path: Path, source: str, options: Sequence[str], **fields: object) -> subprocess.CompletedProcess[str]:
+    """Run the program ``source``, its ``{fields}`` filled in, with the interpreter ``options``."""
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source.format(**fields)))
+    return subprocess.run([sys.executable, *options, str(script)], capture_output=True, text=True, timeout=60)
+
+
 @pytest.fixture
 def busy_cores() -> Iterator[None]:
     """Keep every core busy with processes that spin, as on a loaded machine; killed at the end."""
@@ -78,15 +85,9 @@ def test_ending_the_loop_leaves_no_warnings_and_flushes(
     tmp_path: Path, receiver: Receiver, loop: str, end: str
 ) -> None:
     """Under ``-X dev`` asyncio warns of any step over 100 ms: loopstat's own start and stop must not be one."""
-    script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(APP.format(port=receiver.port, loop=loop, end=end)))
-    done = subprocess.run(
-        # The warning about the loop left open is the application's, not loopstat's.
-        [sys.executable, "-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # The warning about the loop left open is the application's, not loopstat's.
+    options = ("-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning")
+    done = run_app(tmp_path, APP, options, port=receiver.port, loop=loop, end=end)
     assert done.stderr == ""
     assert done.stdout == "clean exit\n"
     assert done.returncode == 0
@@ -124,11 +125,7 @@ print("threads:", threading.active_count())
 def test_a_fork_after_the_last_monitor_stopped_finds_no_watchdog_thread(
     tmp_path: Path, receiver: Receiver, loop: str
 ) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(FORK_APP.format(port=receiver.port, loop=loop)))
-    done = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(script)], capture_output=True, text=True, timeout=60
-    )
+    done = run_app(tmp_path, FORK_APP, ("-X", "dev", "-W", "error"), port=receiver.port, loop=loop)
     assert done.stderr == ""
     assert done.stdout == "threads: 1\n"
     assert done.returncode == 0
@@ -202,9 +199,7 @@ print(interrupts > 0, monitor.stalls == before + 1, handled)
 def test_ctrl_c_at_any_moment_of_a_stall_reaches_only_the_application_and_detection_goes_on(
     tmp_path: Path, receiver: Receiver, loop: str
 ) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(INTERRUPTED_APP.format(port=receiver.port, loop=loop)))
-    done = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=60)
+    done = run_app(tmp_path, INTERRUPTED_APP, ("-W", "error"), port=receiver.port, loop=loop)
     assert done.stderr == ""
     assert done.stdout == "True True []\n"
     assert done.returncode == 0
