@@ -168,6 +168,7 @@ class StallProbe:
         self._learn_posted = False
         self._on_the_loop()
         _watchdog.wake()  # running again: worth a look
+
     def _beat(self) -> None:
         # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
         # the watchdog then sees no beat and restarts it.
