@@ -120,10 +120,9 @@ class StallProbe:
         #: Set by the watchdog while it waits for the loop to come out of its selector.
         self.parked = False
         #: The frames around this loop's callbacks, taken by a callback on the
-        #: loop's thread at the first turn of each run; () until then.
+        #: loop's thread: at its first turn, then at the first beat of each run.
         self.outer: Outer = ()
         self._outer_stale = True
-        self._learn_posted = True
         self._loop = loop
         self._clock = clock
         self._on_stall = on_stall
@@ -164,10 +163,8 @@ class StallProbe:
             self.outer = outer_of(around)
 
     def _learn(self) -> None:
-        """Run first in each run of the loop: learn what is around its callbacks before a stall needs it."""
-        self._learn_posted = False
+        """The first callback: learn what is around the loop's callbacks before a stall needs it."""
         self._on_the_loop()
-        _watchdog.wake()  # running again: worth a look
 
     def _beat(self) -> None:
         # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
@@ -224,15 +221,16 @@ class StallProbe:
         of its selector.
         """
         loop = self._loop
+        if self._closed:
+            return None  # gone with its monitor; nothing may be posted to its loop any more
         if not loop.is_running():
             self.paused = now
-            if not self._learn_posted and not self._closed:
-                # The next run may be in another thread or called from elsewhere;
-                # its first turn learns that, and wakes the watchdog.
-                self._outer_stale = True
-                self._learn_posted = True
-                loop.call_soon_threadsafe(self._learn)
-            return now + PARKED_SECONDS
+            # The next run may be in another thread or called from elsewhere; its
+            # first beat learns that. (Nothing is posted to a loop that is not
+            # running: its thread may be closing it, and uvloop's close() is not
+            # safe against a call from another thread.)
+            self._outer_stale = True
+            return now + self.threshold
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
