@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,22 +60,147 @@ ENDINGS = (
 )
 
 
+def run_app(tmp_path: Path, source: str, options: Sequence[str], **fields: object) -> subprocess.CompletedProcess[str]:
+    """Run the program ``source``, its ``{fields}`` filled in, with the interpreter ``options``."""
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source.format(**fields)))
+    return subprocess.run([sys.executable, *options, str(script)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """Keep every core busy with processes that spin, as on a loaded machine; killed at the end."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 2))]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+@pytest.mark.usefixtures("busy_cores")
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("end", ENDINGS)
 def test_ending_the_loop_leaves_no_warnings_and_flushes(
     tmp_path: Path, receiver: Receiver, loop: str, end: str
 ) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(APP.format(port=receiver.port, loop=loop, end=end)))
-    done = subprocess.run(
-        # The warning about the loop left open is the application's, not loopstat's.
-        [sys.executable, "-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """Under ``-X dev`` asyncio warns of any step over 100 ms: loopstat's own start and stop must not be one."""
+    # The warning about the loop left open is the application's, not loopstat's.
+    options = ("-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning")
+    done = run_app(tmp_path, APP, options, port=receiver.port, loop=loop, end=end)
     assert done.stderr == ""
     assert done.stdout == "clean exit\n"
     assert done.returncode == 0
     lines = receiver.settle(lambda lines: any(x.name == "loopstat.last" for x in lines))
     assert any(x.name == "loopstat.lag" for x in lines)
+
+
+FORK_APP = """
+import asyncio, os, threading
+import loopstat
+
+def new_loop():
+    if "{loop}" == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+async def main():
+    async with loopstat.install("127.0.0.1", {port}, interval=0.01):
+        await asyncio.sleep(0.2)
+
+loop = new_loop()
+loop.run_until_complete(main())
+loop.close()
+pid = os.fork()  # Python 3.12+ warns here if another thread runs
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("threads:", threading.active_count())
+"""
+
+
+@pytest.mark.usefixtures("busy_cores")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_fork_after_the_last_monitor_stopped_finds_no_watchdog_thread(
+    tmp_path: Path, receiver: Receiver, loop: str
+) -> None:
+    done = run_app(tmp_path, FORK_APP, ("-X", "dev", "-W", "error"), port=receiver.port, loop=loop)
+    assert done.stderr == ""
+    assert done.stdout == "threads: 1\n"
+    assert done.returncode == 0
+
+
+INTERRUPTED_APP = """
+import asyncio, logging, os, random, signal, sys, threading, time
+import loopstat
+
+logging.getLogger("loopstat").setLevel(logging.CRITICAL)  # the stalls are on purpose
+sys.setrecursionlimit(10000)
+if "{loop}" == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+handled = []
+loop.set_exception_handler(lambda _, context: handled.append(context))
+
+def deep(depth, seconds):
+    if depth == 0:
+        time.sleep(seconds)
+        return
+    deep(depth - 1, seconds)
+
+async def work():
+    while True:
+        deep(3000, random.uniform(0.05, 0.15))  # a stall, often caught while being captured
+        await asyncio.sleep(random.choice([0, 0.001, 0.01]))
+
+async def start():
+    return loopstat.install("127.0.0.1", {port}, stall_threshold=0.05)
+
+monitor = loop.run_until_complete(start())
+done = threading.Event()
+
+def ctrl_c():
+    while not done.wait(random.uniform(0.02, 0.2)):
+        os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c).start()
+interrupts = 0
+task = None
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    try:
+        if task is None or task.done():
+            task = loop.create_task(work())
+        loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        interrupts += 1
+done.set()
+time.sleep(0.3)  # no more Ctrl-C from here
+task.cancel()
+loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+before = monitor.stalls
+
+async def last_stall():
+    await asyncio.sleep(0.1)
+    time.sleep(0.2)
+    await asyncio.sleep(0.1)
+
+loop.run_until_complete(last_stall())
+loop.run_until_complete(monitor.stop())
+loop.close()
+print(interrupts > 0, monitor.stalls == before + 1, handled)
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_ctrl_c_at_any_moment_of_a_stall_reaches_only_the_application_and_detection_goes_on(
+    tmp_path: Path, receiver: Receiver, loop: str
+) -> None:
+    done = run_app(tmp_path, INTERRUPTED_APP, ("-W", "error"), port=receiver.port, loop=loop)
+    assert done.stderr == ""
+    assert done.stdout == "True True []\n"
+    assert done.returncode == 0

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
+import random
+import re
 import sys
 import threading
 import time
+import types
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 
 import pytest
+import uvloop
 
 import loopstat
+from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
 from tests.receiver import Receiver
 
@@ -196,10 +205,432 @@ async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_run
         assert probe is not None
         loop_thread = threading.get_ident()
 
-        def stack_of_the_idle_loop() -> tuple[stalls.Frame, ...]:
+        def stack_of_the_idle_loop() -> list[stalls.Frame]:
             time.sleep(0.1)  # meanwhile the loop waits in its selector, in no callback
-            return stalls.frames_of(sys._current_frames()[loop_thread])
+            return stalls.walk(sys._current_frames()[loop_thread])[0]
 
         frames = await asyncio.get_running_loop().run_in_executor(None, stack_of_the_idle_loop)
     assert stalls.locate(frames) is not None  # blind to the loop's frames, it would name a caller
-    assert stalls.locate(frames, probe._outer) is None
+    assert stalls.locate(frames, probe.outer) is None
+
+
+async def test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_loop() -> None:
+    """A loop starved of CPU right after install() is not blamed on the code that runs it."""
+    async with loopstat.install("127.0.0.1", 9) as monitor:
+        for _ in range(10):  # a few turns of the loop, far less than a beat period
+            await asyncio.sleep(0)
+        probe = monitor._stall_probe
+        assert probe is not None
+        assert probe.outer
+        # Around callbacks: the code that runs the loop, not this coroutine, which called install().
+        here = test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_loop.__name__
+        assert here not in [function for _, function in probe.outer]
+
+
+def as_loopstats_code(source: str, module: types.ModuleType, **names: object) -> Any:
+    """Evaluate ``source`` compiled as if it were part of loopstat's ``module``: code loopstat itself runs."""
+    return eval(compile(source, module.__file__ or "", "eval"), {"time": time, **names})
+
+
+async def test_a_block_in_loopstats_own_startup_is_logged_at_debug_and_not_counted(
+    monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    # loopstat's own startup blocks the loop, as reading source files once did on a loaded machine.
+    slow_watch = as_loopstats_code("lambda: (time.sleep(0.3), watch())[1]", gc_probe, watch=gc_probe.watch)
+    monkeypatch.setattr(gc_probe, "watch", slow_watch)
+    async with loopstat.install("127.0.0.1", 9, gc=True) as monitor:
+        await asyncio.sleep(0.3)  # the loop moves on after the block
+        blocked = blocking_function(0.3)  # the application's own stall is still reported
+        await wait_for_stalls(monitor, 1)
+        await asyncio.sleep(0.1)
+    assert monitor.stalls == 1
+    stall = monitor.last_stall
+    assert stall is not None
+    assert stall.location is not None
+    assert stall.location.endswith(WHERE)
+    assert_duration_close(stall.duration, blocked)
+    assert len(stall_warnings(loopstat_log)) == 1
+    [own] = [r for r in loopstat_log.records if "loopstat's own code" in r.getMessage()]
+    assert own.levelno == logging.DEBUG
+
+
+LOOPS = ("asyncio", "uvloop")
+T = TypeVar("T")
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+
+
+def watchdogs() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "loopstat-watchdog"]
+
+
+def no_watchdog_soon(timeout: float = 3.0) -> bool:
+    """True once no watchdog thread runs (it ends on its next look, within about a second)."""
+    deadline = time.monotonic() + timeout
+    while watchdogs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not watchdogs()
+
+
+def line_of(function: Callable[..., Any], marker: str) -> int:
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if marker in line)
+
+
+def blocking_elsewhere(seconds: float) -> None:
+    time.sleep(seconds)  # another place to block
+
+
+def in_thread(function: Callable[[], T], stack_size: int = 0) -> T:
+    """Run ``function`` in a new thread (with a C stack of ``stack_size`` bytes) and return its result."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(function())
+        except BaseException as exc:
+            errors.append(exc)
+
+    old = threading.stack_size(stack_size)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+    finally:
+        threading.stack_size(old)
+    thread.join(30)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+async def test_a_stall_after_the_working_directory_was_deleted_is_still_reported(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: handled.append(context))
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # a deploy cleanup or a tmp reaper removed it
+    try:
+        async with loopstat.install("127.0.0.1", 9) as monitor:
+            await asyncio.sleep(0.2)
+            blocked = blocking_function(0.3)
+            await wait_for_stalls(monitor, 1)
+    finally:
+        loop.set_exception_handler(None)
+    assert handled == []
+    stall = monitor.last_stall
+    assert stall is not None
+    assert stall.location == f"{__file__}:{SLEEP_LINE} in blocking_function"
+    assert_duration_close(stall.duration, blocked)
+
+
+def recurse(depth: int, seconds: float) -> float:
+    if depth == 0:
+        return blocking_function(seconds)
+    return recurse(depth - 1, seconds)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_reported_once(kind: str) -> None:
+    depth = 100_000
+    old_limit = sys.getrecursionlimit()
+
+    def deep() -> loopstat.Monitor:
+        loop = new_loop(kind)
+
+        async def main() -> loopstat.Monitor:
+            async with loopstat.install("127.0.0.1", 9) as monitor:
+                await asyncio.sleep(0.2)
+                recurse(depth, 0.3)
+                await wait_for_stalls(monitor, 1)
+                await asyncio.sleep(0.4)  # time enough for a second stall, if reporting made one
+            return monitor
+
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    sys.setrecursionlimit(depth + 1000)
+    try:
+        # Python before 3.11 spends C stack on every Python call.
+        monitor = in_thread(deep, stack_size=512 * 1024 * 1024)
+    finally:
+        sys.setrecursionlimit(old_limit)
+    assert monitor.stalls == 1
+    stall = monitor.last_stall
+    assert stall is not None
+    assert stall.location is not None
+    # Caught on its way down (100,000 calls take a while) or at the bottom.
+    recurse_line = inspect.getsourcelines(recurse)[1]
+    assert re.search(r"test_stalls.py:\d+ in (recurse|blocking_function)$", stall.location)
+    assert len(stall.stack.encode()) <= stalls.STACK_BYTES
+    assert stall.stack.count(", in recurse") >= stalls.STACK_INNER - 1
+    assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stalls.STACK_INNER - 2
+    assert f"more than {stalls.STACK_WALK - stalls.STACK_INNER} outer frames left out" in stall.stack
+
+
+def test_a_long_stack_is_cut_in_the_middle_and_says_how_many_frames_were_left_out() -> None:
+    frames = [("/app/main.py", 1, "main")] + [("/app/walk.py", n, "step") for n in range(500)]
+    text = stalls.format_stack(frames)
+    lines = text.splitlines()
+    kept = [line for line in lines if line.startswith("  File")]
+    assert len(kept) == stalls.STACK_INNER + stalls.STACK_OUTER
+    assert kept[0] == '  File "/app/main.py", line 1, in main'
+    assert kept[-1] == '  File "/app/walk.py", line 499, in step'
+    assert f"  ... {501 - stalls.STACK_INNER - stalls.STACK_OUTER} frames left out ..." in lines
+
+
+def test_a_stack_of_huge_names_stays_within_its_byte_limit_keeping_the_innermost_frames() -> None:
+    wide = "\N{MATHEMATICAL FRAKTUR SMALL A}"  # 4 bytes in UTF-8
+    frames = [(f"/app/{wide * 5000}{n}.py", n, "f" * 5000) for n in range(100)]
+    text = stalls.format_stack(frames)
+    assert len(text.encode()) <= stalls.STACK_BYTES
+    assert all(len(line) <= stalls.LINE_CHARS for line in text.splitlines())
+    assert "left out to keep the stack under" in text.splitlines()[0]
+    assert text.splitlines()[-1].startswith(f'  File "/app/{wide * 10}')
+
+
+def test_source_lines_are_not_read_from_files_that_are_not_regular() -> None:
+    # A code object may name any file; reading /dev/zero would never end.
+    text = stalls.format_stack([("/dev/zero", 1, "f"), ("/nonexistent/x.py", 2, "g"), (__file__, SLEEP_LINE, "h")])
+    assert text.splitlines() == [
+        '  File "/dev/zero", line 1, in f',
+        '  File "/nonexistent/x.py", line 2, in g',
+        f'  File "{__file__}", line {SLEEP_LINE}, in h',
+        "    time.sleep(seconds)",
+    ]
+
+
+def watched_then_dropped(kind: str) -> weakref.ref[asyncio.AbstractEventLoop]:
+    loop = new_loop(kind)
+
+    async def main() -> None:
+        loopstat.install("127.0.0.1", 9, interval=0.01)
+        await asyncio.sleep(0.15)  # beats, and looks from the watchdog
+
+    loop.run_until_complete(main())
+    return weakref.ref(loop)
+
+
+def collect_until_gone(ref: weakref.ref[Any]) -> None:
+    deadline = time.monotonic() + 3.0
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()  # the watchdog may hold it for the instant it looks
+        time.sleep(0.01)
+
+
+def test_a_loop_dropped_while_the_watchdog_runs_is_collected_with_its_unclosed_warning() -> None:
+    # Stdlib loops only: uvloop keeps a loop that ran and was never closed alive by itself.
+    dropped = watched_then_dropped("asyncio")
+    assert watchdogs(), "the watchdog must be running for this test to mean anything"
+    # The application's own warning: it dropped a loop without closing it.
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        collect_until_gone(dropped)
+    assert dropped() is None
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_the_watchdog_thread_ends_when_no_loop_is_watched_and_starts_again_for_the_next(kind: str) -> None:
+    gc.collect()  # loops other tests dropped
+    loop = new_loop(kind)
+
+    async def watched(block: bool) -> loopstat.Monitor:
+        async with loopstat.install("127.0.0.1", 9) as monitor:
+            await asyncio.sleep(0.2)
+            assert len(watchdogs()) == 1
+            if block:
+                blocking_function(0.3)
+                await wait_for_stalls(monitor, 1)
+        return monitor
+
+    try:
+        loop.run_until_complete(watched(block=False))
+        assert no_watchdog_soon()
+        monitor = loop.run_until_complete(watched(block=True))
+        assert no_watchdog_soon()
+    finally:
+        loop.close()
+    assert monitor.last_stall is not None
+    assert monitor.last_stall.location is not None
+    assert monitor.last_stall.location.endswith(WHERE)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_loops_in_many_threads_starting_and_stopping_at_once_each_get_their_own_stall(kind: str) -> None:
+    def one(i: int) -> loopstat.Monitor:
+        loop = new_loop(kind)
+
+        async def main() -> loopstat.Monitor:
+            async with loopstat.install("127.0.0.1", 9) as monitor:
+                await asyncio.sleep(0.2)
+                # All block at once, half of them elsewhere: each stack must be its own thread's.
+                (blocking_function if i % 2 else blocking_elsewhere)(0.3)
+                await wait_for_stalls(monitor, 1)
+            return monitor
+
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    gc.collect()
+    with ThreadPoolExecutor(8) as pool:
+        monitors = list(pool.map(one, range(8)))
+    elsewhere = f"test_stalls.py:{line_of(blocking_elsewhere, 'another place')} in blocking_elsewhere"
+    for i, monitor in enumerate(monitors):
+        assert monitor.last_stall is not None
+        assert monitor.last_stall.location is not None
+        assert monitor.last_stall.location.endswith(WHERE if i % 2 else elsewhere)
+    assert no_watchdog_soon()
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_loop_run_first_in_another_thread_then_here_names_the_line_that_blocks_here(kind: str) -> None:
+    loop = new_loop(kind)
+    try:
+
+        def first_run() -> loopstat.Monitor:
+            monitor = loopstat.install("127.0.0.1", 9, loop=loop)
+            loop.run_until_complete(asyncio.sleep(0.2))
+            return monitor
+
+        monitor = in_thread(first_run)
+
+        async def second_run() -> None:
+            await asyncio.sleep(0.2)
+            blocking_function(0.3)
+            await wait_for_stalls(monitor, 1)
+
+        loop.run_until_complete(second_run())
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+    stall = monitor.last_stall
+    assert stall is not None
+    assert stall.location is not None
+    assert stall.location.endswith(WHERE)
+    assert "threading.py" not in stall.stack
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came in Python 3.12")
+async def test_with_eager_tasks_a_stall_in_the_coroutine_that_installed_is_named_at_its_line() -> None:
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, uvloop.Loop):
+        pytest.skip("uvloop's create_task passes eager_start, which asyncio.eager_task_factory refuses")
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        monitor = loopstat.install("127.0.0.1", 9)  # its task starts right here, inside this coroutine
+        await asyncio.sleep(0.2)
+        time.sleep(0.3)  # blocks in the coroutine that installed
+        await wait_for_stalls(monitor, 1)
+        await monitor.stop()
+    finally:
+        loop.set_task_factory(None)
+    here = test_with_eager_tasks_a_stall_in_the_coroutine_that_installed_is_named_at_its_line
+    stall = monitor.last_stall
+    assert stall is not None
+    assert stall.location is not None
+    assert stall.location.endswith(f"test_stalls.py:{line_of(here, 'blocks in the coroutine')} in {here.__name__}")
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = new_loop(kind)
+    loop_thread = threading.get_ident()
+    armed = threading.Event()
+    real = time.perf_counter
+
+    def interrupting_perf_counter() -> float:
+        # Ctrl-C lands while loopstat's beat runs on the loop.
+        if armed.is_set() and threading.get_ident() == loop_thread:
+            armed.clear()
+            raise KeyboardInterrupt
+        return real()
+
+    async def first() -> loopstat.Monitor:
+        monitor = loopstat.install("127.0.0.1", 9)
+        await asyncio.sleep(0.1)
+        armed.set()
+        deadline = real() + 1.0
+        while real() < deadline:  # noqa: ASYNC110 (busy, so that the beat runs on stdlib loops too)
+            await asyncio.sleep(0)
+        return monitor
+
+    async def then(monitor: loopstat.Monitor) -> None:
+        await asyncio.sleep(0.2)
+        blocking_function(0.3)
+        await wait_for_stalls(monitor, 1)
+
+    monkeypatch.setattr(stalls, "perf_counter", interrupting_perf_counter)
+    try:
+        task = loop.create_task(first())
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+        assert not armed.is_set()
+        monitor = loop.run_until_complete(task)
+        loop.run_until_complete(then(monitor))
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+    assert monitor.stalls == 1
+    assert monitor.last_stall is not None
+    assert monitor.last_stall.location is not None
+    assert monitor.last_stall.location.endswith(WHERE)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_loops_closed_at_any_moment_in_many_threads_leave_nothing_behind(kind: str) -> None:
+    """Loops that block and close while the watchdog looks at them: no error, no warning, no thread left."""
+    handled: list[dict[str, Any]] = []
+
+    def one(seed: int) -> None:
+        rnd = random.Random(seed)
+        loop = new_loop(kind)
+        loop.set_exception_handler(lambda _, context: handled.append(context))
+
+        async def main() -> None:
+            monitor = loopstat.install("127.0.0.1", 9, stall_threshold=0.05)
+            end = time.perf_counter() + rnd.uniform(0.0, 0.3)
+            while time.perf_counter() < end:
+                if rnd.random() < 0.2:
+                    time.sleep(rnd.uniform(0.03, 0.08))  # around the threshold: caught or not
+                await asyncio.sleep(rnd.choice([0, 0.001, 0.01]))
+            # uvloop's close() cannot be guarded (no instance attributes): stop first there.
+            if kind == "uvloop" or rnd.random() < 0.5:
+                await monitor.stop()
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()  # on asyncio, the monitor still running or not
+
+    failed: list[BaseException] = []
+
+    def some(first: int) -> None:
+        try:
+            for seed in range(first, first + 6):
+                one(seed)
+        except BaseException as exc:
+            failed.append(exc)
+
+    # Daemon threads, so that a loop.close() that hangs fails the test instead of hanging it.
+    threads = [threading.Thread(target=some, args=(first,), daemon=True) for first in range(0, 24, 6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a loop.close() hung"
+    assert failed == []
+    assert handled == []
+    assert no_watchdog_soon()

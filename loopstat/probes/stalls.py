@@ -1,30 +1,33 @@
 """Stalls: a watchdog thread notices a loop that makes no progress and names the code it is stuck in.
 
 A loop shows progress at heartbeats and, on stdlib loops, each time it comes
-out of its selector. The watchdog thread, one per process, looks when some
-loop's last sign of progress may be ``threshold`` old, and if the loop is
-still stuck, captures the loop thread's stack. The stall is measured and
-reported by the loop itself, on the first beat after it ends.
+out of its selector. The watchdog thread, one per process and only while some
+loop is watched, looks when some loop's last sign of progress may be
+``threshold`` old, and if the loop is still stuck, captures the loop thread's
+stack. The stall is measured and reported by the loop itself, on the first
+beat after it ends; everything that costs time (walking the frames, reading
+source lines, naming the culprit) is done by the watchdog, off the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import linecache
 import logging
 import math
 import os
+import stat
 import sys
 import sysconfig
 import threading
 import time
-import traceback
-import weakref
 from dataclasses import dataclass
 from time import perf_counter
 from types import FrameType
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from weakref import WeakSet
 
 from loopstat.probes.utilization import SelectorClock
 
@@ -36,9 +39,28 @@ LOG_EVERY_SECONDS = 60.0
 MAX_LOCATIONS = 1000
 # The watchdog looks at least this often, even when every loop waits idle.
 PARKED_SECONDS = 1.0
+# A fork waits at most this long for the watchdog thread to end when no loop
+# is watched: Python 3.12+ warns about a fork in a process with threads.
+FORK_WAIT_SECONDS = 1.0
 
-# filename, line number, function, source line
-Frame = Tuple[str, int, str, str]
+# The watchdog walks at most this many frames from the innermost: it holds the
+# GIL while it walks, and the loop may want it back, whatever the depth.
+STACK_WALK = 1000
+# Frames kept in ``Stall.stack``: the innermost ones, where the loop is stuck,
+# and, when the walk reached them, the outermost ones, which say who runs it.
+STACK_INNER = 90
+STACK_OUTER = 10
+# ``Stall.stack`` is at most this many bytes (UTF-8), each of its lines at most
+# LINE_CHARS characters.
+STACK_BYTES = 64 * 1024
+LINE_CHARS = 240
+# Source lines are read only from regular files up to this size.
+SOURCE_BYTES = 4 * 1024 * 1024
+
+# filename, line number, function
+Frame = Tuple[str, int, str]
+# (filename, function) of the frames around a callback, outermost first.
+Outer = Tuple[Tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -50,10 +72,23 @@ class Stall:
     #: ``file:line in function`` of the innermost application frame, or None when
     #: the stall ended before the watchdog could look.
     location: Optional[str]
-    #: The loop thread's stack while it was stuck, innermost call last ("" if not captured).
+    #: The loop thread's stack while it was stuck, innermost call last ("" if not
+    #: captured); at most ``STACK_BYTES``, deep stacks cut in the middle.
     stack: str
     #: ``time.time()`` when the stall ended.
     ended: float
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What the watchdog saw of a stuck loop, ready to report."""
+
+    #: The progress mark of the stall it belongs to.
+    mark: float
+    location: Optional[str]
+    stack: str
+    #: Stuck in loopstat's own code: not the application's stall.
+    own: bool
 
 
 class StallProbe:
@@ -75,21 +110,27 @@ class StallProbe:
     ) -> None:
         self.threshold = threshold
         self.period = threshold / 10 if clock is not None else threshold / 4
+        #: The thread that runs the loop, as last seen by the loop itself.
         self.thread_id = threading.get_ident()
         self.beat = perf_counter()
-        #: Set by the watchdog: the progress mark of the stall it saw, and the stack.
-        self.capture: Optional[Tuple[float, Tuple[Frame, ...]]] = None
+        #: Set by the watchdog: what it captured of the stall it saw.
+        self.capture: Optional[Capture] = None
         #: Set by the watchdog when it found the loop not running (stopped between runs).
         self.paused = -math.inf
         #: Set by the watchdog while it waits for the loop to come out of its selector.
         self.parked = False
+        #: The frames around this loop's callbacks, taken by a callback on the
+        #: loop's thread: at its first turn, then at the first beat of each run.
+        self.outer: Outer = ()
+        self._outer_stale = True
         self._loop = loop
         self._clock = clock
         self._on_stall = on_stall
         self._handle: Optional[asyncio.Handle] = loop.call_later(self.period, self._beat)
+        loop.call_soon(self._learn)
         self._restart_posted = False
+        self._restart_posted_at = -math.inf
         self._closed = False
-        self._outer = _outer_frames()
         if clock is not None:
             clock.on_wake = self._woke
         _watchdog.watch(self)
@@ -100,11 +141,36 @@ class StallProbe:
         return self.beat if clock is None else max(self.beat, clock.woke)
 
     def _woke(self) -> None:
+        # A loop may run in another thread after a stop; its wakes move the mark.
+        self.thread_id = threading.get_ident()
         if self.parked:
             self.parked = False
             _watchdog.wake()
 
+    def _on_the_loop(self) -> None:
+        """Note, from a callback, which thread runs the loop and what lies around its callbacks."""
+        ident = threading.get_ident()
+        if ident != self.thread_id or self._outer_stale:
+            self.thread_id = ident
+            self._outer_stale = False
+            # The frame that runs the calling callback, and the ones around it:
+            # every callback of this run starts with them. Taken from a callback,
+            # not in install(), which may run inside a task started eagerly.
+            try:
+                around: Optional[FrameType] = sys._getframe(2)
+            except ValueError:  # run from C with no Python frame around: nothing to strip
+                around = None
+            self.outer = outer_of(around)
+
+    def _learn(self) -> None:
+        """The first callback: learn what is around the loop's callbacks before a stall needs it."""
+        self._on_the_loop()
+
     def _beat(self) -> None:
+        # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
+        # the watchdog then sees no beat and restarts it.
+        self._handle = None
+        self._on_the_loop()
         now = perf_counter()
         last_beat, mark = self.beat, self.mark()
         waited = mark > last_beat
@@ -122,19 +188,31 @@ class StallProbe:
         self._restart_posted = False
         if self._handle is not None or self._closed:
             return
+        self._on_the_loop()
         now = perf_counter()
         mark = self.mark()
         self.beat = now
         self._handle = self._loop.call_later(self.period, self._beat)
-        self._report(now, mark, mark)
+        # Stuck since the mark if the restart was posted a period after it, as it
+        # should; posted late (a beat that was interrupted), only since then.
+        self._report(now, max(mark, self._restart_posted_at - self.period), mark)
 
     def _report(self, now: float, started: float, mark: float) -> None:
         duration = now - started
         if duration <= self.threshold or self.paused >= mark:
             return
         capture = self.capture
-        frames = capture[1] if capture is not None and capture[0] == mark else ()
-        self._on_stall(Stall(duration * 1000.0, locate(frames, self._outer), format_stack(frames), time.time()))
+        if capture is None or capture.mark != mark:
+            capture = Capture(mark, None, "", False)
+        if capture.own:
+            log.debug(
+                "loopstat: the event loop was blocked for %.0f ms in loopstat's own code at %s; "
+                "not counted as a stall of the application",
+                duration * 1000.0,
+                capture.location,
+            )
+            return
+        self._on_stall(Stall(duration * 1000.0, capture.location, capture.stack, time.time()))
 
     def inspect(self, now: float) -> Optional[float]:
         """Called by the watchdog: capture the stack of a stuck loop.
@@ -143,8 +221,15 @@ class StallProbe:
         of its selector.
         """
         loop = self._loop
+        if self._closed:
+            return None  # gone with its monitor; nothing may be posted to its loop any more
         if not loop.is_running():
             self.paused = now
+            # The next run may be in another thread or called from elsewhere; its
+            # first beat learns that. (Nothing is posted to a loop that is not
+            # running: its thread may be closing it, and uvloop's close() is not
+            # safe against a call from another thread.)
+            self._outer_stale = True
             return now + self.threshold
         clock = self._clock
         if clock is not None:
@@ -163,18 +248,17 @@ class StallProbe:
                 return min(due, soon)
             if not self._restart_posted:
                 self._restart_posted = True
+                self._restart_posted_at = now
                 loop.call_soon_threadsafe(self._restart)
         if now < due:
             return due if self._handle is not None else min(due, now + self.period)
         capture = self.capture
-        if capture is None or capture[0] != mark:
-            frame = sys._current_frames().get(self.thread_id)
-            self.capture = (mark, frames_of(frame))
+        if capture is None or capture.mark != mark:
+            self.capture = capture_stack(mark, self.thread_id, self.outer)
         return now + self.threshold
 
     def close(self) -> None:
         self._closed = True  # a restart the watchdog posted may still be on its way
-        _watchdog.unwatch(self)
         if self._clock is not None:
             self._clock.on_wake = None
         # On a closed loop there is nothing left to cancel.
@@ -182,57 +266,100 @@ class StallProbe:
             if self._handle is not None:
                 self._handle.cancel()
         self._handle = None
+        _watchdog.unwatch(self)
 
 
 class _Watchdog:
-    """The one thread that looks at every watched loop, only when one may be stuck."""
+    """The thread that looks at every watched loop, only when one may be stuck; there while one is watched."""
 
     def __init__(self) -> None:
         # Weak: a loop dropped without stopping its monitor must still be collectable.
-        self._probes: weakref.WeakSet[StallProbe] = weakref.WeakSet()
+        self._probes: WeakSet[StallProbe] = WeakSet()
         self._changed = threading.Condition()
         self._thread: Optional[threading.Thread] = None
+        # Set when there is news since the thread last looked, so a wake() that
+        # comes while it looks is not lost.
+        self._news = False
 
     def watch(self, probe: StallProbe) -> None:
         with self._changed:
             self._probes.add(probe)
+            self._nudge()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="loopstat-watchdog", daemon=True)
                 self._thread.start()
-            self._changed.notify()
 
     def unwatch(self, probe: StallProbe) -> None:
         with self._changed:
             self._probes.discard(probe)
+            if not self._probes:
+                self._nudge()  # the thread ends on its next look
+
+    def end_if_idle(self, timeout: float) -> None:
+        """With no loop watched, wait at most ``timeout`` for the thread to end; called before a fork."""
+        with self._changed:
+            thread = self._thread
+            if thread is None or thread is threading.current_thread() or len(self._probes) > 0:
+                return
+            self._nudge()
+            self._changed.wait_for(lambda: self._thread is not thread, timeout)
+            if self._thread is thread:
+                return
+        thread.join(timeout)
 
     def wake(self) -> None:
         """A parked loop came out of its selector: look at it again."""
         with self._changed:
-            self._changed.notify()
+            self._nudge()
+
+    def _nudge(self) -> None:
+        self._news = True
+        self._changed.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._watch_loops()
+        finally:
+            with self._changed:
+                if self._thread is threading.current_thread():
+                    self._thread = None  # ended by an error: the next watch() starts another
+                self._changed.notify_all()
+
+    def _watch_loops(self) -> None:
         while True:
             with self._changed:
-                while not self._probes:
-                    self._changed.wait()
+                self._news = False
                 probes = list(self._probes)
-            now = perf_counter()
-            # Every loop parked: the next look is when one wakes (or, to be safe, in a while).
-            wake = now + PARKED_SECONDS
-            for probe in probes:
-                try:
-                    when = probe.inspect(now)
-                except Exception:  # a loop torn down under us: it will unwatch itself
-                    log.debug("loopstat: watchdog could not inspect a loop", exc_info=True)
-                    continue
-                if when is not None:
-                    wake = min(wake, when)
-            del probes
+                if not probes:
+                    self._thread = None
+                    return
+            wake = _look(probes, perf_counter())
+            del probes  # holding a probe would keep its loop alive
             with self._changed:
-                self._changed.wait(max(0.001, wake - perf_counter()))
+                if not self._news:
+                    self._changed.wait(max(0.001, wake - perf_counter()))
+
+
+def _look(probes: List[StallProbe], now: float) -> float:
+    """Inspect each loop; return when to look again."""
+    # Every loop parked: the next look is when one wakes (or, to be safe, in a while).
+    wake = now + PARKED_SECONDS
+    for probe in probes:
+        try:
+            when = probe.inspect(now)
+        except Exception:  # a loop torn down under us: it will unwatch itself
+            log.debug("loopstat: watchdog could not inspect a loop", exc_info=True)
+            continue
+        if when is not None:
+            wake = min(wake, when)
+    return wake
 
 
 _watchdog = _Watchdog()
+
+
+def _before_fork() -> None:
+    _watchdog.end_if_idle(FORK_WAIT_SECONDS)
 
 
 def _after_fork_in_child() -> None:
@@ -242,84 +369,177 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
-def frames_of(frame: Optional[FrameType]) -> Tuple[Frame, ...]:
-    """The stack ending at ``frame``, innermost last."""
-    stack: List[Frame] = []
-    for f, lineno in traceback.walk_stack(frame):
-        filename = f.f_code.co_filename
-        stack.append((filename, lineno, f.f_code.co_name, linecache.getline(filename, lineno).strip()))
-    stack.reverse()
-    return tuple(stack)
+def walk(frame: Optional[FrameType]) -> Tuple[List[Frame], bool]:
+    """The stack ending at ``frame``, innermost last, at most ``STACK_WALK`` deep; True if whole."""
+    frames: List[Frame] = []
+    while frame is not None and len(frames) < STACK_WALK:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno or 0, code.co_name))
+        frame = frame.f_back
+    whole = frame is None
+    frames.reverse()
+    return frames, whole
 
 
+def outer_of(frame: Optional[FrameType]) -> Outer:
+    """(file, function) of ``frame`` and the frames around it, outermost first; () if too deep to walk."""
+    frames, whole = walk(frame)
+    return tuple((f[0], f[2]) for f in frames) if whole else ()
+
+
+def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
+    # The frames are dropped before anything slow: held, they would keep the
+    # loop's locals alive and make a deep stack slower to unwind.
+    return walk(sys._current_frames().get(thread_id))
+
+
+def capture_stack(mark: float, thread_id: int, outer: Outer) -> Capture:
+    """What the thread that runs a stuck loop is doing; called by the watchdog, off the loop."""
+    frames, whole = _thread_stack(thread_id)
+    stack = format_stack(frames, whole)
+    callback = callback_frames(frames, whole, outer)
+    if callback is None:
+        return Capture(mark, None, stack, False)
+    # Stuck in loopstat's code, or in Python's called by it: loopstat's own doing.
+    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON), None)
+    own = innermost is not None and _kind(innermost[0]) == _LOOPSTAT_CODE
+    culprit = innermost if own else _culprit(callback)
+    return Capture(mark, _where(culprit), stack, own)
+
+
+def _where(frame: Optional[Frame]) -> Optional[str]:
+    return None if frame is None else f"{_short(frame[0], _cwd())}:{frame[1]} in {frame[2]}"
+
+
+_PYTHON, _LOOPSTAT_CODE, _PACKAGE, _APPLICATION = range(4)
 _PACKAGES = ("site-packages", "dist-packages")
 _STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("stdlib", "platstdlib")})
 _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 
-def _is_platform(filename: str) -> bool:
-    """Python's own code and loopstat's: never the culprit worth naming."""
-    if filename.startswith("<frozen") or filename.startswith(_LOOPSTAT):
-        return True
-    return filename.startswith(_STDLIB) and not any(part in filename for part in _PACKAGES)
+@functools.lru_cache(maxsize=1024)
+def _kind(filename: str) -> int:
+    """Whose code a file holds: Python's own, loopstat's, an installed package's or the application's."""
+    if filename.startswith(_LOOPSTAT):
+        return _LOOPSTAT_CODE
+    if any(part in filename for part in _PACKAGES):
+        return _PACKAGE
+    if filename.startswith("<frozen") or filename.startswith(_STDLIB):
+        return _PYTHON
+    return _APPLICATION
 
 
-def _outer_frames() -> Tuple[Tuple[str, str], ...]:
-    """(file, function) of the frames around the running callback: whoever runs the loop, and the loop.
+def callback_frames(frames: Sequence[Frame], whole: bool, outer: Outer) -> Optional[Sequence[Frame]]:
+    """The frames of the callback the loop is stuck in; None when it is stuck in the loop itself.
 
-    Called from the monitor's task. A stack that starts with these frames is
-    in a callback of this loop, and only what lies beyond them can be to blame.
+    ``outer`` are the frames around every callback of this run. A stack too
+    deep to walk whole is all callback: its outer frames are out of sight.
     """
-    task = asyncio.current_task()
-    coro = task.get_coro() if task is not None else None
-    frame = getattr(coro, "cr_frame", None)
-    if frame is None:
-        return ()
-    return tuple((f[0], f[2]) for f in frames_of(frame.f_back))
+    if not whole or not outer:
+        return frames
+    shared = 0
+    for frame, (filename, function) in zip(frames, outer):
+        if (frame[0], frame[2]) != (filename, function):
+            break
+        shared += 1
+    rest = frames[shared:]
+    if shared == len(outer):
+        return rest or None
+    if shared and all(_kind(f[0]) in (_PYTHON, _LOOPSTAT_CODE) for f in rest):
+        return None  # in the loop's own machinery, between callbacks
+    return frames  # a stack of another run: every frame may be to blame
 
 
-def locate(frames: Tuple[Frame, ...], outer: Tuple[Tuple[str, str], ...] = ()) -> Optional[str]:
-    """``file:line in function`` of the innermost application frame of the callback that blocked.
+def _culprit(frames: Sequence[Frame]) -> Optional[Frame]:
+    """The innermost frame of the application, else of an installed package, else the innermost.
 
     Installed packages come second to the application's own code, which is
-    what called them; Python's own modules and loopstat's never count. None
-    when the loop was stuck outside any callback (in the loop itself).
+    what called them; Python's own modules and loopstat's never count.
     """
-    if outer:
-        shared = 0
-        for frame, (filename, function) in zip(frames, outer):
-            if (frame[0], frame[2]) != (filename, function):
-                break
-            shared += 1
-        if shared == len(outer):
-            frames = frames[shared:]
-            if not frames:
-                return None
-        elif shared and all(_is_platform(f[0]) for f in frames[shared:]):
-            return None  # in the loop's own machinery, between callbacks
-    candidates = [f for f in frames if not _is_platform(f[0])]
-    own = [f for f in candidates if not any(part in f[0] for part in _PACKAGES)]
-    chosen = own or candidates or list(frames)
-    if not chosen:
-        return None
-    filename, lineno, function, _ = chosen[-1]
-    return f"{_short(filename)}:{lineno} in {function}"
+    package = None
+    for frame in reversed(frames):
+        kind = _kind(frame[0])
+        if kind == _APPLICATION:
+            return frame
+        if kind == _PACKAGE and package is None:
+            package = frame
+    return package or (frames[-1] if frames else None)
 
 
-def _short(filename: str) -> str:
-    cwd = os.path.join(os.getcwd(), "")
-    return filename[len(cwd) :] if filename.startswith(cwd) else filename
+def locate(frames: Sequence[Frame], outer: Outer = (), whole: bool = True) -> Optional[str]:
+    """``file:line in function`` of the innermost application frame of the callback that blocked.
+
+    None when the loop was stuck outside any callback (in the loop itself).
+    """
+    callback = callback_frames(frames, whole, outer)
+    return None if callback is None else _where(_culprit(callback))
 
 
-def format_stack(frames: Tuple[Frame, ...]) -> str:
-    lines = []
-    for filename, lineno, function, source in frames:
-        lines.append(f'  File "{filename}", line {lineno}, in {function}')
-        if source:
-            lines.append(f"    {source}")
+def _cwd() -> str:
+    try:
+        return os.path.join(os.getcwd(), "")
+    except OSError:  # the working directory was deleted: nothing to shorten
+        return ""
+
+
+def _short(filename: str, cwd: str) -> str:
+    return filename[len(cwd) :] if cwd and filename.startswith(cwd) else filename
+
+
+def _source(filename: str, lineno: int, readable: Dict[str, bool]) -> str:
+    """The source line, read only from a regular file of sane size; "" if there is none."""
+    try:
+        ok = readable.get(filename)
+        if ok is None:
+            info = os.stat(filename)
+            ok = readable[filename] = stat.S_ISREG(info.st_mode) and info.st_size <= SOURCE_BYTES
+        return linecache.getline(filename, lineno).strip() if ok else ""
+    except Exception:  # vanished, unreadable, undecodable: the frame is shown without it
+        readable[filename] = False
+        return ""
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
+
+
+def format_stack(frames: Sequence[Frame], whole: bool = True) -> str:
+    """Frames as a traceback, innermost last, deep stacks cut in the middle, at most ``STACK_BYTES``."""
+    if not whole:
+        kept_outer: Sequence[Frame] = ()
+        gap = f"  ... more than {len(frames) - STACK_INNER} outer frames left out (deeper than {STACK_WALK}) ..."
+    elif len(frames) > STACK_INNER + STACK_OUTER:
+        kept_outer = frames[:STACK_OUTER]
+        gap = f"  ... {len(frames) - STACK_INNER - STACK_OUTER} frames left out ..."
+    else:
+        kept_outer, gap = frames, ""
+    kept_inner = frames[-STACK_INNER:] if gap else ()
+    readable: Dict[str, bool] = {}
+
+    def lines_of(part: Sequence[Frame]) -> List[str]:
+        lines = []
+        for filename, lineno, function in part:
+            lines.append(_cut(f'  File "{filename}", line {lineno}, in {function}'))
+            source = _source(filename, lineno, readable)
+            if source:
+                lines.append(_cut(f"    {source}"))
+        return lines
+
+    outer_lines, inner_lines = lines_of(kept_outer), lines_of(kept_inner)
+    if gap:
+        outer_lines.append(gap)
+    # Over the byte limit, the outermost lines go first: the innermost show where it is stuck.
+    lines = outer_lines + inner_lines
+    size = sum(len(line.encode("utf-8", "replace")) + 1 for line in lines)
+    dropped = 0
+    while size > STACK_BYTES - 100 and lines:
+        size -= len(lines.pop(0).encode("utf-8", "replace")) + 1
+        dropped += 1
+    if dropped:
+        lines.insert(0, f"  ... {dropped} outer lines left out to keep the stack under {STACK_BYTES} bytes ...")
     return "\n".join(lines)
 
 
