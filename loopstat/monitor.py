@@ -64,6 +64,11 @@ class Monitor:
         self.last_stall: Optional[Stall] = None
         self._loop = loop
         self._sink = Sink(settings)
+        # A loop dropped without close() is collected with its sampler; the
+        # collector may finalize the socket before the sampler's cleanup runs,
+        # and warn about it. Weak-reference callbacks run before finalizers, so
+        # this one closes the socket first. It holds the sink, never the loop.
+        self._loop_gone = weakref.finalize(loop, self._sink.close)
         self._task: Optional[asyncio.Task[None]] = None
         self._coro: Optional[Coroutine[Any, Any, None]] = None
         self._close_guard: Optional[Tuple[Callable[[], None], Any]] = None
@@ -149,6 +154,7 @@ class Monitor:
         """
         with contextlib.ExitStack() as later:
             later.callback(self._sink.close)
+            later.callback(self._loop_gone.detach)
             later.callback(self._detach_probes)
             with _monitors_lock:
                 self._stopped = True
