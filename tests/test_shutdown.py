@@ -13,9 +13,12 @@ import pytest
 
 from tests.receiver import Receiver
 
+ROOT = Path(__file__).resolve().parent.parent
+
 APP = """
 import asyncio, gc, sys, time
 import loopstat
+sys.path.append({root!r})  # after loopstat: the tests' helper from the checkout, loopstat as installed
 from tests.inside import send_lines
 
 END = "{end}"
@@ -63,7 +66,7 @@ ENDINGS = (
 def run_app(tmp_path: Path, source: str, options: Sequence[str], **fields: object) -> subprocess.CompletedProcess[str]:
     """Run the program ``source``, its ``{fields}`` filled in, with the interpreter ``options``."""
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(source.format(**fields)))
+    script.write_text(textwrap.dedent(source.format(root=str(ROOT), **fields)))
     return subprocess.run([sys.executable, *options, str(script)], capture_output=True, text=True, timeout=60)
 
 
