@@ -417,11 +417,17 @@ def test_installing_from_threads_while_the_loop_starts_and_stops_raises_nothing_
             await monitor.stop()
 
     def owner() -> None:
-        """The loop's own thread: runs it briefly, again and again, stopping what was installed."""
+        """The loop's own thread: runs it briefly, again and again, stopping what was installed.
+
+        At least 400 rounds, and on a loaded machine more, until the installers got in
+        more than ten times (at most 10 s): the race must really have been run.
+        """
         try:
-            for _ in range(400):
+            rounds, deadline = 0, time.monotonic() + 10
+            while (rounds < 400 or len(monitors) <= 10) and time.monotonic() < deadline:
                 loop.run_until_complete(stop_all())
                 time.sleep(0)
+                rounds += 1
         finally:
             done.set()
 
