@@ -19,6 +19,7 @@ from loopstat import sink as _sink_module
 from loopstat.probes import executor as _executor
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
+from loopstat.probes import stalls as _stalls
 from loopstat.probes import tasks as _tasks
 from loopstat.probes.stalls import Stall, StallLog, StallProbe
 from loopstat.probes.utilization import SelectorClock, Utilization
@@ -312,6 +313,8 @@ def _after_fork_in_child() -> None:
     # The child gets copies of the parent's monitors; they must neither send
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
+    _gc.after_fork_in_child()
+    _stalls.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
     _sink_module.after_fork_in_child()  # first: closing a sink below may take its lock
     for ref in list(_monitors.values()):
@@ -323,8 +326,9 @@ def _after_fork_in_child() -> None:
     _monitors.clear()
 
 
+# The one fork hook of loopstat: every module's state that must not cross a fork is reset from here.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_stalls.before_fork, after_in_child=_after_fork_in_child)
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

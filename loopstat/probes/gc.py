@@ -7,7 +7,6 @@ there while at least one monitor asks for it.
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from time import perf_counter
 from typing import Any, Dict, Tuple
@@ -68,10 +67,7 @@ def unwatch(pauses: Pauses) -> None:
             gc.callbacks.remove(_on_gc)
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """Called in the child (loopstat/monitor.py holds the one fork hook)."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -358,18 +358,15 @@ def _look(probes: List[StallProbe], now: float) -> float:
 _watchdog = _Watchdog()
 
 
-def _before_fork() -> None:
+def before_fork() -> None:
+    """Called before ``os.fork()`` (loopstat/monitor.py holds the one fork hook)."""
     _watchdog.end_if_idle(FORK_WAIT_SECONDS)
 
 
-def _after_fork_in_child() -> None:
-    # The parent's thread does not exist here; the child starts its own when needed.
+def after_fork_in_child() -> None:
+    """Called in the child: the parent's thread does not exist here; the child starts its own when needed."""
     global _watchdog
     _watchdog = _Watchdog()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def walk(frame: Optional[FrameType]) -> Tuple[List[Frame], bool]:
