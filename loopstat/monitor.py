@@ -12,10 +12,11 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Callable, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union
+from typing import Any, Coroutine, List, Literal, Optional, Set, Type, Union
 
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
+from loopstat._stand_in import StandIn
 from loopstat.probes import executor as _executor
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
@@ -36,8 +37,6 @@ FAULT_LOG_SECONDS = 60.0
 # stop() waits at most this long for the sampler task to end once everything is
 # released; a task that lost its wake-up to Ctrl-C would never end.
 STOP_WAIT_SECONDS = 1.0
-# The attribute a wrapper found was the class's own, not an instance attribute.
-_ABSENT: Any = object()
 
 # Values are weak: a running sampler keeps its monitor alive, and a loop that
 # is dropped without being stopped must not be kept alive by the registry.
@@ -72,7 +71,7 @@ class Monitor:
         self._loop_gone = weakref.finalize(loop, self._sink.close)
         self._task: Optional[asyncio.Task[None]] = None
         self._coro: Optional[Coroutine[Any, Any, None]] = None
-        self._close_guard: Optional[Tuple[Callable[[], None], Any]] = None
+        self._close_guard: Optional[StandIn] = None
         self._stopped = False
         self._shut = False
         self._pid = os.getpid()
@@ -206,7 +205,6 @@ class Monitor:
         anything that waited for the sampler there could hang ``close()``.
         """
         loop = self._loop
-        previous = getattr(loop, "__dict__", {}).get("close", _ABSENT)
         inner = loop.close
         monitor_ref = weakref.ref(self)
 
@@ -216,23 +214,14 @@ class Monitor:
                 monitor._on_loop_close()
             inner()
 
-        try:
-            loop.close = close  # type: ignore[method-assign]
-        except AttributeError:  # a loop class without instance attributes
-            return
-        self._close_guard = (close, previous)
+        # None on a loop class without instance attributes: no guard there.
+        self._close_guard = StandIn.try_set(loop, "close", close)
 
     def _unguard_close(self) -> None:
+        # Left in another tool's chain, the guard finds the monitor shut and only passes the call on.
         guard, self._close_guard = self._close_guard, None
-        if guard is None:
-            return
-        close, previous = guard
-        if getattr(self._loop, "__dict__", {}).get("close") is not close:
-            return  # another tool wrapped close() after us: our guard stays in its chain, and only passes the call on
-        if previous is _ABSENT:
-            del self._loop.close
-        else:
-            self._loop.close = previous  # type: ignore[method-assign]
+        if guard is not None:
+            guard.remove()
 
     def _on_loop_close(self) -> None:
         self._shutdown()

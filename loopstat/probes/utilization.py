@@ -7,8 +7,7 @@ import selectors
 from time import perf_counter
 from typing import Any, Callable, List, Optional, Tuple
 
-# The selector had no ``select`` instance attribute before ours.
-_ABSENT: Any = object()
+from loopstat._stand_in import StandIn
 
 
 class SelectorClock:
@@ -28,9 +27,6 @@ class SelectorClock:
         self.waiting = False
         #: Called on the loop's thread each time it comes out of a wait.
         self.on_wake: Optional[Callable[[], None]] = None
-        self._selector = selector
-        # Another tool's wrapper, to put back on detach (absent: the class's own).
-        self._previous = vars(selector).get("select", _ABSENT)
         self._detached = False
         inner = selector.select
 
@@ -51,8 +47,7 @@ class SelectorClock:
                 if self.on_wake is not None:
                     self.on_wake()
 
-        self._select = select
-        selector.select = select  # type: ignore[method-assign]
+        self._stand_in = StandIn(selector, "select", select)
 
     @classmethod
     def attach(cls, loop: asyncio.AbstractEventLoop) -> Optional[SelectorClock]:
@@ -73,12 +68,7 @@ class SelectorClock:
         """
         self._detached = True
         self.on_wake = None
-        if vars(self._selector).get("select") is not self._select:
-            return
-        if self._previous is _ABSENT:
-            del self._selector.select
-        else:
-            self._selector.select = self._previous  # type: ignore[method-assign]
+        self._stand_in.remove()
 
 
 class Utilization:
