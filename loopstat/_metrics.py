@@ -11,6 +11,8 @@ from typing import Dict, Literal, Tuple
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
 Kind = Literal["g", "ms", "c"]
+# One line of a sample: (name after the prefix, StatsD type, value); the sink adds prefix and tags.
+Line = Tuple[str, Kind, float]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,15 @@ METRICS: Tuple[Metric, ...] = (
         "waiting for events; stdlib loops only",
     ),
     Metric(
+        "cpu",
+        "g",
+        "ratio",
+        "cpu",
+        "max",
+        "share of one core the loop's thread used since the previous sample (its CPU time over wall time); "
+        "utilization minus cpu is time callbacks spent blocked off the CPU (synchronous I/O, sleeps, locks)",
+    ),
+    Metric(
         "stalls",
         "c",
         "count",
@@ -79,6 +90,8 @@ METRICS: Tuple[Metric, ...] = (
 )
 
 #: Each metric name once, with how dashboards combine it across services.
+# The probes, in the order their lines appear in a sample: each a module of loopstat/probes.
+PROBES: Tuple[str, ...] = tuple(dict.fromkeys(metric.probe for metric in METRICS))
 ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
 #: Each metric name once, with its unit.
 UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import math
@@ -11,23 +12,23 @@ import os
 import threading
 import time
 import weakref
+from time import perf_counter
 from types import TracebackType
-from typing import Any, Coroutine, List, Literal, Optional, Set, Type, Union
+from typing import Any, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
+from loopstat._metrics import PROBES, Line
 from loopstat._stand_in import StandIn
-from loopstat.probes import executor as _executor
+from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
 from loopstat.probes import stalls as _stalls
-from loopstat.probes import tasks as _tasks
-from loopstat.probes.stalls import Stall, StallLog, StallProbe
-from loopstat.probes.utilization import SelectorClock, Utilization
-from loopstat.sink import Line, Sink
+from loopstat.probes.stalls import Stall
+from loopstat.sink import Sink
 from loopstat.tags import TagsArg
 
-log = logging.getLogger("loopstat")
+log = logging.getLogger(__name__)
 
 # install() asking a running monitor for other settings warns once for each of
 # this many different settings, then no more (a caller that varies them per call).
@@ -37,6 +38,11 @@ FAULT_LOG_SECONDS = 60.0
 # stop() waits at most this long for the sampler task to end once everything is
 # released; a task that lost its wake-up to Ctrl-C would never end.
 STOP_WAIT_SECONDS = 1.0
+
+# Each probe the metric catalogue names: its module's attach().
+_ATTACH: Tuple[Attach, ...] = tuple(
+    cast(Attach, importlib.import_module(f"loopstat.probes.{name}").attach) for name in PROBES
+)
 
 # Values are weak: a running sampler keeps its monitor alive, and a loop that
 # is dropped without being stopped must not be kept alive by the registry.
@@ -58,6 +64,8 @@ class Monitor:
         #: Share of the last sampling interval the loop spent running callbacks,
         #: 0 to 1; None on loops whose waits loopstat cannot time (uvloop) or when off.
         self.utilization: Optional[float] = None
+        #: Share of one core the loop's thread used in the last sampling interval, 0 to 1.
+        self.cpu: Optional[float] = None
         #: Stalls longer than ``stall_threshold`` seen so far.
         self.stalls = 0
         #: The latest of them, for a health page.
@@ -79,11 +87,8 @@ class Monitor:
         self._faults_held = 0
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
-        self._clock: Optional[SelectorClock] = None
-        self._utilization: Optional[Utilization] = None
-        self._stall_probe: Optional[StallProbe] = None
-        self._stall_log = StallLog()
-        self._gc_pauses: Optional[_gc.Pauses] = None
+        self._watched = Watched(loop, settings, self, self._sink.send, self._fault, self._own_tasks)
+        self._probes: List[Probe] = []
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -131,12 +136,14 @@ class Monitor:
             except Exception:
                 self._fault()
             while True:
+                self._watched.next_sample = perf_counter() + interval
                 lag = await _lag.overshoot(interval)
                 if self._stopped or self._pid != os.getpid():
                     return  # stopped meanwhile, or inherited by a forked child: the parent's, not ours
                 try:
                     sink.maintain()
-                    self._sample(lag)
+                    self.lag = lag
+                    self._sample()
                 except Exception:
                     self._fault()
         finally:
@@ -163,36 +170,17 @@ class Monitor:
                 self._unguard_close()
 
     def _attach_probes(self) -> None:
-        settings = self.settings
-        if settings.utilization or settings.stall_threshold is not None:
-            self._clock = SelectorClock.attach(self._loop)
-        if settings.utilization and self._clock is not None:
-            self._utilization = Utilization(self._clock)
-        if settings.stall_threshold is not None:
-            self._stall_probe = StallProbe(self._loop, settings.stall_threshold, self._clock, self._on_stall)
-        if settings.gc:
-            self._gc_pauses = _gc.watch()
+        for attach in _ATTACH:
+            probe = attach(self._watched)
+            if probe is not None:
+                self._probes.append(probe)
 
     def _detach_probes(self) -> None:
-        if self._stall_probe is not None:
-            self._stall_probe.close()
-            self._stall_probe = None
-        if self._clock is not None:
-            self._clock.detach()
-            self._clock = None
-        self._utilization = None
-        if self._gc_pauses is not None:
-            _gc.unwatch(self._gc_pauses)
-            self._gc_pauses = None
-
-    def _on_stall(self, stall: Stall) -> None:
-        try:
-            self.stalls += 1
-            self.last_stall = stall
-            self._stall_log.report(stall)
-            self._sink.send([("stalls", "c", 1), ("stall", "ms", round(stall.duration, 3))])
-        except Exception:
-            self._fault()
+        probes, self._probes = self._probes, []
+        with contextlib.ExitStack() as later:
+            later.callback(self._watched.close)  # last: the probes may still use what it shares
+            for probe in reversed(probes):
+                later.callback(probe.close)
 
     def _guard_close(self) -> None:
         """Make ``loop.close()`` release the monitor first, so nothing is left open.
@@ -233,23 +221,10 @@ class Monitor:
     def _own_tasks(self) -> Set[asyncio.Future[Any]]:
         return {self._task} if self._task is not None else set()
 
-    def _sample(self, lag: float) -> None:
-        tasks = _tasks.alive(self._loop, self._own_tasks())
-        self.lag = lag
-        self.tasks = tasks
-        # Microseconds are plenty and keep the datagrams short.
-        value = round(lag, 3)
-        lines: List[Line] = [("lag", "g", value), ("lag", "ms", value), ("tasks", "g", tasks)]
-        if self._utilization is not None:
-            self.utilization = self._utilization.read()
-            lines.append(("utilization", "g", round(self.utilization, 4)))
-        if self.settings.executor:
-            load = _executor.load(self._loop)
-            if load is not None:
-                lines.extend((("executor.queue", "g", load[0]), ("executor.threads", "g", load[1])))
-        if self._gc_pauses is not None:
-            pause, collections = self._gc_pauses.take()
-            lines.extend((("gc.pause", "g", round(pause, 3)), ("gc.collections", "c", collections)))
+    def _sample(self) -> None:
+        lines: List[Line] = []
+        for probe in self._probes:
+            probe.read(lines)
         self._sink.send(lines)
 
     def _fault(self) -> None:

@@ -39,10 +39,11 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
+from loopstat._metrics import Line
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined
 
-log = logging.getLogger("loopstat")
+log = logging.getLogger(__name__)
 
 # Datagrams going out this long with none refused mean the agent is back.
 # Linux limits ICMP errors to about one a second towards other hosts, so
@@ -62,8 +63,6 @@ MIN_UNIX_SEND_BUFFER = 32 * 1024
 # Send errors that mean a full buffer, not an absent Agent: drop and go on.
 _FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
-#: One metric to send: (name without prefix, StatsD type, value).
-Line = Tuple[str, str, float]
 #: Where to send: the socket family and the address to connect to.
 Address = Tuple[int, Tuple[Any, ...]]
 Lookup = Union[Tuple[int, Tuple[Any, ...]], BaseException]

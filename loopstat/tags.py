@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import List, Tuple, Union
 
-log = logging.getLogger("loopstat")
+log = logging.getLogger(__name__)
 
 TagValue = Union[str, int, float]
 TagsArg = Union[Mapping[str, TagValue], Iterable[str], None]

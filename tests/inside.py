@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import loopstat
-from loopstat.sink import Line
+from loopstat._metrics import Line
+from loopstat.probes.stalls import StallProbe, Stalls
 
 
 def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
     """Hand ``(name, type, value)`` lines to the monitor's sink, as a probe would."""
     monitor._sink.send(lines)
+
+
+def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
+    """The watch the stall watchdog keeps on the monitor's loop, or None when stalls are off."""
+    return next((probe.watch for probe in monitor._probes if isinstance(probe, Stalls)), None)

@@ -27,7 +27,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture, address: str) -> List[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "loopstat" and r.levelno >= logging.WARNING and address in r.getMessage()
+        if r.name.startswith("loopstat") and r.levelno >= logging.WARNING and address in r.getMessage()
     ]
 
 
@@ -35,7 +35,7 @@ def infos_of(caplog: pytest.LogCaptureFixture, address: str) -> List[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "loopstat" and r.levelno == logging.INFO and address in r.getMessage()
+        if r.name.startswith("loopstat") and r.levelno == logging.INFO and address in r.getMessage()
     ]
 
 

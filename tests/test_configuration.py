@@ -34,7 +34,7 @@ async def test_statsd_variables_configure_host_port_and_prefix(
     monkeypatch.setenv("STATSD_PREFIX", "fromenv")
     async with loopstat.install(interval=0.02, utilization=False, stall_threshold=None):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
-    assert {x.name for x in lines} == {"fromenv.lag", "fromenv.tasks"}
+    assert {x.name for x in lines} == {"fromenv.lag", "fromenv.cpu", "fromenv.tasks"}
 
 
 async def test_dd_agent_variables_beat_statsd_variables(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
@@ -61,7 +61,7 @@ async def test_arguments_beat_every_variable(monkeypatch: pytest.MonkeyPatch, re
         "127.0.0.1", receiver.port, prefix="fromarg", interval=0.02, utilization=False, stall_threshold=None
     ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
-    assert {x.name for x in lines} == {"fromarg.lag", "fromarg.tasks"}
+    assert {x.name for x in lines} == {"fromarg.lag", "fromarg.cpu", "fromarg.tasks"}
 
 
 async def test_host_and_port_resolve_independently(monkeypatch: pytest.MonkeyPatch) -> None:

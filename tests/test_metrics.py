@@ -16,11 +16,12 @@ async def test_each_sample_sends_lag_gauge_lag_timing_and_tasks_gauge(receiver: 
     async with loopstat.install(
         "127.0.0.1", receiver.port, prefix="myapp", interval=0.02, utilization=False, stall_threshold=None
     ):
-        lines = await receiver.wait_for(lambda lines: len(lines) >= 9)
-    assert [(x.name, x.type) for x in lines[:6]] == [
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 12)
+    assert [(x.name, x.type) for x in lines[:8]] == [
         ("myapp.lag", "g"),
         ("myapp.lag", "ms"),
         ("myapp.tasks", "g"),
+        ("myapp.cpu", "g"),
     ] * 2
     assert all(x.tags == () for x in lines)
 
@@ -49,7 +50,7 @@ async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Rec
 async def test_default_prefix_is_loopstat(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, utilization=False, stall_threshold=None):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
-    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
+    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.cpu", "loopstat.tasks"}
 
 
 async def test_empty_prefix_sends_bare_names(receiver: Receiver) -> None:
@@ -57,7 +58,7 @@ async def test_empty_prefix_sends_bare_names(receiver: Receiver) -> None:
         "127.0.0.1", receiver.port, prefix="", interval=0.02, utilization=False, stall_threshold=None
     ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
-    assert {x.name for x in lines} == {"lag", "tasks"}
+    assert {x.name for x in lines} == {"lag", "cpu", "tasks"}
 
 
 async def test_dogstatsd_flavor_sends_tags_on_every_line(receiver: Receiver) -> None:
@@ -89,7 +90,7 @@ async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_inj
         "127.0.0.1", receiver.port, tags=tags, interval=0.02, utilization=False, stall_threshold=None
     ):
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
-    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.tasks"}
+    assert {x.name for x in lines} == {"loopstat.lag", "loopstat.cpu", "loopstat.tasks"}
     assert dict(lines[0].tags) == {
         "a_b": "x_y",
         "c_d": "_1",
@@ -99,7 +100,7 @@ async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_inj
         "k_l": "m:n",
     }
     sent = [line for datagram in receiver.datagrams for line in datagram.split(b"\n")]
-    assert all(line.startswith((b"loopstat.lag:", b"loopstat.tasks:")) for line in sent)
+    assert all(line.startswith((b"loopstat.lag:", b"loopstat.tasks:", b"loopstat.cpu:")) for line in sent)
 
 
 async def test_lag_reflects_a_block_on_the_loop(receiver: Receiver) -> None:

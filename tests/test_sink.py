@@ -18,11 +18,12 @@ from aiodogstatsd.typedefs import MType
 import loopstat
 from loopstat import sink as sink_module
 from loopstat.settings import MAX_DATAGRAM, resolve
-from loopstat.sink import Line, Sink
+from loopstat._metrics import Line
+from loopstat.sink import Sink
 
 
 def records_of(caplog: pytest.LogCaptureFixture, level: int) -> List[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "loopstat" and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("loopstat") and r.levelno == level]
 
 
 # Canary: every aiodogstatsd name loopstat uses, and what it must keep doing.

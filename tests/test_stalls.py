@@ -22,6 +22,7 @@ import uvloop
 import loopstat
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
+from tests import inside
 from tests.receiver import Receiver
 
 
@@ -40,7 +41,7 @@ def stall_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "loopstat" and r.levelno == logging.WARNING and "blocked" in r.getMessage()
+        if r.name.startswith("loopstat") and r.levelno == logging.WARNING and "blocked" in r.getMessage()
     ]
 
 
@@ -156,7 +157,7 @@ async def test_stall_threshold_none_reports_no_stall_and_starts_no_watchdog(
         blocking_function(0.3)
         await receiver.wait_count("loopstat.tasks", "g", 4)
         watchdogs = [t for t in threading.enumerate() if t.name == "loopstat-watchdog"]
-        own_probe = monitor._stall_probe
+        own_probe = inside.stall_watch(monitor)
     assert (monitor.stalls, monitor.last_stall, own_probe) == (0, None, None)
     assert stall_warnings(loopstat_log) == []
     assert receiver.values("loopstat.stalls", "c") == []
@@ -201,7 +202,7 @@ async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_run
     """CPU starvation or a collection between callbacks: no application frame is to blame."""
     async with loopstat.install("127.0.0.1", 9) as monitor:
         await asyncio.sleep(0.05)
-        probe = monitor._stall_probe
+        probe = inside.stall_watch(monitor)
         assert probe is not None
         loop_thread = threading.get_ident()
 
@@ -219,7 +220,7 @@ async def test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_
     async with loopstat.install("127.0.0.1", 9) as monitor:
         for _ in range(10):  # a few turns of the loop, far less than a beat period
             await asyncio.sleep(0)
-        probe = monitor._stall_probe
+        probe = inside.stall_watch(monitor)
         assert probe is not None
         assert probe.outer
         # Around callbacks: the code that runs the loop, not this coroutine, which called install().

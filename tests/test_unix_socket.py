@@ -26,7 +26,8 @@ import pytest
 import loopstat
 from loopstat import bootstrap
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, resolve
-from loopstat.sink import Line, Sink
+from loopstat._metrics import Line
+from loopstat.sink import Sink
 from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent

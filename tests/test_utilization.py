@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from typing import Any, Optional
 
 import pytest
 
@@ -86,8 +87,59 @@ async def test_stop_gives_the_selector_its_own_select_back() -> None:
     selector = getattr(loop, "_selector", None)
     if selector is None:
         pytest.skip("uvloop has no Python selector")
+    own_class = type(selector)
     monitor = loopstat.install("127.0.0.1", 9, interval=0.02)
     await asyncio.sleep(0.05)
-    assert "select" in vars(selector)
-    await monitor.stop()
+    # A subclass whose select times the waits, not an instance attribute (which would
+    # defeat the interpreter's specialized method calls on every turn of the loop).
+    assert type(selector) is not own_class
+    assert isinstance(selector, own_class)
+    assert type(selector).select is not own_class.select
     assert "select" not in vars(selector)
+    await monitor.stop()
+    assert type(selector) is own_class
+    assert "select" not in vars(selector)
+
+
+def test_a_selector_another_tool_wrapped_first_is_timed_through_its_wrapper() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        selector: Any = loop._selector  # type: ignore[attr-defined]
+        inner, calls = selector.select, []
+
+        def their_select(timeout: Optional[float] = None) -> Any:
+            calls.append(timeout)
+            return inner(timeout)
+
+        selector.select = their_select
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.05, loop=loop, stall_threshold=None)
+        loop.run_until_complete(asyncio.sleep(0.3))  # idle: the loop waits, through their wrapper
+        assert monitor.utilization is not None
+        assert monitor.utilization < 0.5
+        assert any(timeout for timeout in calls), "their wrapper still sees the waits"
+        loop.run_until_complete(monitor.stop())
+        assert selector.select is their_select
+    finally:
+        loop.close()
+
+
+def test_a_tool_that_subclasses_the_selector_after_us_keeps_working_after_stop() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        selector: Any = loop._selector  # type: ignore[attr-defined]
+        monitor = loopstat.install("127.0.0.1", 9, interval=0.05, loop=loop, stall_threshold=None)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        ours, calls = type(selector), []
+
+        class Theirs(ours):  # type: ignore[misc,valid-type]
+            def select(self, timeout: Optional[float] = None) -> Any:
+                calls.append(timeout)
+                return super().select(timeout)
+
+        selector.__class__ = Theirs
+        loop.run_until_complete(monitor.stop())
+        assert type(selector) is Theirs, "their class is left in place"
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert calls, "and still runs, with ours inside only passing calls on"
+    finally:
+        loop.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
-from typing import Dict, Union
+from typing import Dict, Tuple, Union
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loopstat
+from loopstat._metrics import METRICS, Kind
 from loopstat.cli.statsd import parse_strict
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
 from loopstat.sink import Sink
@@ -29,7 +30,8 @@ tag_maps = st.dictionaries(hostile_text, tag_values, max_size=40)
 TagArg = Dict[str, Union[str, int, float]]
 
 
-SAMPLE = (("lag", "g"), ("lag", "ms"), ("tasks", "g"))
+# A sample as the monitor sends it: every metric of the catalogue.
+SAMPLE: Tuple[Tuple[str, Kind], ...] = tuple((metric.name, metric.type) for metric in METRICS)
 
 
 def datagrams_for(settings: Settings, value: float) -> list[bytes]:
@@ -126,6 +128,7 @@ async def test_hostile_tags_arrive_as_sanitized_tags_over_udp(receiver: Receiver
     assert {line.name for line in lines[start:]} <= {
         "fuzz.lag",
         "fuzz.tasks",
+        "fuzz.cpu",
         "fuzz.utilization",
         "fuzz.stalls",
         "fuzz.stall",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from loopstat import _options
 
-log = logging.getLogger("loopstat")
+log = logging.getLogger(__name__)
 
 #: The directory ``loopstat-run`` puts first on ``PYTHONPATH``: it holds only ``sitecustomize.py``.
 PYTHONPATH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pythonpath")

@@ -1,1 +1,75 @@
-"""Probes: each measures one aspect of a loop's health and knows nothing of sending."""
+"""Probes: each measures one aspect of a loop's health and knows nothing of sending.
+
+Every probe is one module here with one entry point, ``attach(watched)``,
+which returns a ``Probe`` (or None when its option is off or the loop cannot
+be measured that way). The monitor attaches the probes the metric catalogue
+names (``loopstat/_metrics.py``), in its order, asks each to ``read`` at every
+sample and closes them when it stops. A new probe is one module and its rows
+in the catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Set
+
+from loopstat._metrics import Line
+from loopstat.probes.selector_clock import SelectorClock
+from loopstat.settings import Settings
+
+if TYPE_CHECKING:
+    from loopstat.monitor import Monitor
+
+
+class Probe(Protocol):
+    """What the monitor asks of a probe; both calls run on the loop's thread."""
+
+    def read(self, lines: List[Line]) -> None:
+        """Add this sample's lines."""
+
+    def close(self) -> None:
+        """Release what ``attach`` took; never raises, safe to repeat."""
+
+
+class Watched:
+    """One monitored loop, as its probes see it: what they may read, and where readings and events go."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        monitor: Monitor,
+        send: Callable[[List[Line]], None],
+        fault: Callable[[], None],
+        own_tasks: Callable[[], Set[asyncio.Future[Any]]],
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        #: Where probes leave the latest readings for the application (``monitor.lag`` and so on).
+        self.monitor = monitor
+        #: Sends lines between samples (a stall, when it ends).
+        self.send = send
+        #: Called from an ``except`` block: logs the fault, at most once a minute.
+        self.fault = fault
+        #: loopstat's own tasks on the loop, which no count includes.
+        self.own_tasks = own_tasks
+        #: ``perf_counter()`` when the sampler is next due to wake the loop.
+        self.next_sample = 0.0
+        self._clock: Optional[SelectorClock] = None
+        self._clock_tried = False
+
+    def clock(self) -> Optional[SelectorClock]:
+        """The loop's selector clock, shared by the probes that ask; None on loops without a Python selector."""
+        if not self._clock_tried:
+            self._clock_tried = True
+            self._clock = SelectorClock.attach(self.loop)
+        return self._clock
+
+    def close(self) -> None:
+        """Detach what the probes shared; after every probe is closed."""
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            clock.detach()
+
+
+Attach = Callable[[Watched], Optional[Probe]]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
+
+from loopstat._metrics import Line
+from loopstat.probes import Watched
 
 
 def default_executor(loop: asyncio.AbstractEventLoop) -> Optional[ThreadPoolExecutor]:
@@ -23,3 +26,22 @@ def load(loop: asyncio.AbstractEventLoop) -> Optional[Tuple[int, int]]:
     if executor is None:
         return None
     return executor._work_queue.qsize(), len(executor._threads)
+
+
+class Executor:
+    """Reports the default executor's queue and threads at each sample, once the loop has one."""
+
+    def __init__(self, watched: Watched) -> None:
+        self._loop = watched.loop
+
+    def read(self, lines: List[Line]) -> None:
+        now = load(self._loop)
+        if now is not None:
+            lines.extend((("executor.queue", "g", now[0]), ("executor.threads", "g", now[1])))
+
+    def close(self) -> None:
+        pass
+
+
+def attach(watched: Watched) -> Optional[Executor]:
+    return Executor(watched) if watched.settings.executor else None

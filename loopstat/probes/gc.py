@@ -9,7 +9,10 @@ from __future__ import annotations
 import gc
 import threading
 from time import perf_counter
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from loopstat._metrics import Line
+from loopstat.probes import Watched
 
 
 class Pauses:
@@ -23,6 +26,13 @@ class Pauses:
         self._count += 1
         if seconds > self._longest:
             self._longest = seconds
+
+    def read(self, lines: List[Line]) -> None:
+        pause, collections = self.take()
+        lines.extend((("gc.pause", "g", round(pause, 3)), ("gc.collections", "c", collections)))
+
+    def close(self) -> None:
+        unwatch(self)
 
     def take(self) -> Tuple[float, int]:
         """(longest pause in ms, collections) since the previous call; resets both."""
@@ -65,6 +75,10 @@ def unwatch(pauses: Pauses) -> None:
         _readers = tuple(r for r in _readers if r is not pauses)
         if not _readers and _on_gc in gc.callbacks:
             gc.callbacks.remove(_on_gc)
+
+
+def attach(watched: Watched) -> Optional[Pauses]:
+    return watch() if watched.settings.gc else None
 
 
 def after_fork_in_child() -> None:

@@ -29,9 +29,11 @@ from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from weakref import WeakSet
 
-from loopstat.probes.utilization import SelectorClock
+from loopstat._metrics import Line
+from loopstat.probes import Watched
+from loopstat.probes.selector_clock import Events, SelectorClock
 
-log = logging.getLogger("loopstat")
+log = logging.getLogger(__name__)
 
 # A location that keeps stalling is logged at most this often.
 LOG_EVERY_SECONDS = 60.0
@@ -140,7 +142,7 @@ class StallProbe:
         clock = self._clock
         return self.beat if clock is None else max(self.beat, clock.woke)
 
-    def _woke(self) -> None:
+    def _woke(self, events: Events, end: float) -> None:
         # A loop may run in another thread after a stop; its wakes move the mark.
         self.thread_id = threading.get_ident()
         if self.parked:
@@ -538,6 +540,38 @@ def format_stack(frames: Sequence[Frame], whole: bool = True) -> str:
     if dropped:
         lines.insert(0, f"  ... {dropped} outer lines left out to keep the stack under {STACK_BYTES} bytes ...")
     return "\n".join(lines)
+
+
+class Stalls:
+    """The stall probe of one monitor: counts and logs each stall, and sends it when it ends."""
+
+    def __init__(self, watched: Watched, threshold: float) -> None:
+        self._watched = watched
+        self._log = StallLog()
+        #: The loop's watch, looked at by the watchdog thread.
+        self.watch = StallProbe(watched.loop, threshold, watched.clock(), self._on_stall)
+
+    def _on_stall(self, stall: Stall) -> None:
+        watched = self._watched
+        try:
+            monitor = watched.monitor
+            monitor.stalls += 1
+            monitor.last_stall = stall
+            self._log.report(stall)
+            watched.send([("stalls", "c", 1), ("stall", "ms", round(stall.duration, 3))])
+        except Exception:
+            watched.fault()
+
+    def read(self, lines: List[Line]) -> None:
+        pass  # stalls are sent as they end, not at samples
+
+    def close(self) -> None:
+        self.watch.close()
+
+
+def attach(watched: Watched) -> Optional[Stalls]:
+    threshold = watched.settings.stall_threshold
+    return None if threshold is None else Stalls(watched, threshold)
 
 
 class StallLog:
