@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
+import socket
 import statistics
 import time
+import types
 from typing import Any, Optional
 
 import pytest
 
 import loopstat
+from loopstat.probes.selector_clock import SelectorClock
 from tests.receiver import Receiver
 
 
@@ -90,15 +94,16 @@ async def test_stop_gives_the_selector_its_own_select_back() -> None:
     own_class = type(selector)
     monitor = loopstat.install("127.0.0.1", 9, interval=0.02)
     await asyncio.sleep(0.05)
-    # A subclass whose select times the waits, not an instance attribute (which would
-    # defeat the interpreter's specialized method calls on every turn of the loop).
-    assert type(selector) is not own_class
-    assert isinstance(selector, own_class)
-    assert type(selector).select is not own_class.select
-    assert "select" not in vars(selector)
+    # In its place, a selector of a subclass whose select times the waits: not an instance
+    # attribute, which would defeat the interpreter's specialized method calls on every turn.
+    timed: Any = getattr(loop, "_selector", None)
+    assert timed is not selector
+    assert type(timed).__bases__ == (own_class,)
+    assert type(timed).select is not own_class.select
+    assert timed.get_map() is selector.get_map(), "one selector state, shared"
     await monitor.stop()
+    assert getattr(loop, "_selector", None) is selector
     assert type(selector) is own_class
-    assert "select" not in vars(selector)
 
 
 def test_a_selector_another_tool_wrapped_first_is_timed_through_its_wrapper() -> None:
@@ -126,9 +131,9 @@ def test_a_selector_another_tool_wrapped_first_is_timed_through_its_wrapper() ->
 def test_a_tool_that_subclasses_the_selector_after_us_keeps_working_after_stop() -> None:
     loop = asyncio.new_event_loop()
     try:
-        selector: Any = loop._selector  # type: ignore[attr-defined]
         monitor = loopstat.install("127.0.0.1", 9, interval=0.05, loop=loop, stall_threshold=None)
         loop.run_until_complete(asyncio.sleep(0.05))
+        selector: Any = loop._selector  # type: ignore[attr-defined]
         ours, calls = type(selector), []
 
         class Theirs(ours):  # type: ignore[misc,valid-type]
@@ -138,8 +143,47 @@ def test_a_tool_that_subclasses_the_selector_after_us_keeps_working_after_stop()
 
         selector.__class__ = Theirs
         loop.run_until_complete(monitor.stop())
-        assert type(selector) is Theirs, "their class is left in place"
+        assert loop._selector is selector, "their selector is left in place"  # type: ignore[attr-defined]
+        assert type(selector) is Theirs
         loop.run_until_complete(asyncio.sleep(0.05))
         assert calls, "and still runs, with ours inside only passing calls on"
     finally:
         loop.close()
+
+
+def test_the_busy_loops_poll_reports_what_the_stdlib_selector_reports() -> None:
+    """The timed selector's own poll (Linux epoll) against the stdlib's, on real sockets in every state."""
+    if not hasattr(selectors, "EpollSelector"):
+        pytest.skip("epoll is Linux's")
+    pairs = [socket.socketpair() for _ in range(4)]
+    selector = selectors.EpollSelector()
+    holder = types.SimpleNamespace(_selector=selector)  # stands for the loop that holds the selector
+    try:
+        quiet, readable, hung_up, reader_only = pairs
+        readable[1].send(b"x")
+        hung_up[1].close()
+        reader_only[1].send(b"y")
+        for a in (quiet[0], readable[0], hung_up[0]):
+            selector.register(a, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        selector.register(reader_only[0], selectors.EVENT_READ)
+        clock = SelectorClock(holder, selector)  # type: ignore[arg-type]
+        timed = holder._selector
+        assert timed is not selector
+
+        def by_fd(events: Any) -> Any:
+            return sorted((key.fd, mask) for key, mask in events)
+
+        ours = by_fd(timed.select(0))
+        assert ours == by_fd(selectors.EpollSelector.select(selector, 0))
+        # Every state showed up: writable, readable and writable, hang-up, read interest only.
+        assert len(ours) == 4
+        assert dict(ours)[reader_only[0].fileno()] == selectors.EVENT_READ
+        assert clock.idle == 0.0, "a poll is not a wait"
+        clock.detach()
+        assert holder._selector is selector
+    finally:
+        selector.close()
+        for a, b in pairs:
+            a.close()
+            if b.fileno() >= 0:
+                b.close()
