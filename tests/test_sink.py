@@ -17,8 +17,8 @@ from aiodogstatsd.typedefs import MType
 
 import loopstat
 from loopstat import sink as sink_module
-from loopstat.settings import MAX_DATAGRAM, resolve
 from loopstat._metrics import Line
+from loopstat.settings import MAX_DATAGRAM, resolve
 from loopstat.sink import Sink
 
 
