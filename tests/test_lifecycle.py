@@ -29,24 +29,15 @@ async def test_install_is_a_plain_function_usable_from_sync_startup_hooks(receiv
     await monitor.stop()
 
 
-async def test_second_install_on_the_same_loop_returns_the_running_monitor(
-    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("interval", "warns"), [(0.02, False), (0.5, True)], ids=["same-settings", "other-settings"])
+async def test_second_install_on_the_same_loop_keeps_the_running_monitor_and_warns_if_its_settings_differ(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, interval: float, warns: bool
 ) -> None:
     first = loopstat.install("127.0.0.1", receiver.port, interval=0.02)
-    again = loopstat.install("127.0.0.1", receiver.port, interval=0.02)
+    again = loopstat.install("127.0.0.1", receiver.port, interval=interval)
     assert again is first
-    assert "different settings" not in loopstat_log.text
-    await first.stop()
-
-
-async def test_second_install_with_other_settings_warns_and_keeps_the_running_monitor(
-    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
-) -> None:
-    first = loopstat.install("127.0.0.1", receiver.port, interval=0.02)
-    other = loopstat.install("127.0.0.1", receiver.port, interval=0.5)
-    assert other is first
-    assert other.settings.interval == 0.02
-    assert "different settings" in loopstat_log.text
+    assert again.settings.interval == 0.02
+    assert ("different settings" in loopstat_log.text) == warns
     await first.stop()
 
 
