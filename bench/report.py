@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from bench import fidelity, idle, instructions, stats, web, workloads
 from bench.variants import DESCRIPTIONS
@@ -94,6 +95,23 @@ def _skip_row(name: str, columns: int, skipped: Dict[str, str]) -> List[str]:
     return [name, f"skipped: {skipped[name]}"] + ["-"] * (columns - 2)
 
 
+def _variant_rows(
+    names: Sequence[str],
+    skipped: Dict[str, str],
+    columns: int,
+    loops: Iterable[str],
+    cells: Callable[[str, str], List[str]],
+) -> List[List[str]]:
+    """One row per variant: its name, then ``cells(name, loop)`` for each loop; a skipped one says why."""
+    rows = []
+    for name in names:
+        if name in skipped:
+            rows.append(_skip_row(name, columns, skipped))
+        else:
+            rows.append([name, *(cell for loop in loops for cell in cells(name, loop))])
+    return rows
+
+
 def overhead_tables(
     results: workloads.Results, names: Sequence[str], skipped: Dict[str, str], targets: List[Target]
 ) -> str:
@@ -108,26 +126,30 @@ def overhead_tables(
         header = ["variant"]
         for loop in by_loop:
             header += [f"{loop} /s", f"{loop} /CPU s", f"{loop} ratio (CPU)", f"{loop} ratio (wall)"]
-        rows = []
-        for name in names:
-            if name in skipped:
-                rows.append(_skip_row(name, len(header), skipped))
-                continue
-            row = [name]
-            for loop, by_variant in by_loop.items():
-                runs, base = by_variant[name], by_variant[BASELINE]
-                r = stats.ratios([x.cpu for x in runs], [x.cpu for x in base])
-                wall = stats.ratios([x.wall for x in runs], [x.wall for x in base])
-                row += [rate(stats.median([x.wall for x in runs])), rate(stats.median([x.cpu for x in runs]))]
-                row += [ratio(r), ratio(wall)] if name != BASELINE else ["baseline", "baseline"]
-                if name == TARGET_VARIANT:
-                    goal = goals[workload]
-                    what = f"overhead, {workload} (CPU rate)"
-                    goal_text = f"≥ {(goal - 1) * 100:.0f}% (ratio ≥ {goal})"
-                    targets.append(Target(what, loop, change(r), goal_text, judge(r, lowest=goal)))
-            rows.append(row)
+        cells = functools.partial(_overhead_cells, workload, by_loop, goals[workload], targets)
+        rows = _variant_rows(names, skipped, len(header), by_loop, cells)
         out.append(f"#### {workloads.TITLES[workload]}\n\n{table(header, rows)}")
     return "\n\n".join(out)
+
+
+def _overhead_cells(
+    workload: str,
+    by_loop: Dict[str, Dict[str, List[workloads.Rate]]],
+    goal: float,
+    targets: List[Target],
+    name: str,
+    loop: str,
+) -> List[str]:
+    runs, base = by_loop[loop][name], by_loop[loop][BASELINE]
+    r = stats.ratios([x.cpu for x in runs], [x.cpu for x in base])
+    wall = stats.ratios([x.wall for x in runs], [x.wall for x in base])
+    row = [rate(stats.median([x.wall for x in runs])), rate(stats.median([x.cpu for x in runs]))]
+    row += [ratio(r), ratio(wall)] if name != BASELINE else ["baseline", "baseline"]
+    if name == TARGET_VARIANT:
+        what = f"overhead, {workload} (CPU rate)"
+        goal_text = f"≥ {(goal - 1) * 100:.0f}% (ratio ≥ {goal})"
+        targets.append(Target(what, loop, change(r), goal_text, judge(r, lowest=goal)))
+    return row
 
 
 def http_table(results: web.Results, names: Sequence[str], skipped: Dict[str, str], targets: List[Target]) -> str:
@@ -135,27 +157,24 @@ def http_table(results: web.Results, names: Sequence[str], skipped: Dict[str, st
     header = ["variant"]
     for loop in results:
         header += [f"{loop} req/s", "ratio", f"{loop} p99 ms", "ratio", f"{loop} server CPU µs/req", "ratio"]
-    rows = []
-    for name in names:
-        if name in skipped:
-            rows.append(_skip_row(name, len(header), skipped))
-            continue
-        row = [name]
-        for loop, by_variant in results.items():
-            runs, base = by_variant[name], by_variant[BASELINE]
-            rps = stats.ratios([x.rps for x in runs], [x.rps for x in base])
-            p99 = stats.ratios([x.p99_ms for x in runs], [x.p99_ms for x in base])
-            cpu = stats.ratios([x.server_cpu_us for x in runs], [x.server_cpu_us for x in base])
-            shown = [ratio(rps), ratio(p99), ratio(cpu)] if name != BASELINE else ["baseline"] * 3
-            row += [rate(stats.median([x.rps for x in runs])), shown[0]]
-            row += [ms(stats.median([x.p99_ms for x in runs])), shown[1]]
-            row += [f"{stats.median([x.server_cpu_us for x in runs]):.0f}", shown[2]]
-            if name == TARGET_VARIANT:
-                targets.append(Target("HTTP req/s", loop, change(rps), "≥ -0.5%", judge(rps, lowest=0.995)))
-                targets.append(Target("HTTP p99 latency", loop, change(p99), "≤ +0.5%", judge(p99, highest=1.005)))
-                what = "HTTP server CPU per request (steadier proxy)"
-                targets.append(Target(what, loop, change(cpu), "≤ +0.5%", judge(cpu, highest=1.005)))
-        rows.append(row)
+
+    def cells(name: str, loop: str) -> List[str]:
+        runs, base = results[loop][name], results[loop][BASELINE]
+        rps = stats.ratios([x.rps for x in runs], [x.rps for x in base])
+        p99 = stats.ratios([x.p99_ms for x in runs], [x.p99_ms for x in base])
+        cpu = stats.ratios([x.server_cpu_us for x in runs], [x.server_cpu_us for x in base])
+        shown = [ratio(rps), ratio(p99), ratio(cpu)] if name != BASELINE else ["baseline"] * 3
+        row = [rate(stats.median([x.rps for x in runs])), shown[0]]
+        row += [ms(stats.median([x.p99_ms for x in runs])), shown[1]]
+        row += [f"{stats.median([x.server_cpu_us for x in runs]):.0f}", shown[2]]
+        if name == TARGET_VARIANT:
+            targets.append(Target("HTTP req/s", loop, change(rps), "≥ -0.5%", judge(rps, lowest=0.995)))
+            targets.append(Target("HTTP p99 latency", loop, change(p99), "≤ +0.5%", judge(p99, highest=1.005)))
+            what = "HTTP server CPU per request (steadier proxy)"
+            targets.append(Target(what, loop, change(cpu), "≤ +0.5%", judge(cpu, highest=1.005)))
+        return row
+
+    rows = _variant_rows(names, skipped, len(header), results, cells)
     errors = sum(x.errors for by_variant in results.values() for runs in by_variant.values() for x in runs)
     note = f"\n\nClient errors: {errors}." if errors else ""
     return table(header, rows) + note
@@ -342,7 +361,6 @@ def instruction_tables(
         header = ["variant"]
         for loop in loop_names:
             header += [f"{loop} instr/op", "extra per op", "timers, instr/s busy", "at native speed"]
-        rows = []
         notes = []
         for loop in loop_names:
             base = found.get((workload, loop, BASELINE))
@@ -355,30 +373,32 @@ def instruction_tables(
                 f"{native[(workload, loop)]:,.0f} operations per native CPU second = {per_second / 1e9:.2f} G "
                 "instructions per second; at native speed = extra per op ÷ none per op + timers ÷ that."
             )
-        for name in names:
-            if name in skipped:
-                rows.append(_skip_row(name, len(header), skipped))
-                continue
-            row = [name]
-            for loop in loop_names:
-                cost = found.get((workload, loop, name))
-                if cost is None:
-                    row += ["n/a", "-", "-", "-"]
-                    continue
-                base = found.get((workload, loop, BASELINE))
-                if base is None:
-                    row += [f"{cost.per_op:,.0f}", "-", "-", "-"]
-                    continue
-                op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
-                row += [
-                    f"{cost.per_op:,.0f}",
-                    f"{cost.per_op - base.per_op:+,.0f} ({op * 100:+.2f}%)",
-                    f"{cost.busy_per_second / 1e6:.2f}M ({sec * 100:.3f}%)",
-                    f"**{(op + sec) * 100:+.2f}%**",
-                ]
-            rows.append(row)
+        cells = functools.partial(_instruction_cells, found, native, workload)
+        rows = _variant_rows(names, skipped, len(header), loop_names, cells)
         out.append(f"#### {COUNTED_TITLES[workload]}\n\n{table(header, rows)}\n\n" + "\n".join(notes))
     return "\n\n".join(out)
+
+
+def _instruction_cells(
+    found: Dict[Tuple[str, str, str], instructions.Cost],
+    native: Dict[Tuple[str, str], float],
+    workload: str,
+    name: str,
+    loop: str,
+) -> List[str]:
+    cost = found.get((workload, loop, name))
+    if cost is None:
+        return ["n/a", "-", "-", "-"]
+    base = found.get((workload, loop, BASELINE))
+    if base is None:
+        return [f"{cost.per_op:,.0f}", "-", "-", "-"]
+    op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
+    return [
+        f"{cost.per_op:,.0f}",
+        f"{cost.per_op - base.per_op:+,.0f} ({op * 100:+.2f}%)",
+        f"{cost.busy_per_second / 1e6:.2f}M ({sec * 100:.3f}%)",
+        f"**{(op + sec) * 100:+.2f}%**",
+    ]
 
 
 def idle_instructions_table(rates: Dict[Tuple[str, str], float], names: Sequence[str]) -> str:

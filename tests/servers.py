@@ -168,15 +168,22 @@ def _wait_until(ready: Callable[[], bool], process: Process, timeout: float, wha
         time.sleep(0.05)
 
 
-def _start_retrying(attempt: Callable[[], Process]) -> Process:
-    """Start a server with ``attempt``, up to three times: a port free when chosen may be taken
-    before the server binds it. An attempt that fails stops its process and raises ServerError."""
+def _start_retrying(launch: Callable[[], Process], ready: Callable[[Process], None]) -> Process:
+    """Start a server, up to three times: a port free when chosen may be taken before the server binds it.
+
+    ``launch`` picks ports and starts the process; ``ready`` waits for it and raises
+    ServerError if it does not come up, and then the process is stopped.
+    """
     for tries_left in (2, 1, 0):
+        process = launch()
         try:
-            return attempt()
+            ready(process)
         except ServerError:
+            process.stop()
             if not tries_left:
                 raise
+        else:
+            return process
     raise AssertionError("unreachable")
 
 
@@ -277,7 +284,7 @@ LOG_CREATES = True
     def start(self, timeout: float = 60.0) -> None:
         executable = carbon_cache()
 
-        def attempt() -> Process:
+        def launch() -> Process:
             # Carbon cannot report an ephemeral port; pick free ones, and
             # others if something takes one before carbon does.
             self.line_port = free_port(socket.SOCK_STREAM)
@@ -285,17 +292,12 @@ LOG_CREATES = True
             config = self._write_config()
             for stale in (self.root / "run").glob("*.pid"):
                 stale.unlink()
-            process = Process(
-                [executable, f"--config={config}", "--debug", "start"], self.root / "carbon.log", self.root
-            )
-            try:
-                _wait_until(functools.partial(self._listening, process), process, timeout, "carbon-cache")
-            except ServerError:
-                process.stop()
-                raise
-            return process
+            return Process([executable, f"--config={config}", "--debug", "start"], self.root / "carbon.log", self.root)
 
-        self._process = _start_retrying(attempt)
+        def ready(process: Process) -> None:
+            _wait_until(functools.partial(self._listening, process), process, timeout, "carbon-cache")
+
+        self._process = _start_retrying(launch, ready)
 
     def stop(self) -> None:
         """Kill carbon-cache: its files are thrown away, and a clean stop waits on its writer's sleep."""
@@ -525,31 +527,24 @@ class Statsd:
         node = command("node")
         self.root.mkdir(parents=True, exist_ok=True)
 
-        def attempt() -> Process:
+        def launch() -> Process:
             if not self._fixed_port:
                 self.port = free_port(socket.SOCK_DGRAM)
             self.mgmt_port = free_port(socket.SOCK_STREAM)
             self._starts += 1
             config = self.root / f"config-{self._starts}.js"
             config.write_text(json.dumps(self._config(), indent=2))
-            process = Process([node, str(script), str(config)], self.root / "statsd.log", script.parent)
-            try:
-                _wait_until(
-                    lambda: _tcp_open(self.mgmt_port) and _udp_bound(self.port),
-                    process,
-                    timeout,
-                    f"statsd on udp {self.port}",
-                )
-                # statsd dies when its UDP port is taken: give that a moment to show.
-                time.sleep(0.05)
-                if not process.alive() or "health: up" not in self.command("health"):
-                    raise ServerError(f"statsd on udp {self.port} did not come up:\n{process.output()}")
-            except ServerError:
-                process.stop()
-                raise
-            return process
+            return Process([node, str(script), str(config)], self.root / "statsd.log", script.parent)
 
-        self._process = _start_retrying(attempt)
+        def ready(process: Process) -> None:
+            what = f"statsd on udp {self.port}"
+            _wait_until(lambda: _tcp_open(self.mgmt_port) and _udp_bound(self.port), process, timeout, what)
+            # statsd dies when its UDP port is taken: give that a moment to show.
+            time.sleep(0.05)
+            if not process.alive() or "health: up" not in self.command("health"):
+                raise ServerError(f"{what} did not come up:\n{process.output()}")
+
+        self._process = _start_retrying(launch, ready)
 
     def kill(self) -> None:
         """Kill statsd outright (SIGKILL), as a crash would; ``start()`` brings it back on the same port."""

@@ -6,17 +6,25 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 from tests.receiver import Receiver
-from tests.web_servers import free_tcp_port, http_get, start_server, stop_server
+from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, start_server, stop_server
 
 
-def start(tmp_path: Path, source: str, ready: str) -> subprocess.Popen[str]:
+def start(tmp_path: Path, source: str, ready: str, spawned: List[subprocess.Popen[str]]) -> subprocess.Popen[str]:
     """Run ``source`` under ``python -X dev`` (every warning shown) until it logs ``ready``."""
     path = tmp_path / "app.py"
     path.write_text(textwrap.dedent(source))
-    return start_server([sys.executable, "-X", "dev", str(path)], ready)
+    return start_server([sys.executable, "-X", "dev", str(path)], ready, spawned)
+
+
+def check_app(proc: subprocess.Popen[str], port: int, body: bytes, receiver: Receiver, troubles: Sequence[str]) -> None:
+    """The app answers ``body``, sends ``web.lag``, and ends on Ctrl-C with none of ``troubles`` on its stderr."""
+    check_serves_and_sends(port, body, receiver, "web.lag")
+    err = stop_server(proc)
+    for trouble in troubles:
+        assert trouble not in err, err
 
 
 def test_starlette_lifespan_runs_loopstat_with_the_app(
@@ -48,13 +56,9 @@ def test_starlette_lifespan_runs_loopstat_with_the_app(
         uvicorn.run(app, host="127.0.0.1", port={port})
         """,
         "Uvicorn running on",
+        spawned,
     )
-    spawned.append(proc)
-    assert http_get(port) == b"ok True"
-    receiver.settle(lambda lines: any(x.name == "web.lag" for x in lines))
-    err = stop_server(proc)
-    for trouble in ("Warning", "Traceback", "ERROR"):
-        assert trouble not in err, err
+    check_app(proc, port, b"ok True", receiver, ("Warning", "Traceback", "ERROR"))
 
 
 def test_aiohttp_cleanup_ctx_runs_loopstat_with_the_app(
@@ -63,24 +67,14 @@ def test_aiohttp_cleanup_ctx_runs_loopstat_with_the_app(
     port = free_tcp_port()
     proc = start(
         tmp_path,
-        f"""
-        import sys
-        from aiohttp import web
-        from loopstat.contrib.aiohttp import MONITOR, cleanup_ctx
-
-        async def home(request):
-            return web.Response(text=str(request.app[MONITOR].running))
-
-        app = web.Application()
-        app.router.add_get("/", home)
-        app.cleanup_ctx.append(cleanup_ctx(host="127.0.0.1", port={receiver.port}, prefix="web", interval=0.05))
-        web.run_app(app, host="127.0.0.1", port={port}, print=lambda text: print(text, file=sys.stderr, flush=True))
-        """,
+        aiohttp_app(
+            port,
+            "str(request.app[MONITOR].running)",
+            imports="from loopstat.contrib.aiohttp import MONITOR, cleanup_ctx",
+            setup="app.cleanup_ctx.append("
+            f'cleanup_ctx(host="127.0.0.1", port={receiver.port}, prefix="web", interval=0.05))',
+        ),
         "Running on",
+        spawned,
     )
-    spawned.append(proc)
-    assert http_get(port) == b"True"
-    receiver.settle(lambda lines: any(x.name == "web.lag" for x in lines))
-    err = stop_server(proc)
-    for trouble in ("Warning", "Traceback", "Error"):
-        assert trouble not in err, err
+    check_app(proc, port, b"True", receiver, ("Warning", "Traceback", "Error"))

@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from tests.receiver import Line, Receiver
-from tests.web_servers import free_tcp_port, http_get, start_server
+from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, http_get, start_server
 
 BIN = Path(sys.executable).parent
 LOOPSTAT_RUN = str(BIN / "loopstat-run")
@@ -194,8 +194,7 @@ def test_uvicorn_app_is_monitored_without_code_changes(
     program(tmp_path, ASGI_APP)
     port = free_tcp_port()
     command = [LOOPSTAT_RUN, str(BIN / "uvicorn"), "app:app", "--port", str(port), "--loop", loop]
-    proc = start_server(command, "Uvicorn running on", environment(receiver), tmp_path)
-    spawned.append(proc)
+    proc = start_server(command, "Uvicorn running on", spawned, environment(receiver), tmp_path)
     assert http_get(port) == b"ok"
     # A few samples, each of which sends utilization on the asyncio loop.
     lines = receiver.settle(lambda lines: sum(x.name == "loopstat.tasks" for x in lines) >= 4)
@@ -209,23 +208,8 @@ def test_aiohttp_run_app_is_monitored_without_code_changes(
     tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
     port = free_tcp_port()
-    app = program(
-        tmp_path,
-        f"""
-        import sys
-        from aiohttp import web
-
-        async def hello(request):
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_get("/", hello)
-        web.run_app(app, host="127.0.0.1", port={port}, print=lambda text: print(text, file=sys.stderr, flush=True))
-        """,
-    )
-    proc = start_server([LOOPSTAT_RUN, sys.executable, app], "Running on", environment(receiver), tmp_path)
-    spawned.append(proc)
-    assert http_get(port) == b"ok"
-    receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
+    app = program(tmp_path, aiohttp_app(port, '"ok"'))
+    proc = start_server([LOOPSTAT_RUN, sys.executable, app], "Running on", spawned, environment(receiver), tmp_path)
+    check_serves_and_sends(port, b"ok", receiver, "loopstat.lag")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0

@@ -16,7 +16,7 @@ from tests.receiver import Receiver
 ROOT = Path(__file__).resolve().parent.parent
 
 APP = """
-import asyncio, gc, sys, time
+import asyncio, gc, sys
 import loopstat
 sys.path.append({root!r})  # after loopstat: the tests' helper from the checkout, loopstat as installed
 from tests.inside import send_lines
@@ -29,13 +29,22 @@ def new_loop():
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
+LAST = [("last", "g", 1.0)]
+
 async def main():
-    monitor = loopstat.install("127.0.0.1", {port}, interval=0.01)
+    monitor = loopstat.install("127.0.0.1", {port}, interval=0.05)
     await asyncio.sleep(0.1)
-    time.sleep(0.05)
-    send_lines(monitor, [("last", "g", 1.0)])  # the last line before main() returns
+    # Right after a sample, so the next one is a whole interval away: the ending
+    # comes first, and only the ending can send what is handed over below.
+    sent = monitor.sent
+    while monitor.sent == sent:
+        await asyncio.sleep(0)
     if END == "stop":
+        send_lines(monitor, LAST)  # no loop turn before stop()
         await monitor.stop()
+    elif END == "run":
+        send_lines(monitor, LAST)  # asyncio.run() cancels the monitor in the next few loop turns
+    return monitor
 
 if END in ("stop", "run"):
     asyncio.set_event_loop_policy(None)
@@ -46,7 +55,9 @@ if END in ("stop", "run"):
         asyncio.run(main())
 else:
     loop = new_loop()
-    loop.run_until_complete(main())
+    monitor = loop.run_until_complete(main())
+    send_lines(monitor, LAST)  # the loop is not running: no sample can send it
+    del monitor
     if END == "close":
         loop.close()  # without cancelling the monitor first
     del loop
