@@ -332,6 +332,9 @@ class Sink:
     def close(self) -> None:
         """Close the socket; never waits, safe to call twice, on any thread, with or without the loop."""
         self._closed = True
+        # Held for a first connection that never came: lost, and counted so.
+        early, self._early = self._early, None
+        self.dropped += len(early or ())
         if self._looking_up:
             _lookups.cancel(self.settings.host, self._lookups)
         sock, self._sock = self._sock, None

@@ -509,3 +509,10 @@ async def test_asking_a_running_monitor_for_other_settings_again_and_again_warns
     warnings = [r for r in loopstat_log.records if "different settings" in r.getMessage()]
     assert len(warnings) == 8
     await first.stop()
+
+
+async def test_lines_held_for_the_first_connection_are_counted_dropped_if_stop_comes_first() -> None:
+    monitor = loopstat.install("localhost", 9, interval=0.05)
+    send_lines(monitor, [("early", "g", 1.0)] * 3)
+    await monitor.stop()
+    assert (monitor.sent, monitor.dropped) == (0, 3)
