@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import loopstat
 from loopstat._metrics import Line
+from loopstat.probes import stalls
 from loopstat.probes.stalls import StallProbe, Stalls
 
 
@@ -17,3 +18,8 @@ def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
 def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
     """The watch the stall watchdog keeps on the monitor's loop, or None when stalls are off."""
     return next((probe.watch for probe in monitor._probes if isinstance(probe, Stalls)), None)
+
+
+def watchdog_looks() -> int:
+    """How many times the stall watchdog thread has looked at the loops (each one a wake-up)."""
+    return stalls._watchdog.looks

@@ -635,3 +635,31 @@ def test_loops_closed_at_any_moment_in_many_threads_leave_nothing_behind(kind: s
     assert failed == []
     assert handled == []
     assert no_watchdog_soon()
+
+
+async def test_an_idle_loop_wakes_the_watchdog_about_once_a_second_not_at_every_sample() -> None:
+    """The sampler's own wake-ups leave the watchdog asleep, on stdlib loops and (once it rests) on uvloop."""
+    async with loopstat.install("127.0.0.1", 9, interval=0.05) as monitor:
+        await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.5)  # uvloop's beat rests after this long idle
+        looks = inside.watchdog_looks()
+        await asyncio.sleep(2.0)  # 40 samples
+        looks = inside.watchdog_looks() - looks
+        assert monitor.stalls == 0
+    # One look a second while parked, and a few around the transitions; 40 if samples woke it.
+    assert looks <= 2 / stalls.PARKED_SECONDS + 3
+
+
+async def test_a_stall_after_a_long_idle_is_still_counted_and_the_beat_resumes(receiver: Receiver) -> None:
+    """On uvloop the beat rests while the loop idles; the sampler then counts the stall, and the beat resumes."""
+    async with loopstat.install("127.0.0.1", receiver.port) as monitor:
+        await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.6)
+        spin_until = time.perf_counter() + 0.4
+        while time.perf_counter() < spin_until:  # CPU-bound: its duration shows in the thread's CPU time
+            pass
+        await wait_for_stalls(monitor, 1)
+        await asyncio.sleep(0.1)
+        blocked = blocking_function(0.3)  # off the CPU, right after: timed by the resumed beat
+        await wait_for_stalls(monitor, 2)
+        durations = await receiver.wait_count("loopstat.stall", "ms", 2)
+    assert durations[0] >= 300, "at least the part after the sampler's deadline, here all of it"
+    assert_duration_close(durations[1], blocked)

@@ -31,6 +31,7 @@ from weakref import WeakSet
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
+from loopstat.probes.cpu import Cpu
 from loopstat.probes.selector_clock import Events, SelectorClock
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ LOG_EVERY_SECONDS = 60.0
 MAX_LOCATIONS = 1000
 # The watchdog looks at least this often, even when every loop waits idle.
 PARKED_SECONDS = 1.0
+# A loop without a selector clock (uvloop) whose thread used less than this
+# share of a core over the last REST_AFTER_SECONDS rests: its heartbeat stops
+# and the sampler shows its progress, so an idle loop is woken only to be sampled.
+ACTIVE_SHARE = 0.01
+REST_AFTER_SECONDS = 2.0
+# A wake-up with no events this close to the sampler's deadline is the sampler's.
+SAMPLER_SLACK = 0.002
 # A fork waits at most this long for the watchdog thread to end when no loop
 # is watched: Python 3.12+ warns about a fork in a process with threads.
 FORK_WAIT_SECONDS = 1.0
@@ -99,8 +107,10 @@ class StallProbe:
     Progress shows at heartbeats and, on stdlib loops, each time the loop comes
     out of its selector. There the beat runs only while the loop works without
     waiting; it stops when the loop waits and the watchdog restarts it, so an
-    idle loop is never woken for it. uvloop shows nothing but the beat, which
-    runs all the time and less often.
+    idle loop is never woken for it; and a wake-up that is only the sampler's
+    does not wake the watchdog either. uvloop shows nothing but the beat, which
+    runs while the loop's thread works and rests while it idles (see
+    ``sampled``): an idle loop wakes only for its samples.
     """
 
     def __init__(
@@ -109,8 +119,17 @@ class StallProbe:
         threshold: float,
         clock: Optional[SelectorClock],
         on_stall: Callable[[Stall], None],
+        interval: float = math.inf,
+        next_sample: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self.threshold = threshold
+        self.interval = interval
+        #: True while the beat rests on a loop without a selector clock (its thread idles).
+        self.resting = False
+        self._next_sample = next_sample
+        self._cpu = Cpu()
+        self._idle_samples = 0
+        self._rest_after = max(1, math.ceil(REST_AFTER_SECONDS / interval)) if math.isfinite(interval) else 1
         self.period = threshold / 10 if clock is not None else threshold / 4
         #: The thread that runs the loop, as last seen by the loop itself.
         self.thread_id = threading.get_ident()
@@ -146,8 +165,44 @@ class StallProbe:
         # A loop may run in another thread after a stop; its wakes move the mark.
         self.thread_id = threading.get_ident()
         if self.parked:
+            if not events and end >= self._next_sample() - SAMPLER_SLACK:
+                return  # the sampler's wake-up: ``sampled`` looks whether more work came with it
             self.parked = False
             _watchdog.wake()
+
+    def sampled(self, now: float, late: float) -> None:
+        """Called by the sampler on the loop's thread, ``late`` seconds after its deadline.
+
+        Stdlib loops: a wake-up that was only the sampler's left the watchdog
+        asleep; if other callbacks are ready, the loop has more to do, and the
+        watchdog is woken to watch it. uvloop: the beat rests while the loop's
+        thread idles and resumes when it works; while it rests, a sample that
+        came more than ``threshold`` late is the stall: from the deadline, or
+        longer if the thread spent more CPU time than that since the last sample.
+        """
+        share = self._cpu.share()
+        idle = share is not None and share < ACTIVE_SHARE
+        if self._clock is not None:
+            if self.parked and getattr(self._loop, "_ready", None):
+                self.parked = False
+                _watchdog.wake()
+            return
+        if not self.resting:
+            self._idle_samples = self._idle_samples + 1 if idle else 0
+            if self._idle_samples >= self._rest_after:
+                self.resting = True  # the beat ends at its next turn
+            return
+        if late > self.threshold:
+            self._report(now, now - max(late, self._cpu.spent), self.beat)
+        if late > self.threshold or not idle:
+            self._idle_samples = 0
+            self.resting = False
+            self.beat = now
+            if self._handle is None:
+                self._handle = self._loop.call_later(self.period, self._beat)
+            _watchdog.wake()
+        else:
+            self.beat = now  # the sampler's turn is progress too
 
     def _on_the_loop(self) -> None:
         """Note, from a callback, which thread runs the loop and what lies around its callbacks."""
@@ -177,7 +232,7 @@ class StallProbe:
         last_beat, mark = self.beat, self.mark()
         waited = mark > last_beat
         self.beat = now
-        if waited and self._clock is not None:
+        if (waited and self._clock is not None) or self.resting:
             self._handle = None  # it waits again now and then: the watchdog restarts the beat if needed
         else:
             self._handle = self._loop.call_later(self.period, self._beat)
@@ -233,6 +288,13 @@ class StallProbe:
             # safe against a call from another thread.)
             self._outer_stale = True
             return now + self.threshold
+        if self.resting:
+            # Only the sampler shows progress: stuck if it is overdue by more than the threshold.
+            if now >= self.beat + self.interval + self.threshold:
+                capture = self.capture
+                if capture is None or capture.mark != self.beat:
+                    self.capture = capture_stack(self.beat, self.thread_id, self.outer)
+            return now + PARKED_SECONDS
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
@@ -282,6 +344,8 @@ class _Watchdog:
         # Set when there is news since the thread last looked, so a wake() that
         # comes while it looks is not lost.
         self._news = False
+        #: Times the thread has looked at the loops: each one a wake-up of the process.
+        self.looks = 0
 
     def watch(self, probe: StallProbe) -> None:
         with self._changed:
@@ -335,6 +399,7 @@ class _Watchdog:
                 if not probes:
                     self._thread = None
                     return
+            self.looks += 1
             wake = _look(probes, perf_counter())
             del probes  # holding a probe would keep its loop alive
             with self._changed:
@@ -549,7 +614,14 @@ class Stalls:
         self._watched = watched
         self._log = StallLog()
         #: The loop's watch, looked at by the watchdog thread.
-        self.watch = StallProbe(watched.loop, threshold, watched.clock(), self._on_stall)
+        self.watch = StallProbe(
+            watched.loop,
+            threshold,
+            watched.clock(),
+            self._on_stall,
+            watched.settings.interval,
+            lambda: watched.next_sample,
+        )
 
     def _on_stall(self, stall: Stall) -> None:
         watched = self._watched
@@ -563,7 +635,8 @@ class Stalls:
             watched.fault()
 
     def read(self, lines: List[Line]) -> None:
-        pass  # stalls are sent as they end, not at samples
+        # Stalls are sent as they end, not at samples; a sample tells the watch how the loop is doing.
+        self.watch.sampled(perf_counter(), self._watched.monitor.lag / 1000.0)
 
     def close(self) -> None:
         self.watch.close()
