@@ -7,6 +7,8 @@ import gc
 import threading
 import time
 
+import pytest
+
 import loopstat
 from loopstat.probes import gc as gc_probe
 from tests.receiver import Receiver
@@ -26,6 +28,7 @@ def timed_collection() -> float:
     return elapsed
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_forced_collection_shows_as_a_pause_and_a_collection(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.05, gc=True, stall_threshold=None):
         await receiver.wait_count("loopstat.gc.pause", "g", 1)

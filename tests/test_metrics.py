@@ -7,6 +7,8 @@ import gc
 import time
 from pathlib import Path
 
+import pytest
+
 import loopstat
 from loopstat._metrics import METRICS, markdown_table
 from tests.receiver import Receiver
@@ -35,6 +37,7 @@ async def test_each_sample_goes_out_as_one_datagram(receiver: Receiver) -> None:
     assert len(samples) == len(receiver.values("myapp.tasks", "g"))
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02) as monitor:
         await receiver.wait_count("myapp.lag", "ms", 5)
@@ -103,6 +106,7 @@ async def test_wire_characters_in_tags_are_replaced_so_no_field_or_metric_is_inj
     assert all(line.startswith((b"loopstat.lag:", b"loopstat.tasks:", b"loopstat.cpu:")) for line in sent)
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_lag_reflects_a_block_on_the_loop(receiver: Receiver) -> None:
     interval = 0.05
     async with loopstat.install("127.0.0.1", receiver.port, interval=interval):

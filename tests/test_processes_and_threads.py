@@ -76,6 +76,7 @@ def test_forked_child_does_not_share_the_parents_monitor_and_can_install_its_own
     assert parent_ports.isdisjoint(child_ports), "the child sent through the parent's socket"
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 def test_loops_in_two_threads_report_their_own_lag_and_tasks(receiver: Receiver) -> None:
     async def app(prefix: str, extra_tasks: int, block: float, go: threading.Barrier) -> None:
         async with loopstat.install("127.0.0.1", receiver.port, prefix=prefix, interval=0.01) as monitor:

@@ -57,6 +57,7 @@ def assert_duration_close(reported: float, blocked: float) -> None:
     assert abs(reported - blocked) <= 10 + 0.05 * blocked, f"reported {reported:.1f} ms for {blocked:.1f} ms"
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_blocking_call_is_named_with_file_line_and_function(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
@@ -87,6 +88,7 @@ async def test_the_full_stack_goes_to_debug(loopstat_log: pytest.LogCaptureFixtu
     assert f"line {SLEEP_LINE}, in blocking_function" in stacks[0]
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_each_stall_sends_a_count_and_its_duration(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="app") as monitor:
         await asyncio.sleep(0.2)
@@ -99,6 +101,7 @@ async def test_each_stall_sends_a_count_and_its_duration(receiver: Receiver) -> 
     assert sorted(stalls) == pytest.approx([250, 350], abs=10 + 0.05 * 350)
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_stall_in_a_busy_loop_is_timed_as_well(receiver: Receiver) -> None:
     stop = asyncio.Event()
 
@@ -233,6 +236,7 @@ def as_loopstats_code(source: str, module: types.ModuleType, **names: object) ->
     return eval(compile(source, module.__file__ or "", "eval"), {"time": time, **names})
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_block_in_loopstats_own_startup_is_logged_at_debug_and_not_counted(
     monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
@@ -308,6 +312,7 @@ def in_thread(function: Callable[[], T], stack_size: int = 0) -> T:
     return results[0]
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_stall_after_the_working_directory_was_deleted_is_still_reported(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -637,6 +642,7 @@ def test_loops_closed_at_any_moment_in_many_threads_leave_nothing_behind(kind: s
     assert no_watchdog_soon()
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_an_idle_loop_wakes_the_watchdog_about_once_a_second_not_at_every_sample() -> None:
     """The sampler's own wake-ups leave the watchdog asleep, on stdlib loops and (once it rests) on uvloop."""
     async with loopstat.install("127.0.0.1", 9, interval=0.05) as monitor:
@@ -649,6 +655,7 @@ async def test_an_idle_loop_wakes_the_watchdog_about_once_a_second_not_at_every_
     assert looks <= 2 / stalls.PARKED_SECONDS + 3
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_stall_after_a_long_idle_is_still_counted_and_the_beat_resumes(receiver: Receiver) -> None:
     """On uvloop the beat rests while the loop idles; the sampler then counts the stall, and the beat resumes."""
     async with loopstat.install("127.0.0.1", receiver.port) as monitor:

@@ -30,6 +30,7 @@ async def duty_cycle(busy_share: float, seconds: float, period: float = 0.02) ->
     return busy / (time.perf_counter() - started)
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 @pytest.mark.parametrize("busy_share", [0.1, 0.5, 0.9])
 async def test_utilization_follows_the_busy_share_within_five_points(
     receiver: Receiver, busy_share: float, event_loop_policy: asyncio.AbstractEventLoopPolicy
@@ -46,6 +47,7 @@ async def test_utilization_follows_the_busy_share_within_five_points(
     assert abs(measured - truth) <= 0.05, f"utilization {measured:.3f}, busy share {truth:.3f}"
 
 
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_an_idle_loop_shows_utilization_near_zero(
     receiver: Receiver, event_loop_policy: asyncio.AbstractEventLoopPolicy
 ) -> None:

@@ -1,0 +1,81 @@
+"""The timing arithmetic of the probes, on injected clocks: exact, whatever the machine is doing."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import pytest
+
+from loopstat.probes.cpu import Cpu
+from loopstat.probes.utilization import Utilization
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Waits:
+    """Stands for a selector clock: seconds waited so far."""
+
+    idle = 0.0
+
+
+def utilization(wall: Clock, waits: Waits) -> Utilization:
+    return Utilization(waits, now=wall)  # type: ignore[arg-type]
+
+
+def test_utilization_is_the_share_of_the_window_not_spent_waiting() -> None:
+    wall, waits = Clock(), Waits()
+    probe = utilization(wall, waits)
+    wall.now += 0.25
+    waits.idle += 0.05  # waited 50 ms of 250
+    assert probe.ratio() == pytest.approx(0.8)
+    wall.now += 0.5
+    waits.idle += 0.5  # waited all of the next window
+    assert probe.ratio() == 0.0
+
+
+def test_utilization_stays_between_0_and_1_when_a_wait_straddles_two_windows() -> None:
+    wall, waits = Clock(), Waits()
+    probe = utilization(wall, waits)
+    wall.now += 0.1
+    waits.idle += 0.3  # a wait that began before the window is counted when it ends
+    assert probe.ratio() == 0.0
+    wall.now += 0.1
+    assert probe.ratio() == 1.0
+
+
+def test_utilization_of_an_empty_window_is_zero_not_a_division_by_zero() -> None:
+    wall, waits = Clock(), Waits()
+    assert utilization(wall, waits).ratio() == 0.0
+
+
+def test_cpu_share_is_thread_cpu_time_over_wall_time() -> None:
+    wall, cpu = Clock(), Clock(5.0)
+    probe = Cpu(wall=wall, cpu=cpu, thread=lambda: 1)
+    wall.now += 0.25
+    cpu.now += 0.1
+    assert probe.share() == pytest.approx(0.4)
+    assert probe.spent == pytest.approx(0.1)
+    wall.now += 0.25
+    cpu.now += 0.3  # more CPU than wall time: another clock's rounding, never above one core
+    assert probe.share() == 1.0
+
+
+def test_cpu_share_starts_afresh_when_the_loop_moves_to_another_thread() -> None:
+    wall, cpu = Clock(), Clock(5.0)
+    threads: List[Any] = [1]
+    probe = Cpu(wall=wall, cpu=cpu, thread=lambda: threads[0])
+    threads[0] = 2
+    cpu.now = 0.01  # the other thread's clock
+    wall.now += 0.25
+    assert probe.share() is None, "two threads' CPU clocks do not subtract"
+    wall.now += 0.25
+    cpu.now += 0.05
+    assert probe.share() == pytest.approx(0.2)
