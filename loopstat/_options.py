@@ -20,6 +20,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
 
+from loopstat import _worker
 from loopstat import tags as _tags
 from loopstat._metrics import LONGEST_SUFFIX
 from loopstat.tags import show
@@ -344,10 +345,23 @@ class Option:
     env: Tuple[str, ...]
     #: The variable loopstat-run reads it from, if any.
     run: Optional[str]
+    #: Its value under loopstat-run when that variable is not set.
+    run_default: object
 
 
-def _row(default: T, kind: Kind[Any], doc: str, env: Tuple[str, ...] = (), run: Optional[str] = None) -> T:
-    return field(default=default, metadata={"option": (kind, doc, env, run)})
+_SAME: Any = object()
+
+
+def _row(
+    default: T,
+    kind: Kind[Any],
+    doc: str,
+    env: Tuple[str, ...] = (),
+    run: Optional[str] = None,
+    run_default: Any = _SAME,
+) -> T:
+    run_default = default if run_default is _SAME else run_default
+    return field(default=default, metadata={"option": (kind, doc, env, run, run_default)})
 
 
 @dataclass(frozen=True)
@@ -375,6 +389,14 @@ class Settings:
     utilization: bool = _row(True, Switch(), "utilization gauge", run="LOOPSTAT_UTILIZATION")
     executor: bool = _row(True, Switch(), "executor gauges", run="LOOPSTAT_EXECUTOR")
     gc: bool = _row(False, Switch(), "GC pause and collection metrics", run="LOOPSTAT_GC")
+    #: Tag each process with ``worker:<slot>``, a number its siblings under one parent do not hold.
+    worker_tag: bool = _row(
+        False,
+        Switch(),
+        "`worker:<slot>` tag telling apart the processes of a pre-fork server (dogstatsd only)",
+        run="LOOPSTAT_WORKER_TAG",
+        run_default=True,
+    )
 
     @property
     def address(self) -> str:
@@ -499,6 +521,8 @@ def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Set
 
     if values["flavor"] == "dogstatsd":
         budget = MAX_DATAGRAM - len(values["prefix"]) - _LINE_OVERHEAD
+        if values["worker_tag"]:
+            budget -= len(f",{_worker.TAG}:{_worker.MAX_SLOTS - 1}")
         values["tags"] = tuple(_tags.render(_tag_sources(values["tags"], environ), budget))
     else:
         if values["tags"]:
@@ -602,18 +626,30 @@ def markdown_table() -> str:
             option.kind.accepted(),
             default,
             env or _NONE,
-            f"`{option.run}`" if option.run else _NONE,
+            _NONE if not option.run else f"`{option.run}`" + _run_default(option),
         )
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
+def _run_default(option: Option) -> str:
+    """For the docs: loopstat-run's own default, where it is not install()'s."""
+    return "" if option.run_default == option.default else f" (default `{option.run_default!r}`)"
+
+
 def run_help() -> Dict[str, str]:
     """Each ``LOOPSTAT_*`` variable with what it holds, for ``loopstat-run --help``."""
     return {
-        option.run: f"{option.doc}: {option.kind.accepted_text()} (default: {option.kind.as_text(option.default)})"
+        option.run: f"{option.doc}: {option.kind.accepted_text()} (default: {option.kind.as_text(option.run_default)})"
         for option in OPTIONS
         if option.run
+    }
+
+
+def run_defaults() -> Dict[str, Any]:
+    """``install()`` arguments loopstat-run passes while their variable is unset: its defaults that differ."""
+    return {
+        option.name: option.run_default for option in OPTIONS if option.run and option.run_default != option.default
     }
 
 

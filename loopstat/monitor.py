@@ -16,6 +16,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
+from loopstat import _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
 from loopstat._metrics import PROBES, Line
@@ -279,6 +280,7 @@ def _after_fork_in_child() -> None:
     global _monitors_lock
     _gc.after_fork_in_child()
     _stalls.after_fork_in_child()
+    _worker.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
     _sink_module.after_fork_in_child()  # first: closing a sink below may take its lock
     for ref in list(_monitors.values()):
@@ -332,6 +334,7 @@ def install(
     utilization: bool = True,
     executor: bool = True,
     gc: bool = False,
+    worker_tag: bool = False,
 ) -> Monitor:
     """Start monitoring a loop (the running one unless ``loop`` is given); return its monitor.
 
@@ -351,6 +354,7 @@ def install(
         utilization=utilization,
         executor=executor,
         gc=gc,
+        worker_tag=worker_tag,
         environ=os.environ,
     )
     target = _target_loop(loop)

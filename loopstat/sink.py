@@ -39,6 +39,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
+from loopstat import _worker
 from loopstat._metrics import Line
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined
@@ -185,7 +186,9 @@ class Sink:
         self._early: Optional[List[Line]] = []
         namespace = settings.prefix or None
         # Tags are written here, not by aiodogstatsd: it cannot write a tag without value.
-        tags = f"|#{joined(settings.tags)}".encode() if settings.tags else b""
+        # The worker tag is this process's, never part of settings (which a forked child shares).
+        pairs = _worker.tags(settings.tags) if settings.worker_tag and settings.flavor == "dogstatsd" else settings.tags
+        tags = f"|#{joined(pairs)}".encode() if pairs else b""
         self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: (
             build(name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1) + tags
         )

@@ -62,7 +62,8 @@ def activate(environ: Mapping[str, str] = os.environ) -> bool:
     """
     global _active
     try:
-        kwargs = check(environ)
+        # loopstat-run's own defaults (the worker tag on), then what the variables say.
+        kwargs = {**_options.run_defaults(), **check(environ)}
     except ValueError as exc:
         log.warning("loopstat-run: loopstat is off: %s", exc)
         return False

@@ -1,0 +1,198 @@
+"""The worker tag's slots, held by real processes: smallest free first, freed by death, never raised into the app."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import loopstat
+from loopstat import Flavor, _worker
+from tests.receiver import Receiver
+
+# Claims a slot in the folder given, prints it, and holds it until killed.
+HOLDER = """
+import sys, time
+from loopstat import _worker
+held = _worker.claim(sys.argv[1])
+print(held[0] if held else "none", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holders() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def hold(procs: list[subprocess.Popen[str]], directory: Path) -> tuple[subprocess.Popen[str], str]:
+    """A new process holding a slot in ``directory``, and the slot it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True, env=python_path()
+    )
+    procs.append(proc)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def python_path() -> dict[str, str]:
+    """This environment, with the worktree importable in a child (loopstat need not be installed)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+
+def test_siblings_take_the_smallest_free_slots_and_a_dead_holders_slot_is_taken_again(
+    tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    group = tmp_path / "group"
+    first = [hold(holders, group) for _ in range(3)]
+    assert [slot for _, slot in first] == ["0", "1", "2"]
+    killed, _ = first[1]
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    # The kernel dropped the dead holder's lock: its replacement gets its number, the next one a new number.
+    assert [hold(holders, group)[1] for _ in range(2)] == ["1", "3"]
+
+
+def test_all_slots_taken_gives_none(tmp_path: Path) -> None:
+    held = _worker.claim(str(tmp_path), limit=2)
+    assert held is not None
+    try:
+        assert _worker.claim(str(tmp_path), limit=1) is None
+    finally:
+        os.close(held[1])
+
+
+FORKS = """
+import os, sys, time
+import loopstat  # its fork hook lets go of the parent's slot in the child
+from loopstat import _worker
+mine = _worker.slot()
+if os.fork() == 0:
+    print("child", _worker.slot(), os.getpid(), flush=True)
+    time.sleep(120)
+    os._exit(0)
+print("parent", mine, flush=True)
+"""
+
+
+def test_a_forked_child_holds_its_own_slot_and_frees_its_dead_parents(
+    tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    env = dict(python_path(), TMPDIR=str(tmp_path))
+    parent = subprocess.Popen([sys.executable, "-c", FORKS], stdout=subprocess.PIPE, text=True, env=env)
+    assert parent.stdout is not None
+    child = 0
+    try:
+        lines = sorted(parent.stdout.readline().split() for _ in range(2))
+        child = int(lines[0][2])
+        assert parent.wait(timeout=30) == 0
+        # Each in its own group: the parent among the test's children, the child among the parent's.
+        assert [line[:2] for line in lines] == [["child", "0"], ["parent", "0"]]
+        # The parent is dead, its child alive: without the fork hook the child's inherited copy would keep the lock.
+        ours = tmp_path / f"loopstat-{os.getuid()}" / str(os.getpid())
+        assert hold(holders, ours)[1] == "0"
+    finally:
+        parent.stdout.close()
+        if child:
+            os.kill(child, signal.SIGKILL)  # orphaned: no one else will
+
+
+@pytest.fixture
+def own_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This process's slot claimed afresh, under ``tmp_path``; released at the end."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_worker, "_tried", False)
+    monkeypatch.setattr(_worker, "_held", None)
+    yield tmp_path
+    if _worker._held is not None:
+        os.close(_worker._held[1])
+
+
+def test_a_temporary_folder_that_is_a_file_gives_no_tag_and_one_warning(
+    own_temp: Path, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    blocker = own_temp / "file"
+    blocker.write_text("")
+    tempfile.tempdir = str(blocker)
+    assert _worker.slot() is None
+    assert _worker.slot() is None
+    assert _worker.tags((("service", "a"),)) == (("service", "a"),)
+    [record] = loopstat_log.records
+    assert record.levelname == "WARNING"
+    assert "no worker tag: cannot hold a slot" in record.getMessage()
+
+
+@pytest.mark.parametrize("how", ["other user", "writable by all", "symlink"])
+def test_a_slot_folder_not_this_users_alone_is_not_used(
+    own_temp: Path, loopstat_log: pytest.LogCaptureFixture, how: str
+) -> None:
+    ours = own_temp / f"loopstat-{os.getuid()}"
+    if how == "symlink":
+        (own_temp / "elsewhere").mkdir()
+        ours.symlink_to(own_temp / "elsewhere")
+    else:
+        ours.mkdir()
+        if how == "other user":
+            if os.getuid() != 0:
+                pytest.skip("only root can give a folder to another user")
+            os.chown(ours, 12345, 12345)
+        else:
+            ours.chmod(0o777)
+    assert _worker.slot() is None
+    assert "is not a folder of this user's alone" in loopstat_log.text
+
+
+def test_a_vanished_slot_folder_is_made_again(own_temp: Path) -> None:
+    held = _worker.claim(str(own_temp / "group"))
+    assert held is not None
+    os.close(held[1])
+    for path in (own_temp / "group").iterdir():
+        path.unlink()
+    (own_temp / "group").rmdir()
+    again = _worker.claim(str(own_temp / "group"))
+    assert again is not None
+    assert again[0] == 0
+    os.close(again[1])
+
+
+async def test_install_with_worker_tag_sends_this_processs_slot_on_every_line(
+    own_temp: Path, receiver: Receiver
+) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, tags={"service": "s"}, interval=0.02, worker_tag=True):
+        lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    slot = _worker.slot()
+    assert slot == 0
+    assert all(dict(line.tags) == {"service": "s", "worker": "0"} for line in lines)
+
+
+def longer_than(count: int, lines: Sequence[object]) -> bool:
+    return len(lines) > count
+
+
+async def test_explicit_worker_tag_wins_and_statsd_flavor_and_the_default_send_none(
+    own_temp: Path, receiver: Receiver
+) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, tags={"Worker": "w7"}, interval=0.02, worker_tag=True):
+        explicit = await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert all(line.tags == (("Worker", "w7"),) for line in explicit)
+    flavors: tuple[tuple[Flavor, bool], ...] = (("statsd", True), ("dogstatsd", False))
+    for flavor, worker_tag in flavors:
+        start = len(receiver.snapshot())
+        async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, flavor=flavor, worker_tag=worker_tag):
+            lines = await receiver.wait_for(functools.partial(longer_than, start + 2))
+        assert all(line.tags == () for line in lines[start:]), flavor
+    assert _worker._held is None, "no slot claimed when nothing asked for the tag"
