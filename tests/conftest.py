@@ -47,6 +47,7 @@ E2E_MODULES = {
     "test_contrib",
     "test_dashboards",
     "test_grafana_render",
+    "test_pre_fork",
     "test_package",
     "test_soak_smoke",
     "test_bench_smoke",

@@ -176,34 +176,41 @@ def test_grafana_dashboard_has_prefix_percentile_service_and_env_variables() -> 
     assert names == ["datasource", "prefix", "percentile", "service", "env"]
 
 
-#: (metric, how it combines services, whether it is broken down by service)
-Combination = Tuple[str, str, bool]
+#: (metric, how it combines services and workers, what it is broken down by: "", "service" or "service,worker")
+Combination = Tuple[str, str, str]
+#: The breakdowns the dashboards have: none (a total), by service, by worker process within a service.
+BREAKDOWNS = ("", "service", "service,worker")
 
 
 def datadog_combinations() -> Set[Combination]:
     data = json.loads((DASHBOARDS / "datadog.json").read_text())
     found: Set[Combination] = set()
     for query in datadog_queries(data):
-        match = re.fullmatch(rf"(\w+):{PREFIX}\.([\w.]+)\{{[^}}]*\}}( by \{{service\}})?(\.as_count\(\))?", query)
+        match = re.fullmatch(rf"(\w+):{PREFIX}\.([\w.]+)\{{[^}}]*\}}(?: by \{{([\w,]+)\}})?(\.as_count\(\))?", query)
         assert match, query
         how, name, by, _ = match.groups()
+        assert (by or "") in BREAKDOWNS, query
         base, _, suffix = name.rpartition(".")
-        found.add((base if suffix in DATADOG_TIMING_SUFFIXES else name, how, bool(by)))
+        found.add((base if suffix in DATADOG_TIMING_SUFFIXES else name, how, by or ""))
     return found
 
 
 def grafana_combinations() -> Set[Combination]:
-    """The same for the tagged targets: sumSeries/maxSeries for a total, groupByTags(…, 'service') per service."""
+    """The same for the tagged targets: sumSeries/maxSeries for a total, groupByTags(…, 'service'[, 'worker']) else."""
     found: Set[Combination] = set()
     for target in graphite_targets():
         if "seriesByTag(" not in target:
             continue
         total = re.search(r"\b(\w+)Series\(seriesByTag\(", target)
-        by_service = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', 'service'\)", target)
-        assert bool(total) != bool(by_service), f"a total or a breakdown by service: {target}"
+        broken_down = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', 'service'(, 'worker')?\)", target)
+        assert bool(total) != bool(broken_down), f"a total or a breakdown by service: {target}"
+        by = "" if total else "service,worker" if broken_down.group(2) else "service"  # type: ignore[union-attr]
+        if by == "service,worker":
+            # Only the series of workers: one without the tag (worker_tag off) is its service's whole.
+            assert "'worker=~.+'" in target, target
         (path,) = set(graphite_paths(target))
-        how = (total or by_service).group(1)  # type: ignore[union-attr]
-        found.add((statsd_path(path)[0], how, bool(by_service)))
+        how = (total or broken_down).group(1)  # type: ignore[union-attr]
+        found.add((statsd_path(path)[0], how, by))
     return found
 
 
@@ -212,7 +219,7 @@ def test_every_metric_loopstat_sends_has_a_rule_for_combining_services(sent: Set
 
 
 @pytest.mark.parametrize("combinations", [datadog_combinations, grafana_combinations])
-def test_every_metric_is_totalled_across_services_by_its_rule(
+def test_every_metric_is_totalled_across_services_and_workers_by_its_rule(
     combinations: Callable[[], Set[Combination]], sent: Set[Metric]
 ) -> None:
     found = combinations()
@@ -222,10 +229,11 @@ def test_every_metric_is_totalled_across_services_by_its_rule(
     assert {metric for metric, _, by in found if not by} == set(ACROSS), "every metric has a total"
 
 
-def test_both_dashboards_break_the_same_metrics_down_by_service() -> None:
-    datadog = {metric for metric, _, by in datadog_combinations() if by}
-    assert datadog == {metric for metric, _, by in grafana_combinations() if by}
-    assert {"lag", "utilization", "tasks", "stalls"} <= datadog
+def test_both_dashboards_break_the_same_metrics_down_by_service_and_by_worker() -> None:
+    datadog = {(metric, by) for metric, _, by in datadog_combinations() if by}
+    assert datadog == {(metric, by) for metric, _, by in grafana_combinations() if by}
+    assert {(name, "service") for name in ("lag", "utilization", "tasks", "stalls")} <= datadog
+    assert {("lag", "service,worker"), ("tasks", "service,worker")} <= datadog
 
 
 #: The Grafana unit of a panel by what it shows: timings ("ms" type) in ms, counts "short".

@@ -62,12 +62,14 @@ class App:
 
 
 APPS = (
-    App("dogstatsd", {"service": "shop", "env": "prod"}, tasks=4, blocks=1),
+    # Two workers of one pre-fork service, each with its worker tag (worker_tag=True sends it).
+    App("dogstatsd", {"service": "shop", "env": "prod", "worker": "0"}, tasks=4, blocks=1),
+    App("dogstatsd", {"service": "shop", "env": "prod", "worker": "1"}, tasks=3, blocks=1),
     # An env that starts with the other's: an unanchored regex would match both.
     App("dogstatsd", {"service": "web", "env": "prod-canary"}, tasks=7, blocks=2),
     App("statsd", tasks=5, blocks=1),
 )
-LEGACY_APPS = (App("dogstatsd", {"service": "shop", "env": "prod"}, tasks=3), App("statsd", tasks=2))
+LEGACY_APPS = (App("dogstatsd", {"service": "shop", "env": "prod", "worker": "0"}, tasks=3), App("statsd", tasks=2))
 
 
 # --- Grafana's variable substitution, as documented -------------------------------------------
@@ -324,6 +326,8 @@ def _queries(web: GraphiteWeb, dashboard: Mapping[str, Any], run: Run) -> List[Q
         tagged = "seriesByTag(" in target
         for selection in selections if tagged else [{}]:
             apps = tuple(_selected(run.apps, selection)) if tagged else plain
+            if "'worker=~.+'" in target:  # a breakdown by worker shows the apps that have one only
+                apps = tuple(app for app in apps if "worker" in app.tags)
             if not apps:
                 continue  # a selection that matches no app: no data is right
             for percentile in percentiles if re.search(r"\$\{?percentile\b", target) else percentiles[:1]:
@@ -362,9 +366,18 @@ def _check(query: Query, result: List[Dict[str, Any]]) -> None:
     for series in result:
         values = _values(series)
         assert values, f"{series['target']}: only nulls, for {where}"
-        service = series.get("tags", {}).get("service")
+        tags = series.get("tags", {})
+        service, worker = tags.get("service"), tags.get("worker")
         assert service is None or service in services, f"{series['target']} ({service}) is not selected: {where}"
-        apps = [app for app in query.apps if service is None or app.tags.get("service") == service]
+        # A service's line sums or maxes over its workers; a worker's line is that worker's alone.
+        apps = [
+            app
+            for app in query.apps
+            if (service is None or app.tags.get("service") == service)
+            and (worker is None or app.tags.get("worker") == worker)
+        ]
+        if "'worker'" in query.target:
+            assert worker is not None, f"{series['target']}: a breakdown by worker needs the tag, for {where}"
         what = f"{series['target']} {values} for {where}"
         if metric == "tasks":
             assert max(values) == sum(app.tasks for app in apps), what
