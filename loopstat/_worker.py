@@ -7,9 +7,9 @@ restarted worker would make new series for ever. A slot stays bounded: each
 process holds the smallest free number among the processes of the same parent
 (the master), as an ``flock`` on ``<tmp>/loopstat-<uid>/<parent pid>/slot-<n>.lock``.
 The kernel drops the lock when its holder dies, however it dies, so a
-restarted worker takes the number its predecessor left, and N workers never
-make more than about N series (more only while a dead worker's replacement
-starts before the old one is gone).
+restarted worker takes the number its predecessor left: N workers make N
+series, and at most 2N when a graceful reload starts the new workers before
+the old ones exit.
 
 Any failure (no ``fcntl`` as on Windows, a temporary directory that is not
 writable or not ours, every slot taken) means no tag, with one warning: a pid
