@@ -11,9 +11,9 @@ restarted worker takes the number its predecessor left: N workers make N
 series, and at most 2N when a graceful reload starts the new workers before
 the old ones exit.
 
-Any failure (no ``fcntl`` as on Windows, a temporary directory that is not
-writable or not ours, every slot taken) means no tag, with one warning: a pid
-instead would be unbounded. The lock files stay behind, a few bytes each, for
+Any failure (a temporary directory that is not writable or not ours, every
+slot taken) means no tag, with one warning; no ``fcntl`` (Windows) means no
+tag, with one DEBUG line. A pid instead would be unbounded. The lock files stay behind, a few bytes each, for
 the system's temporary-file cleaning; removing them would race with a sibling
 that is about to lock the same file.
 """
@@ -46,6 +46,11 @@ _held: Optional[Tuple[int, int]] = None
 _tried = False
 
 
+def _have_flock() -> bool:
+    """False on Windows, which has no ``fcntl``."""
+    return fcntl is not None
+
+
 def group_directory() -> str:
     """Where this process and its siblings keep their slot files: one folder per parent process."""
     return os.path.join(tempfile.gettempdir(), f"loopstat-{os.getuid()}", str(os.getppid()))
@@ -69,7 +74,7 @@ def claim(directory: str, limit: int = MAX_SLOTS) -> Optional[Tuple[int, int]]:
     child shares it until it closes its copy). OSError if the folder cannot
     be made or used.
     """
-    if fcntl is None:
+    if not _have_flock():
         raise OSError("no fcntl on this platform")
     _private(directory)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -91,6 +96,10 @@ def slot() -> Optional[int]:
     """This process's slot among its siblings, claimed on the first call and held until it exits; None if none."""
     global _held, _tried
     with _lock:
+        if not _tried and not _have_flock():
+            _tried = True
+            # Not a fault but the platform (Windows): no warning on every start under loopstat-run.
+            log.debug("loopstat: no worker tag: no fcntl on this platform")
         if not _tried:
             _tried = True
             directory = ""

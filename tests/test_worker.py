@@ -196,3 +196,12 @@ async def test_explicit_worker_tag_wins_and_statsd_flavor_and_the_default_send_n
             lines = await receiver.wait_for(functools.partial(longer_than, start + 2))
         assert all(line.tags == () for line in lines[start:]), flavor
     assert _worker._held is None, "no slot claimed when nothing asked for the tag"
+
+
+def test_without_fcntl_there_is_no_tag_and_no_warning(
+    own_temp: Path, monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_worker, "fcntl", None)  # as on Windows
+    assert _worker.tags((("service", "a"),)) == (("service", "a"),)
+    assert [record.levelname for record in loopstat_log.records] == ["DEBUG"]
+    assert not list(own_temp.iterdir()), "no folder made"
