@@ -13,9 +13,9 @@ the old ones exit.
 
 Any failure (a temporary directory that is not writable or not ours, every
 slot taken) means no tag, with one warning; no ``fcntl`` (Windows) means no
-tag, with one DEBUG line. A pid instead would be unbounded. The lock files stay behind, a few bytes each, for
-the system's temporary-file cleaning; removing them would race with a sibling
-that is about to lock the same file.
+tag, with one DEBUG line. A pid instead would be unbounded. The lock files
+stay behind, a few bytes each, for the system's temporary-file cleaning;
+removing them would race with a sibling that is about to lock the same file.
 """
 
 from __future__ import annotations
@@ -58,7 +58,11 @@ def group_directory() -> str:
 
 def _private(directory: str) -> None:
     """Create ``directory`` (and its parent) for this user only; OSError if it is someone else's or not a folder."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # One level at a time: makedirs() gives the folders above the last one the
+    # umask's mode, which may let everyone write.
+    for path in (os.path.dirname(directory), directory):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
     # The parent lives in a shared temporary folder: another user may have made
     # it first, or put a link there, to read or block our slots.
     for path in (os.path.dirname(directory), directory):

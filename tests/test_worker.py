@@ -82,10 +82,11 @@ import loopstat  # its fork hook lets go of the parent's slot in the child
 from loopstat import _worker
 mine = _worker.slot()
 if os.fork() == 0:
-    print("child", _worker.slot(), os.getpid(), flush=True)
+    sys.stdout.write(f"child {_worker.slot()} {os.getpid()}\\n")  # one write: the parent writes to the same pipe
+    sys.stdout.flush()
     time.sleep(120)
     os._exit(0)
-print("parent", mine, flush=True)
+sys.stdout.write(f"parent {mine}\\n")
 """
 
 
@@ -107,6 +108,9 @@ def test_a_forked_child_holds_its_own_slot_and_frees_its_dead_parents(
         assert hold(holders, ours)[1] == "0"
     finally:
         parent.stdout.close()
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait()
         if child:
             os.kill(child, signal.SIGKILL)  # orphaned: no one else will
 
@@ -205,3 +209,13 @@ def test_without_fcntl_there_is_no_tag_and_no_warning(
     assert _worker.tags((("service", "a"),)) == (("service", "a"),)
     assert [record.levelname for record in loopstat_log.records] == ["DEBUG"]
     assert not list(own_temp.iterdir()), "no folder made"
+
+
+def test_a_umask_of_0_still_makes_folders_for_this_user_alone(own_temp: Path) -> None:
+    old = os.umask(0)
+    try:
+        assert _worker.slot() == 0
+    finally:
+        os.umask(old)
+    ours = own_temp / f"loopstat-{os.getuid()}"
+    assert [oct(path.stat().st_mode & 0o777) for path in (ours, ours / str(os.getppid()))] == ["0o700", "0o700"]
