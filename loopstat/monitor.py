@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import weakref
-from time import perf_counter
 from types import TracebackType
 from typing import Any, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
@@ -137,7 +136,7 @@ class Monitor:
             except Exception:
                 self._fault()
             while True:
-                self._watched.next_sample = perf_counter() + interval
+                self._watched.next_sample = self._loop.time() + interval
                 lag = await _lag.overshoot(interval)
                 if self._stopped or self._pid != os.getpid():
                     return  # stopped meanwhile, or inherited by a forked child: the parent's, not ours

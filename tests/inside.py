@@ -23,3 +23,8 @@ def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
 def watchdog_looks() -> int:
     """How many times the stall watchdog thread has looked at the loops (each one a wake-up)."""
     return stalls._watchdog.looks
+
+
+def next_sample(monitor: loopstat.Monitor) -> float:
+    """``loop.time()`` when the monitor's sampler is next due to wake its loop."""
+    return monitor._watched.next_sample

@@ -14,7 +14,7 @@ from datadog_api_client import ApiClient, Configuration
 from datadog_api_client.model_utils import OpenApiModel, UnparsedObject
 from datadog_api_client.v1.model.dashboard import Dashboard
 
-from loopstat._metrics import ACROSS, METRICS
+from loopstat._metrics import ACROSS, METRICS, UNITS
 
 DASHBOARDS = Path(__file__).parent.parent / "dashboards"
 PREFIX = "loopstat"  # the dashboards are written for the default prefix
@@ -237,7 +237,8 @@ def test_both_dashboards_break_the_same_metrics_down_by_service_and_by_worker() 
 
 
 #: The Grafana unit of a panel by what it shows: timings ("ms" type) in ms, counts "short".
-GRAFANA_UNITS = {"utilization": "percentunit", "gc.pause": "ms"}
+# Grafana's name for each unit of the metric catalogue.
+GRAFANA_UNITS = {"ratio": "percentunit", "ms": "ms", "count": "short"}
 
 
 def test_every_grafana_panel_has_the_unit_of_what_it_shows() -> None:
@@ -246,5 +247,5 @@ def test_every_grafana_panel_has_the_unit_of_what_it_shows() -> None:
     assert panels
     for panel in panels:
         shown = {statsd_path(path) for target in panel["targets"] for path in graphite_paths(target["target"])}
-        units = {GRAFANA_UNITS.get(name, "ms" if kind == "ms" else "short") for name, kind, _ in shown}
+        units = {GRAFANA_UNITS["ms" if kind == "ms" else UNITS[name]] for name, kind, _ in shown}
         assert units == {panel["fieldConfig"]["defaults"].get("unit")}, panel["title"]

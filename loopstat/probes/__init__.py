@@ -53,7 +53,7 @@ class Watched:
         self.fault = fault
         #: loopstat's own tasks on the loop, which no count includes.
         self.own_tasks = own_tasks
-        #: ``perf_counter()`` when the sampler is next due to wake the loop.
+        #: ``loop.time()`` when the sampler is next due to wake the loop (its timer's deadline or just before).
         self.next_sample = 0.0
         self._clock: Optional[SelectorClock] = None
         self._clock_tried = False

@@ -47,8 +47,9 @@ PARKED_SECONDS = 1.0
 # and the sampler shows its progress, so an idle loop is woken only to be sampled.
 ACTIVE_SHARE = 0.01
 REST_AFTER_SECONDS = 2.0
-# A wake-up with no events this close to the sampler's deadline is the sampler's.
-SAMPLER_SLACK = 0.002
+# CPU seconds a sample itself may take on a loaded machine, on top of that share:
+# at a short interval the sampler's own work would otherwise keep the beat going.
+SAMPLE_CPU_SECONDS = 0.001
 # A fork waits at most this long for the watchdog thread to end when no loop
 # is watched: Python 3.12+ warns about a fork in a process with threads.
 FORK_WAIT_SECONDS = 1.0
@@ -129,6 +130,10 @@ class StallProbe:
         self._next_sample = next_sample
         self._cpu = Cpu()
         self._idle_samples = 0
+        # Set when a wake-up was the sampler's and left the watchdog asleep.
+        self._quiet_wake = False
+        # The progress mark of the last stall reported: one stall per mark, whoever sees it first.
+        self._reported_mark = -math.inf
         self._rest_after = max(1, math.ceil(REST_AFTER_SECONDS / interval)) if math.isfinite(interval) else 1
         self.period = threshold / 10 if clock is not None else threshold / 4
         #: The thread that runs the loop, as last seen by the loop itself.
@@ -165,8 +170,10 @@ class StallProbe:
         # A loop may run in another thread after a stop; its wakes move the mark.
         self.thread_id = threading.get_ident()
         if self.parked:
-            if not events and end >= self._next_sample() - SAMPLER_SLACK:
-                return  # the sampler's wake-up: ``sampled`` looks whether more work came with it
+            if not events and self._loop.time() >= self._next_sample():
+                # The sampler's timer is due: ``sampled`` looks at what came with it.
+                self._quiet_wake = True
+                return
             self.parked = False
             _watchdog.wake()
 
@@ -181,8 +188,13 @@ class StallProbe:
         longer if the thread spent more CPU time than that since the last sample.
         """
         share = self._cpu.share()
-        idle = share is not None and share < ACTIVE_SHARE
-        if self._clock is not None:
+        idle = share is not None and self._cpu.spent < ACTIVE_SHARE * self._cpu.wall + SAMPLE_CPU_SECONDS
+        clock = self._clock
+        if clock is not None:
+            if self._quiet_wake:
+                self._quiet_wake = False
+                # Timers due with the sampler's ran before it, unwatched: a stall among them ends here.
+                self._report(now, clock.woke, clock.woke)
             if self.parked and getattr(self._loop, "_ready", None):
                 self.parked = False
                 _watchdog.wake()
@@ -256,8 +268,9 @@ class StallProbe:
 
     def _report(self, now: float, started: float, mark: float) -> None:
         duration = now - started
-        if duration <= self.threshold or self.paused >= mark:
+        if duration <= self.threshold or self.paused >= mark or mark == self._reported_mark:
             return
+        self._reported_mark = mark
         capture = self.capture
         if capture is None or capture.mark != mark:
             capture = Capture(mark, None, "", False)
