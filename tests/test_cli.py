@@ -407,9 +407,9 @@ def test_bad_arguments_fail_in_one_line(args: List[str], message: str) -> None:
 
 
 def summary_rows(text: str) -> Dict[str, List[str]]:
-    """The demo summary's table: phase name to its cells (lag max, utilization, stalls, requests)."""
+    """The demo summary's table: phase name to its cells (lag max, utilization, cpu, stalls, requests)."""
     summary = text.split("what the service's loop went through")[1]
-    rows = re.findall(r"^  (\S.*?)\s{2,}(\S+ ms|-)\s+(\S+%|-)\s+(\d+)\s+(\d+)$", summary, re.M)
+    rows = re.findall(r"^  (\S.*?)\s{2,}(\S+ ms|-)\s+(\S+%|-)\s+(\S+%|-)\s+(\d+)\s+(\d+)$", summary, re.M)
     return {name: cells for name, *cells in rows}
 
 
@@ -435,7 +435,7 @@ def test_demo_in_a_terminal_at_80x24_shows_phases_metrics_with_units_and_the_blo
     screen = term.text()
     assert re.search(r"I/O on loop stalled at demo_service\.py:\d+ in fetch_report", screen)
     assert re.search(r"CPU on loop stalled at demo_service\.py:\d+ in crunch_numbers", screen)
-    assert "requests: requests the service finished in the phase" in screen
+    assert "requests: requests the service finished" in screen
     assert "Traceback" not in screen
 
 
@@ -456,13 +456,16 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
         ("CPU on loop", "CPU in process", "to a process pool (threads share the GIL)"),
     ):
         assert ms(rows[on_loop][0]) > 100
-        assert int(rows[on_loop][2]) >= 1
+        assert int(rows[on_loop][3]) >= 1
         # Off the loop it only waits: a loaded machine delays it by tens of ms, not a whole request.
         assert ms(rows[moved][0]) < ms(rows[on_loop][0]) / 2
         assert float(rows[moved][1][:-1]) < float(rows[on_loop][1][:-1])
         assert f"lag max {rows[on_loop][0]} on the loop, {rows[moved][0]} in " in out
         assert f"Move it off the loop, {advice}." in out
     assert "run_in_executor" not in out.split("CPU-bound Python:")[1], "no thread advice for CPU work"
+    # Blocking I/O keeps the loop busy off the CPU: its cpu share stays far below its utilization.
+    io_utilization, io_cpu = (float(cell[:-1]) for cell in rows["I/O on loop"][1:3])
+    assert io_cpu < io_utilization / 2
 
 
 def test_demo_advice_admits_when_moving_the_work_did_not_help() -> None:

@@ -194,6 +194,7 @@ class PhaseTally:
     #: None until a lag sample arrives.
     lag_max: Optional[float] = None
     utilization: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
     stalls_seen: int = 0
     stall: Optional[loopstat.Stall] = None
     requests: int = 0
@@ -223,6 +224,8 @@ class Tally:
             tally.lag_max = max(tally.lag_max or 0.0, sample.value)
         elif sample.name == f"{PREFIX}.utilization":
             tally.utilization.append(sample.value)
+        elif sample.name == f"{PREFIX}.cpu":
+            tally.cpu.append(sample.value)
         monitor = self._service.monitor
         if monitor is not None:
             tally.stalls_seen = max(tally.stalls_seen, monitor.stalls)
@@ -232,19 +235,20 @@ class Tally:
 
     def summary(self, interrupted: bool) -> str:
         rows = ["", "loopstat demo: what the service's loop went through", ""]
-        rows.append(f"  {'phase':<20}{'lag max':>10}{'utilization':>13}{'stalls':>8}{'requests':>10}")
+        rows.append(f"  {'phase':<20}{'lag max':>10}{'utilization':>13}{'cpu':>7}{'stalls':>8}{'requests':>10}")
         stalls_before = 0
         for index, tally in enumerate(self.phases):
-            use = fmt.value(sum(tally.utilization) / len(tally.utilization), "%") if tally.utilization else "-"
+            use, cpu = (fmt.value(sum(v) / len(v), "%") if v else "-" for v in (tally.utilization, tally.cpu))
             stalls, stalls_before = tally.stalls_seen - stalls_before, tally.stalls_seen
             name = tally.phase.name + (" (cut)" if interrupted and index == len(self.phases) - 1 else "")
             lag = "-" if tally.lag_max is None else fmt.value(tally.lag_max, "ms")
-            rows.append(f"  {name:<20}{lag:>10}{use:>13}{stalls:>8}{tally.requests:>10}")
+            rows.append(f"  {name:<20}{lag:>10}{use:>13}{cpu:>7}{stalls:>8}{tally.requests:>10}")
         rows += [
             "",
             "  lag max: the most a timer ran late · utilization: share of the time the loop",
-            "  ran code rather than waited · stalls: times it made no progress for over",
-            f"  {STALL_SECONDS * 1000:.0f} ms · requests: requests the service finished in the phase",
+            "  ran code rather than waited · cpu: share of a core its thread used (far below",
+            "  utilization: it waited on I/O inside callbacks) · stalls: times it made no",
+            f"  progress for over {STALL_SECONDS * 1000:.0f} ms · requests: requests the service finished",
             "",
         ]
         for tally in self.phases:
