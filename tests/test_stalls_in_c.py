@@ -125,6 +125,12 @@ async def test_a_stall_in_c_code_holding_the_gil_is_named_at_the_line_that_made_
     await stall_of(name)
 
 
+async def test_a_json_loads_that_runs_the_collector_is_still_the_applications_stall() -> None:
+    # A C call that allocates runs the garbage collector, and loopstat's GC hook
+    # with it: that is where the watchdog gets in, and it must not count as loopstat's own.
+    await stall_of("json.loads", gc=True)
+
+
 async def test_a_stack_slow_to_describe_is_still_reported_with_its_stall(monkeypatch: pytest.MonkeyPatch) -> None:
     # The watchdog gets in only as the call returns, and reading source lines
     # (here from a slow disk) lets the loop run on and report first: it waits.

@@ -40,6 +40,7 @@ from weakref import WeakSet
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes.cpu import Cpu
+from loopstat.probes.gc import _on_gc
 from loopstat.probes.selector_clock import Events, SelectorClock
 
 log = logging.getLogger(__name__)
@@ -532,7 +533,9 @@ def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Oute
     if callback is None:
         return Capture(mark, None, stack, False)
     # Stuck in loopstat's code, or in Python's called by it: loopstat's own doing.
-    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON), None)
+    # Not in its GC hook, which runs inside whatever allocates; a long C call
+    # that allocates (``json.loads``) lets the watchdog in there.
+    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON and (f[0], f[2]) != _GC_HOOK), None)
     own = innermost is not None and _kind(innermost[0]) == _LOOPSTAT_CODE
     culprit = innermost if own else _culprit(callback)
     return Capture(mark, _where(culprit), stack, own)
@@ -543,6 +546,7 @@ def _where(frame: Optional[Frame]) -> Optional[str]:
 
 
 _PYTHON, _LOOPSTAT_CODE, _PACKAGE, _APPLICATION = range(4)
+_GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 _PACKAGES = ("site-packages", "dist-packages")
 _STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("stdlib", "platstdlib")})
 _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
