@@ -7,6 +7,14 @@ loop is watched, looks when some loop's last sign of progress may be
 stack. The stall is measured and reported by the loop itself, on the first
 beat after it ends; everything that costs time (walking the frames, reading
 source lines, naming the culprit) is done by the watchdog, off the loop.
+
+A block inside C code that holds the GIL (a big ``json.loads``, ``sum`` over a
+huge range, a backtracking regex) keeps the watchdog out until the call
+returns. The loop thread then gives the GIL up at the interpreter's next check,
+still in the frame that made the call (Python 3.9 to 3.13 alike), so the
+watchdog, which asked for the GIL during the block, looks first and finds the
+calling line. For that it looks before it does anything that lets the loop run
+on, and the loop, reporting the stall, waits for a look in progress.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from weakref import WeakSet
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes.cpu import Cpu
+from loopstat.probes.gc import _on_gc
 from loopstat.probes.selector_clock import Events, SelectorClock
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,10 @@ SAMPLE_CPU_SECONDS = 0.001
 # A fork waits at most this long for the watchdog thread to end when no loop
 # is watched: Python 3.12+ warns about a fork in a process with threads.
 FORK_WAIT_SECONDS = 1.0
+
+# The loop, reporting a stall, waits at most this long for the watchdog to finish
+# describing it: after a block in C code the two look at the same moment.
+CAPTURE_WAIT_SECONDS = 0.1
 
 # The watchdog walks at most this many frames from the innermost: it holds the
 # GIL while it walks, and the loop may want it back, whatever the depth.
@@ -156,6 +169,11 @@ class StallProbe:
         loop.call_soon(self._learn)
         self._restart_posted = False
         self._restart_posted_at = -math.inf
+        # When the watchdog meant to look next (-inf: when the loop wakes): a look
+        # made late because the loop held the GIL is counted as made in time.
+        self._planned = -math.inf
+        # Held by the watchdog from its look at the loop's stack until the capture is published.
+        self._capturing = threading.Lock()
         self._closed = False
         if clock is not None:
             clock.on_wake = self._woke
@@ -273,6 +291,12 @@ class StallProbe:
         self._reported_mark = mark
         capture = self.capture
         if capture is None or capture.mark != mark:
+            # The watchdog may be describing this very stall: after a block in C
+            # code that held the GIL, it gets to look only as the block ends.
+            if self._capturing.acquire(timeout=CAPTURE_WAIT_SECONDS):
+                self._capturing.release()
+            capture = self.capture
+        if capture is None or capture.mark != mark:
             capture = Capture(mark, None, "", False)
         if capture.own:
             log.debug(
@@ -290,6 +314,11 @@ class StallProbe:
         Returns when to look again, or None to wait until the loop comes out
         of its selector.
         """
+        when = self._inspect(now)
+        self._planned = -math.inf if when is None else when
+        return when
+
+    def _inspect(self, now: float) -> Optional[float]:
         loop = self._loop
         if self._closed:
             return None  # gone with its monitor; nothing may be posted to its loop any more
@@ -303,11 +332,10 @@ class StallProbe:
             return now + self.threshold
         if self.resting:
             # Only the sampler shows progress: stuck if it is overdue by more than the threshold.
-            if now >= self.beat + self.interval + self.threshold:
-                capture = self.capture
-                if capture is None or capture.mark != self.beat:
-                    self.capture = capture_stack(self.beat, self.thread_id, self.outer)
-            return now + PARKED_SECONDS
+            again = now + PARKED_SECONDS
+            if now < self.beat + self.interval + self.threshold:
+                return again
+            return self._capture(self.beat, lambda: again)
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
@@ -318,6 +346,31 @@ class StallProbe:
             self.parked = False
         mark = self.mark()
         due = mark + self.threshold
+        if now < due:
+            return self._next_look(now, mark, due)
+        # The restart, if due, is posted after the look at the stack, before
+        # the loop can wait again: a wait would end the stall unreported.
+        return self._capture(mark, lambda: self._next_look(now, mark, due))
+
+    def _capture(self, mark: float, then: Callable[[], float]) -> float:
+        """Capture the stack of the stall that started at ``mark`` (unless done), around ``then``; return its result."""
+        capture = self.capture
+        if capture is not None and capture.mark == mark:
+            return then()
+        with self._capturing:  # the loop's report of this stall waits for the capture
+            # The stack first, before anything that lets the loop run on (posting
+            # to it, reading source lines): after a block in C code that held the
+            # GIL, the watchdog gets in just as the call returns, and the loop
+            # thread still stands where it made the call.
+            frames, whole = _thread_stack(self.thread_id)
+            seen = self.mark() == mark  # else the loop moved on before the watchdog could look
+            when = then()
+            if seen:
+                self.capture = capture_stack(mark, frames, whole, self.outer)
+        return when
+
+    def _next_look(self, now: float, mark: float, due: float) -> float:
+        """Restart the beat if the loop works without it; return when to look again."""
         if self._handle is None:
             # Working without waiting, and no beat to show progress: restart it soon.
             soon = mark + self.period
@@ -325,13 +378,13 @@ class StallProbe:
                 return min(due, soon)
             if not self._restart_posted:
                 self._restart_posted = True
-                self._restart_posted_at = now
-                loop.call_soon_threadsafe(self._restart)
+                # Posted when it should have been if this look came late, kept
+                # out by a loop that held the GIL; a restart that is late for
+                # other reasons (a beat that was interrupted) counts from now.
+                self._restart_posted_at = min(now, max(soon, self._planned))
+                self._loop.call_soon_threadsafe(self._restart)
         if now < due:
             return due if self._handle is not None else min(due, now + self.period)
-        capture = self.capture
-        if capture is None or capture.mark != mark:
-            self.capture = capture_stack(mark, self.thread_id, self.outer)
         return now + self.threshold
 
     def close(self) -> None:
@@ -473,15 +526,16 @@ def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
     return walk(sys._current_frames().get(thread_id))
 
 
-def capture_stack(mark: float, thread_id: int, outer: Outer) -> Capture:
-    """What the thread that runs a stuck loop is doing; called by the watchdog, off the loop."""
-    frames, whole = _thread_stack(thread_id)
+def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Outer) -> Capture:
+    """What the thread that runs a stuck loop was doing, from its stack; called by the watchdog, off the loop."""
     stack = format_stack(frames, whole)
     callback = callback_frames(frames, whole, outer)
     if callback is None:
         return Capture(mark, None, stack, False)
     # Stuck in loopstat's code, or in Python's called by it: loopstat's own doing.
-    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON), None)
+    # Not in its GC hook, which runs inside whatever allocates; a long C call
+    # that allocates (``json.loads``) lets the watchdog in there.
+    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON and (f[0], f[2]) != _GC_HOOK), None)
     own = innermost is not None and _kind(innermost[0]) == _LOOPSTAT_CODE
     culprit = innermost if own else _culprit(callback)
     return Capture(mark, _where(culprit), stack, own)
@@ -492,6 +546,7 @@ def _where(frame: Optional[Frame]) -> Optional[str]:
 
 
 _PYTHON, _LOOPSTAT_CODE, _PACKAGE, _APPLICATION = range(4)
+_GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 _PACKAGES = ("site-packages", "dist-packages")
 _STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("stdlib", "platstdlib")})
 _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")

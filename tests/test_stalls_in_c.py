@@ -1,0 +1,144 @@
+"""Stalls inside C code that holds the GIL: named at the application line that made the call, with its stack.
+
+The watchdog cannot look while such a call runs; it gets in as the call
+returns, when the loop still stands at the calling line. Each call here is a
+real one, sized on this machine to last about ``TARGET`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import re
+import time
+from typing import Any, Callable
+
+import pytest
+
+import loopstat
+from loopstat.probes import stalls
+from tests.test_stalls import line_of, wait_for_stalls
+
+# How long each C call is sized to last, and the least a test accepts to have
+# seen: a stall of at least 3x the default threshold of 0.1 s.
+TARGET = 0.6
+AT_LEAST_MS = 300.0
+
+BACKTRACKING = re.compile(r"(a+)+$")
+
+
+def seconds(call: Callable[[], object], runs: int = 3) -> float:
+    """The shortest of a few runs: the machine's speed, with as little of its load as can be."""
+    took = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        took.append(time.perf_counter() - started)
+    return min(took)
+
+
+def records(count: int) -> str:
+    rows = (f'{{"id": {i}, "name": "customer {i}", "tags": ["a", "b"], "due": {i / 2}}}' for i in range(count))
+    return "[" + ",".join(rows) + "]"
+
+
+def parse_seconds(document: str) -> float:
+    return seconds(lambda: json.loads(document), runs=1)
+
+
+@functools.cache
+def big_document() -> str:
+    # Parsing slows down as the collector's work grows with the document: sized
+    # by doubling, then scaled at most twofold.
+    count = 20_000
+    while True:
+        took = parse_seconds(records(count))
+        if took >= TARGET / 2:
+            return records(int(count * TARGET / took))
+        count *= 2
+
+
+@functools.cache
+def long_range() -> int:
+    return int(1_000_000 * TARGET / seconds(lambda: sum(range(1_000_000))))
+
+
+@functools.cache
+def hopeless_input() -> str:
+    # Each "a" more doubles the time the pattern takes to fail.
+    took = seconds(lambda: BACKTRACKING.match("a" * 16 + "b"))
+    return "a" * (16 + max(0, round(math.log2(TARGET / took)))) + "b"
+
+
+# The application: each blocks the loop in one C call that holds the GIL.
+
+
+def load_report(document: str) -> float:
+    started = time.perf_counter()
+    json.loads(document)  # the calling line
+    return (time.perf_counter() - started) * 1000.0
+
+
+def add_up(count: int) -> float:
+    started = time.perf_counter()
+    sum(range(count))  # the calling line
+    return (time.perf_counter() - started) * 1000.0
+
+
+def check_input(text: str) -> float:
+    started = time.perf_counter()
+    re.match(BACKTRACKING, text)  # the calling line
+    return (time.perf_counter() - started) * 1000.0
+
+
+CALLS: dict[str, tuple[Callable[[Any], float], Callable[[], Any]]] = {
+    "json.loads": (load_report, big_document),
+    "sum": (add_up, long_range),
+    "re.match": (check_input, hopeless_input),
+}
+
+
+async def stall_of(name: str, **options: Any) -> None:
+    """Block the loop in the named C call from application code; check the stall names its calling line."""
+    app, argument = CALLS[name]
+    arg = argument()
+    where = f"test_stalls_in_c.py:{line_of(app, 'the calling line')} in {app.__name__}"
+    async with loopstat.install("127.0.0.1", 9, **options) as monitor:
+        await asyncio.sleep(0.1)  # the loop waits, then wakes to the call, as for a request
+        blocked = app(arg)
+        await wait_for_stalls(monitor, 1)
+    assert blocked >= AT_LEAST_MS, f"the call lasted only {blocked:.0f} ms: too short to test"
+    stall = monitor.last_stall
+    assert stall is not None
+    # Counted from when the loop got stuck, not only from when the watchdog got in.
+    assert stall.duration >= blocked / 2
+    assert stall.location is not None, f"not located; stack:\n{stall.stack}"
+    assert stall.location.endswith(where), stall.location
+    assert f"line {line_of(app, 'the calling line')}, in {app.__name__}" in stall.stack
+    assert "# the calling line" in stall.stack
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+async def test_a_stall_in_c_code_holding_the_gil_is_named_at_the_line_that_made_the_call(name: str) -> None:
+    await stall_of(name)
+
+
+async def test_a_json_loads_that_runs_the_collector_is_still_the_applications_stall() -> None:
+    # A C call that allocates runs the garbage collector, and loopstat's GC hook
+    # with it: that is where the watchdog gets in, and it must not count as loopstat's own.
+    await stall_of("json.loads", gc=True)
+
+
+async def test_a_stack_slow_to_describe_is_still_reported_with_its_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watchdog gets in only as the call returns, and reading source lines
+    # (here from a slow disk) lets the loop run on and report first: it waits.
+    real = stalls.format_stack
+
+    def from_a_slow_disk(*args: Any) -> str:
+        time.sleep(0.03)
+        return real(*args)
+
+    monkeypatch.setattr(stalls, "format_stack", from_a_slow_disk)
+    await stall_of("sum")
