@@ -19,7 +19,7 @@ from loopstat import _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
 from loopstat._metrics import PROBES, Line
-from loopstat._stand_in import StandIn
+from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
 from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
@@ -79,7 +79,7 @@ class Monitor:
         self._loop_gone = weakref.finalize(loop, self._sink.close)
         self._task: Optional[asyncio.Task[None]] = None
         self._coro: Optional[Coroutine[Any, Any, None]] = None
-        self._close_guard: Optional[StandIn] = None
+        self._close_guard: Union[StandIn, ClassStandIn, None] = None
         self._stopped = False
         self._shut = False
         self._pid = os.getpid()
@@ -202,8 +202,15 @@ class Monitor:
                 monitor._on_loop_close()
             inner()
 
-        # None on a loop class without instance attributes: no guard there.
-        self._close_guard = StandIn.try_set(loop, "close", close)
+        # Stdlib loops keep their attributes compact: one more costs nothing. Other
+        # loops (uvloop) keep a plain dict, and one more key there slows every
+        # method call on the loop: they get a subclass instead, unless another
+        # tool already set its own close on the instance.
+        # None on a loop that takes neither: no guard there.
+        if isinstance(loop, asyncio.BaseEventLoop) or own_attribute(loop, "close") is not ABSENT:
+            self._close_guard = StandIn.try_set(loop, "close", close)
+        else:
+            self._close_guard = ClassStandIn.try_set(loop, "close", lambda _loop: close())
 
     def _unguard_close(self) -> None:
         # Left in another tool's chain, the guard finds the monitor shut and only passes the call on.

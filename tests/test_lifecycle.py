@@ -516,3 +516,18 @@ async def test_lines_held_for_the_first_connection_are_counted_dropped_if_stop_c
     send_lines(monitor, [("early", "g", 1.0)] * 3)
     await monitor.stop()
     assert (monitor.sent, monitor.dropped) == (0, 3)
+
+
+def test_the_close_guard_on_uvloop_is_a_subclass_not_an_attribute_and_goes_with_stop() -> None:
+    """A key added to a uvloop loop's plain __dict__ would slow every method call on it."""
+    loop = uvloop.new_event_loop()
+    try:
+        monitor = loopstat.install("127.0.0.1", 9, loop=loop)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert "close" not in vars(loop)
+        assert type(loop) is not uvloop.Loop
+        assert isinstance(loop, uvloop.Loop)
+        loop.run_until_complete(monitor.stop())
+        assert type(loop) is uvloop.Loop
+    finally:
+        loop.close()
