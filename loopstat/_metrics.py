@@ -48,7 +48,7 @@ METRICS: Tuple[Metric, ...] = (
         "utilization",
         "max",
         "share of the time since the previous sample that the loop spent running callbacks rather than "
-        "waiting for events; stdlib loops only",
+        "waiting for events (uvloop: its thread's CPU time plus time in watched blocking calls)",
     ),
     Metric(
         "cpu",

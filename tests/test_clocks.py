@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any, List
 
 import pytest
 
 from loopstat.probes.cpu import Cpu
-from loopstat.probes.utilization import Utilization
+from loopstat.probes.utilization import BusyTime, SelectorWaits
 
 
 class Clock:
@@ -26,8 +27,8 @@ class Waits:
     idle = 0.0
 
 
-def utilization(wall: Clock, waits: Waits) -> Utilization:
-    return Utilization(waits, now=wall)  # type: ignore[arg-type]
+def utilization(wall: Clock, waits: Waits) -> SelectorWaits:
+    return SelectorWaits(waits, now=wall)  # type: ignore[arg-type]
 
 
 def test_utilization_is_the_share_of_the_window_not_spent_waiting() -> None:
@@ -35,10 +36,10 @@ def test_utilization_is_the_share_of_the_window_not_spent_waiting() -> None:
     probe = utilization(wall, waits)
     wall.now += 0.25
     waits.idle += 0.05  # waited 50 ms of 250
-    assert probe.ratio() == pytest.approx(0.8)
+    assert probe() == pytest.approx(0.8)
     wall.now += 0.5
     waits.idle += 0.5  # waited all of the next window
-    assert probe.ratio() == 0.0
+    assert probe() == 0.0
 
 
 def test_utilization_stays_between_0_and_1_when_a_wait_straddles_two_windows() -> None:
@@ -46,14 +47,14 @@ def test_utilization_stays_between_0_and_1_when_a_wait_straddles_two_windows() -
     probe = utilization(wall, waits)
     wall.now += 0.1
     waits.idle += 0.3  # a wait that began before the window is counted when it ends
-    assert probe.ratio() == 0.0
+    assert probe() == 0.0
     wall.now += 0.1
-    assert probe.ratio() == 1.0
+    assert probe() == 1.0
 
 
 def test_utilization_of_an_empty_window_is_zero_not_a_division_by_zero() -> None:
     wall, waits = Clock(), Waits()
-    assert utilization(wall, waits).ratio() == 0.0
+    assert utilization(wall, waits)() == 0.0
 
 
 def test_cpu_share_is_thread_cpu_time_over_wall_time() -> None:
@@ -79,3 +80,16 @@ def test_cpu_share_starts_afresh_when_the_loop_moves_to_another_thread() -> None
     wall.now += 0.25
     cpu.now += 0.05
     assert probe.share() == pytest.approx(0.2)
+
+
+def test_where_no_selector_is_timed_busy_time_is_cpu_time_plus_time_in_watched_blocking_calls() -> None:
+    wall, cpu = Clock(), Clock(5.0)
+    watched: Any = types.SimpleNamespace(blocked=2.0)
+    busy = BusyTime(watched, Cpu(wall=wall, cpu=cpu, thread=lambda: 1))
+    wall.now += 0.5
+    cpu.now += 0.1  # 100 ms of CPU
+    watched.blocked += 0.2  # 200 ms in time.sleep, say
+    assert busy() == pytest.approx(0.6)
+    wall.now += 0.5
+    watched.blocked += 0.7  # a call that began in the previous window: never above one
+    assert busy() == 1.0

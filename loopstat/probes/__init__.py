@@ -53,6 +53,9 @@ class Watched:
         self.fault = fault
         #: loopstat's own tasks on the loop, which no count includes.
         self.own_tasks = own_tasks
+        #: Seconds the loop's thread has spent blocked in the calls the blocking-call
+        #: probe watches, since the monitor started (0 while that probe is off).
+        self.blocked = 0.0
         #: ``loop.time()`` when the sampler is next due to wake the loop (its timer's deadline or just before).
         self.next_sample = 0.0
         self._clock: Optional[SelectorClock] = None

@@ -1,4 +1,11 @@
-"""Utilization: the share of wall time a loop spends running callbacks, not waiting for events."""
+"""Utilization: the share of wall time a loop spends running callbacks, not waiting for events.
+
+Stdlib loops: timed at the selector (``selector_clock``), exact. Loops that wait
+out of Python's reach (uvloop): the loop thread's CPU time plus the time it
+spent blocked in the calls the blocking-call probe watches, over wall time;
+time blocked off the CPU in anything else (a C extension's own blocking I/O,
+a lock) counts as idle there.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,20 @@ from typing import Callable, List, Optional
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
+from loopstat.probes.cpu import Cpu
 from loopstat.probes.selector_clock import SelectorClock
 
 
-class Utilization:
-    """Reads a ``SelectorClock`` as a busy ratio per sampling window."""
+class SelectorWaits:
+    """Busy share of a stdlib loop: wall time not spent waiting in its selector."""
 
-    def __init__(
-        self, clock: SelectorClock, watched: Optional[Watched] = None, now: Callable[[], float] = perf_counter
-    ) -> None:
+    def __init__(self, clock: SelectorClock, now: Callable[[], float] = perf_counter) -> None:
         self._clock = clock
-        self._watched = watched
         self._now = now
         self._since = now()
         self._idle = clock.idle
 
-    def ratio(self) -> float:
+    def __call__(self) -> Optional[float]:
         """Share of the time since the previous call that the loop was not waiting, 0 to 1."""
         now, idle = self._now(), self._clock.idle
         wall, waited = now - self._since, idle - self._idle
@@ -31,16 +36,42 @@ class Utilization:
             return 0.0
         return min(1.0, max(0.0, 1.0 - waited / wall))
 
+
+class BusyTime:
+    """Busy share where no selector can be timed: CPU time plus time in watched blocking calls, over wall time."""
+
+    def __init__(self, watched: Watched, cpu: Optional[Cpu] = None) -> None:
+        self._watched = watched
+        self._cpu = cpu or Cpu()
+        self._blocked = watched.blocked
+
+    def __call__(self) -> Optional[float]:
+        """None for the first window after the loop moved to another thread."""
+        share, blocked = self._cpu.share(), self._watched.blocked
+        off_cpu, self._blocked = blocked - self._blocked, blocked
+        if share is None or self._cpu.wall <= 0:
+            return None
+        return min(1.0, max(0.0, share + off_cpu / self._cpu.wall))
+
+
+class Utilization:
+    """Sends the busy share at each sample and keeps it in ``monitor.utilization``."""
+
+    def __init__(self, busy: Callable[[], Optional[float]], watched: Watched) -> None:
+        self._busy = busy
+        self._watched = watched
+
     def read(self, lines: List[Line]) -> None:
-        ratio = self.ratio()
-        if self._watched is not None:
-            self._watched.monitor.utilization = ratio
-        lines.append(("utilization", "g", round(ratio, 4)))
+        ratio = self._watched.monitor.utilization = self._busy()
+        if ratio is not None:
+            lines.append(("utilization", "g", round(ratio, 4)))
 
     def close(self) -> None:
         pass
 
 
 def attach(watched: Watched) -> Optional[Utilization]:
-    clock = watched.clock() if watched.settings.utilization else None
-    return Utilization(clock, watched) if clock is not None else None
+    if not watched.settings.utilization:
+        return None
+    clock = watched.clock()
+    return Utilization(SelectorWaits(clock) if clock is not None else BusyTime(watched), watched)
