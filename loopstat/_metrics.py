@@ -7,12 +7,16 @@ Adding a metric is one row here plus the probe that measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Tuple
+from typing import Dict, Literal, Tuple, Union
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
 Kind = Literal["g", "ms", "c"]
-# One line of a sample: (name after the prefix, StatsD type, value); the sink adds prefix and tags.
-Line = Tuple[str, Kind, float]
+#: Tags of one line of its own, ``(key, value)`` pairs: ``(("call", "time.sleep"),)``.
+LineTags = Tuple[Tuple[str, str], ...]
+# One line of a sample: (name after the prefix, StatsD type, value), optionally with tags of its own;
+# the sink adds prefix and tags (the line's after the monitor's; with flavor "statsd" their values
+# become the last parts of the name).
+Line = Union[Tuple[str, Kind, float], Tuple[str, Kind, float, LineTags]]
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,24 @@ METRICS: Tuple[Metric, ...] = (
         "longest garbage-collector pause since the previous sample (`gc=True`)",
     ),
     Metric("gc.collections", "c", "count", "gc", "sum", "collections since the previous sample (`gc=True`)"),
+    Metric(
+        "blocking_calls",
+        "c",
+        "count",
+        "blocking",
+        "sum",
+        "calls that block made on the loop's thread since the previous sample, tagged `call:<module.function>` "
+        "(`time.sleep`, `socket.getaddrinfo`, `socket.socket.recv`, …; `blocking_calls=True`)",
+    ),
+    Metric(
+        "blocking_time",
+        "ms",
+        "ms",
+        "blocking",
+        "sum",
+        "time the loop's thread spent in those calls since the previous sample, tagged `call:…` "
+        "(`blocking_calls=True`)",
+    ),
 )
 
 #: Each metric name once, with how dashboards combine it across services.
@@ -97,6 +119,8 @@ ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
 UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}
 #: The longest name after the prefix, with its dot: it bounds the prefix and the line overhead.
 LONGEST_SUFFIX = max(len("." + metric.name) for metric in METRICS)
+#: Room kept in every line for tags of its own (``,call:subprocess.Popen.communicate``), after the monitor's.
+LINE_TAG_ROOM = 48
 
 _TYPES = {"g": "gauge `g`", "ms": "timing `ms`", "c": "counter `c`"}
 _UNITS = {"ms": "ms", "ratio": "ratio 0\N{EN DASH}1", "count": "count"}

@@ -22,7 +22,7 @@ from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, 
 
 from loopstat import _worker
 from loopstat import tags as _tags
-from loopstat._metrics import LONGEST_SUFFIX
+from loopstat._metrics import LINE_TAG_ROOM, LONGEST_SUFFIX
 from loopstat.tags import show
 
 T = TypeVar("T")
@@ -35,9 +35,10 @@ MAX_DATAGRAM = 1432
 MAX_UNIX_DATAGRAM = 8192
 # sun_path holds 108 bytes on Linux, the last one the terminating NUL.
 MAX_SOCKET_PATH = 107
-# What a line holds after the prefix, besides its tags: the longest metric
-# name, ":", a value of up to 24 characters, "|ms|#", and room to spare.
-_LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + 16
+# What a line holds after the prefix, besides the monitor's tags: the longest
+# metric name, ":", a value of up to 24 characters, "|ms|#", the line's own
+# tags, and room to spare.
+_LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + LINE_TAG_ROOM + 16
 # Datadog metric names are at most 200 characters.
 MAX_PREFIX_LENGTH = 200 - LONGEST_SUFFIX
 Flavor = Literal["dogstatsd", "statsd"]
@@ -396,6 +397,9 @@ class Settings:
         "`worker:<slot>` tag telling apart the processes of a pre-fork server (dogstatsd only)",
         run="LOOPSTAT_WORKER_TAG",
         run_default=True,
+    )
+    blocking_calls: bool = _row(
+        False, Switch(), "blocking calls on the loop's thread counted and named", run="LOOPSTAT_BLOCKING_CALLS"
     )
 
     @property

@@ -341,6 +341,7 @@ def install(
     executor: bool = True,
     gc: bool = False,
     worker_tag: bool = False,
+    blocking_calls: bool = False,
 ) -> Monitor:
     """Start monitoring a loop (the running one unless ``loop`` is given); return its monitor.
 
@@ -361,6 +362,7 @@ def install(
         executor=executor,
         gc=gc,
         worker_tag=worker_tag,
+        blocking_calls=blocking_calls,
         environ=os.environ,
     )
     target = _target_loop(loop)

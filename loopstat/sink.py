@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import re
 import socket
 import threading
 import time
@@ -40,9 +41,9 @@ from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
 from loopstat import _worker
-from loopstat._metrics import Line
+from loopstat._metrics import Line, LineTags
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
-from loopstat.tags import joined
+from loopstat.tags import joined, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ EARLY_LINES = 200
 MIN_UNIX_SEND_BUFFER = 32 * 1024
 # Send errors that mean a full buffer, not an absent Agent: drop and go on.
 _FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+# Line tags rendered, kept: probes send a small fixed set (one per blocking call).
+_LINE_TAGS_KEPT = 256
+# A line tag's value as a name component (flavor "statsd", which has no tags).
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 #: Where to send: the socket family and the address to connect to.
 Address = Tuple[int, Tuple[Any, ...]]
@@ -189,9 +194,14 @@ class Sink:
         # The worker tag is this process's, never part of settings (which a forked child shares).
         pairs = _worker.tags(settings.tags) if settings.worker_tag and settings.flavor == "dogstatsd" else settings.tags
         tags = f"|#{joined(pairs)}".encode() if pairs else b""
-        self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: (
-            build(name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1) + tags
+        self._pairs = pairs
+        self._bare: Callable[[str, MType, float], bytes] = lambda name, kind, value: build(
+            name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1
         )
+        self._build: Callable[[str, MType, float], bytes] = lambda name, kind, value: (
+            self._bare(name, kind, value) + tags
+        )
+        self._line_tags: Dict[LineTags, Tuple[str, bytes]] = {}
 
     def start(self) -> None:
         """Connect at once to an IP address or a Unix socket; look a host name up first (``maintain`` connects)."""
@@ -288,8 +298,12 @@ class Sink:
         out: List[Tuple[bytes, int]] = []
         batch: List[bytes] = []
         size = 0
-        for name, kind, value in lines:
-            line = self._build(name, _TYPES[kind], value)
+        for name, kind, value, *extra in lines:
+            if extra:
+                suffix, tags = self._with_line_tags(extra[0])
+                line = self._bare(name + suffix, _TYPES[kind], value) + tags
+            else:
+                line = self._build(name, _TYPES[kind], value)
             if batch and size + 1 + len(line) > self._max_datagram:
                 out.append((b"\n".join(batch), len(batch)))
                 batch, size = [], 0
@@ -298,6 +312,30 @@ class Sink:
         if batch:
             out.append((b"\n".join(batch), len(batch)))
         return out
+
+    def _with_line_tags(self, extra: LineTags) -> Tuple[str, bytes]:
+        """What a line with tags of its own gets: a name suffix and its tags, as bytes.
+
+        DogStatsD: the monitor's tags, then the line's, sanitised as the
+        monitor's are; a line tag replaces a monitor tag of the same key.
+        StatsD has no tags: each line tag's value becomes one more name
+        component, every character but letters, digits and ``_`` as ``_``
+        (``call:time.sleep`` makes ``blocking_calls.time_sleep``).
+        """
+        known = self._line_tags.get(extra)
+        if known is not None:
+            return known
+        if self.settings.flavor == "statsd":
+            rendered = ("".join("." + _NAME_UNSAFE.sub("_", value) for _, value in extra if value), b"")
+        else:
+            own = [sanitize(key, value) for key, value in extra]
+            keys = {key.lower() for key, _ in own}
+            kept = [(key, value) for key, value in self._pairs if key.lower() not in keys]
+            rendered = ("", f"|#{joined(kept + own)}".encode())
+        if len(self._line_tags) >= _LINE_TAGS_KEPT:
+            self._line_tags.clear()
+        self._line_tags[extra] = rendered
+        return rendered
 
     def send(self, lines: List[Line]) -> None:
         """Send ``(name, type, value)`` lines now, in as few datagrams as fit; what the socket refuses is dropped."""

@@ -1,0 +1,373 @@
+"""Blocking calls: calls that block, made on a watched loop's thread, counted, timed and named.
+
+While at least one monitor asks for it, a stand-in takes the place of each
+function in ``TARGETS`` (module attributes, and methods of ``socket.socket``,
+``ssl.SSLSocket`` and ``subprocess.Popen``), once for the whole process. Off
+the thread of a watched loop a stand-in costs one thread-id check and passes
+the call on. On it, the call counts if it can block (a socket only in blocking
+mode: asyncio and uvloop run their own I/O on non-blocking sockets, so the
+loop's machinery never counts) and if the loop running there is watched; then
+it is timed, and its call site, the innermost application frame, is noted.
+Calls made inside a counted call (``subprocess.run`` waiting in
+``Popen.wait``) count once, as the outer one.
+
+A module that took the function before the stand-in came (``from time import
+sleep``) keeps calling the original: such calls are not seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import select
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from threading import get_ident
+from time import perf_counter
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
+
+from loopstat import settings as _settings
+from loopstat._metrics import Line
+from loopstat._stand_in import StandIn
+from loopstat.probes.stalls import Frame, _culprit, _where, walk
+
+log = logging.getLogger(__name__)
+
+# A call site that keeps blocking is logged at most this often.
+LOG_EVERY_SECONDS = 60.0
+# Call sites remembered for that; beyond it the memory starts afresh.
+MAX_SITES = 1000
+
+# Whether one call blocks, from its arguments (``self`` first for methods).
+Blocks = Callable[..., bool]
+
+
+class Watched(Protocol):
+    """What ``attach()`` receives: the loop, its settings, and where faults go."""
+
+    loop: asyncio.AbstractEventLoop
+    settings: _settings.Settings
+
+    def fault(self) -> None: ...
+
+
+def _sleeps(seconds: Any) -> bool:
+    # time.sleep(0) gives up the GIL and nothing else.
+    return not (isinstance(seconds, (int, float)) and seconds <= 0)
+
+
+def _blocking_socket(sock: Any, *args: Any, **kwargs: Any) -> bool:
+    # None: blocking; above 0: blocking up to a timeout; 0.0: non-blocking (the loops' own).
+    timeout = sock.gettimeout()
+    return timeout is None or timeout > 0
+
+
+def _waits(process: Any, *args: Any, **kwargs: Any) -> bool:
+    # The exit status already collected: wait() returns at once.
+    return process.returncode is None
+
+
+def _with_timeout(rlist: Any, wlist: Any, xlist: Any, timeout: Any = None) -> bool:
+    return timeout is None or timeout > 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One function a stand-in takes the place of."""
+
+    #: Its name as sent (``call:<name>``) and logged.
+    call: str
+    owner: object
+    attribute: str
+    #: Whether a call blocks; None: every call may.
+    blocks: Optional[Blocks] = None
+
+
+def _targets() -> Tuple[Target, ...]:
+    targets = [Target("time.sleep", time, "sleep", _sleeps)]
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+        targets.append(Target(f"socket.{name}", socket, name))
+    for name in ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom", "send", "sendall", "sendto"):
+        targets.append(Target(f"socket.socket.{name}", socket.socket, name, _blocking_socket))
+    # An SSL socket reads and writes through its SSL object, not the methods above.
+    for name in ("do_handshake", "recv", "recv_into", "send", "sendall"):
+        targets.append(Target(f"ssl.SSLSocket.{name}", ssl.SSLSocket, name, _blocking_socket))
+    targets.append(Target("subprocess.run", subprocess, "run"))
+    targets.append(Target("subprocess.Popen.wait", subprocess.Popen, "wait", _waits))
+    targets.append(Target("subprocess.Popen.communicate", subprocess.Popen, "communicate"))
+    if sys.platform != "win32":
+        # On Windows a selector loop waits in select.select() itself, through the module attribute.
+        targets.append(Target("select.select", select, "select", _with_timeout))
+    return tuple(targets)
+
+
+#: Every function watched, in a fixed order; their names are the only values of the ``call`` tag.
+TARGETS = _targets()
+#: The ``call`` tag's values.
+CALLS: Tuple[str, ...] = tuple(target.call for target in TARGETS)
+
+
+@dataclass
+class _Site:
+    """One call site of one blocking call: when it was last logged, and what it did since."""
+
+    logged_at: float = -math.inf
+    count: int = 0
+    seconds: float = 0.0
+
+
+Site = Tuple[str, Optional[Frame]]
+
+
+class BlockingCalls:
+    """Counts the blocking calls made on one loop's thread; create it on that thread.
+
+    ``read`` and ``take_seconds`` are called on the loop's thread too, as every
+    call it counts is made there: nothing here needs a lock.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fault: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        #: The thread that runs the loop, as seen at the latest read.
+        self.thread_id = get_ident()
+        self._fault = fault
+        self._clock = clock
+        # True while a counted call (or this probe's own work) runs: calls made inside it do not count again.
+        self._inside = False
+        self._counts: Dict[str, int] = {}
+        self._seconds: Dict[str, float] = {}
+        self._taken = 0.0
+        self._sites: Dict[Site, _Site] = {}
+        self._closed = False
+        _watch(self)
+
+    def note(self, call: str, seconds: float, frames: List[Frame]) -> None:
+        """One blocking call of ``seconds`` made at ``frames`` (the stack, innermost last)."""
+        self._counts[call] = self._counts.get(call, 0) + 1
+        self._seconds[call] = self._seconds.get(call, 0.0) + seconds
+        self._taken += seconds
+        key = (call, _culprit(frames))
+        site = self._sites.get(key)
+        if site is None:
+            if len(self._sites) >= MAX_SITES:
+                self._sites.clear()
+            site = self._sites[key] = _Site()
+        site.count += 1
+        site.seconds += seconds
+
+    def read(self, lines: List[Line]) -> None:
+        """Append the calls since the previous read, per call; log the call sites due."""
+        inside, self._inside = self._inside, True  # a log handler's own socket writes are not the application's
+        try:
+            ident = get_ident()
+            if ident != self.thread_id:
+                self.thread_id = ident  # the loop runs in another thread now
+                _rethread()
+            for call, count in self._counts.items():
+                tags = (("call", call),)
+                lines.append(("blocking_calls", "c", count, tags))
+                lines.append(("blocking_time", "ms", round(self._seconds[call] * 1000.0, 3), tags))
+            self._counts.clear()
+            self._seconds.clear()
+            self._log_sites()
+        finally:
+            self._inside = inside
+
+    def _log_sites(self) -> None:
+        now = self._clock()
+        for (call, frame), site in self._sites.items():
+            if site.count and now - site.logged_at >= LOG_EVERY_SECONDS:
+                times = "1 time" if site.count == 1 else f"{site.count} times"
+                spent = f"{site.seconds:.1f} s" if site.seconds >= 0.1 else f"{site.seconds * 1000:.1f} ms"
+                log.warning(
+                    "loopstat: blocking call %s on the event loop at %s (%s, %s in the last minute)",
+                    call,
+                    _where(frame) or "an unknown place",
+                    times,
+                    spent,
+                )
+                site.logged_at, site.count, site.seconds = now, 0, 0.0
+
+    def take_seconds(self) -> float:
+        """Seconds the loop's thread spent in blocking calls since the previous call."""
+        taken, self._taken = self._taken, 0.0
+        return taken
+
+    def close(self) -> None:
+        """Stop counting; the stand-ins go when no probe is left. Never raises, safe to repeat."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            _unwatch(self)
+        except Exception:
+            log.debug("loopstat: could not remove the blocking-call stand-ins", exc_info=True)
+
+
+def attach(watched: Watched) -> Optional[BlockingCalls]:
+    """Count blocking calls on ``watched.loop``'s thread (call on that thread); None when the option is off."""
+    if not watched.settings.blocking_calls:
+        return None
+    return BlockingCalls(watched.loop, watched.fault)
+
+
+# The registry. Stand-ins read ``_threads`` and ``_probes`` from any thread:
+# both are replaced, never changed. Weak, so that a monitor and its loop
+# dropped without being stopped can still be collected; a probe collected
+# that way leaves the registry from its weak reference's callback, on
+# whatever thread the collector runs, hence a reentrant lock.
+_lock = threading.RLock()
+_probes: Tuple[weakref.ref[BlockingCalls], ...] = ()
+_threads: FrozenSet[int] = frozenset()
+_stand_ins: List[StandIn] = []
+
+
+def _watch(probe: BlockingCalls) -> None:
+    global _probes
+    with _lock:
+        _probes = (*_probes, weakref.ref(probe, _gone))
+        _rethread()
+        if not _stand_ins:
+            _install()
+
+
+def _unwatch(probe: BlockingCalls) -> None:
+    global _probes
+    with _lock:
+        _probes = tuple(ref for ref in _probes if ref() not in (probe, None))
+        _settle()
+
+
+def _gone(ref: weakref.ref[BlockingCalls]) -> None:
+    global _probes
+    with _lock:
+        _probes = tuple(other for other in _probes if other is not ref)
+        _settle()
+
+
+def _settle() -> None:
+    """With the lock held: the threads to watch now, and no stand-ins once no probe is left."""
+    _rethread()
+    if not _probes:
+        _uninstall()
+
+
+def _rethread() -> None:
+    global _threads
+    with _lock:
+        alive = (ref() for ref in _probes)
+        _threads = frozenset(probe.thread_id for probe in alive if probe is not None)
+
+
+def _install() -> None:
+    for target in TARGETS:
+        inner = getattr(target.owner, target.attribute, None)
+        if inner is not None:
+            _stand_ins.append(StandIn(target.owner, target.attribute, _stand_in(target, inner)))
+
+
+def _uninstall() -> None:
+    # Last in, first out: each puts back what was there before it.
+    while _stand_ins:
+        _stand_ins.pop().remove()
+
+
+def after_fork_in_child() -> None:
+    """Called in a forked child: the parent's monitors do not run here; put the functions back."""
+    global _lock, _probes, _threads
+    _lock = threading.RLock()  # another thread may have held it at fork
+    _probes, _threads = (), frozenset()
+    _uninstall()
+
+
+def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
+    """What takes the place of ``inner``: ``inner`` itself, timed when called on a watched loop's thread."""
+    call, blocks = target.call, target.blocks
+    if not hasattr(type(inner), "__get__"):
+        # A builtin (time.sleep) does not bind when kept as a class attribute; a function would.
+        return functools.update_wrapper(_Unbound(call, blocks, inner, target.attribute), inner)
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        if get_ident() not in _threads:
+            return inner(*args, **kwargs)
+        return _on_a_loop_thread(call, blocks, inner, args, kwargs)
+
+    # Name, module, docstring and signature (through __wrapped__) of the function it stands for:
+    # pickle, for one, finds it by that name.
+    return functools.update_wrapper(stand_in, inner)
+
+
+class _Unbound:
+    """The stand-in for a builtin function: called as it is, never bound as a method."""
+
+    def __init__(self, call: str, blocks: Optional[Blocks], inner: Callable[..., Any], name: str) -> None:
+        self._call = call
+        self._blocks = blocks
+        self._inner = inner
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if get_ident() not in _threads:
+            return self._inner(*args, **kwargs)
+        return _on_a_loop_thread(self._call, self._blocks, self._inner, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<loopstat stand-in for {self._inner!r}>"
+
+    def __reduce__(self) -> str:
+        # Pickled by name, as the builtin is: the module attribute it stands in.
+        return self._name
+
+
+def _on_a_loop_thread(
+    call: str, blocks: Optional[Blocks], inner: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> Any:
+    probe = None
+    try:
+        # Whether it blocks first: the loops' own non-blocking socket calls pass here.
+        if blocks is None or blocks(*args, **kwargs):
+            probe = _probe_of_running_loop()
+    except Exception:  # arguments the function will refuse, in its own words
+        probe = None
+    if probe is None or probe._inside:
+        return inner(*args, **kwargs)
+    probe._inside = True
+    start = perf_counter()
+    try:
+        return inner(*args, **kwargs)
+    finally:
+        seconds = perf_counter() - start
+        try:
+            # The stack is read after the call: the frames that made it have not moved.
+            frames, _ = walk(sys._getframe(2))  # the caller of the stand-in, and outwards
+            probe.note(call, seconds, frames)
+        except Exception:
+            with contextlib.suppress(Exception):
+                probe._fault()
+        probe._inside = False
+
+
+def _probe_of_running_loop() -> Optional[BlockingCalls]:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # the watched loop of this thread is not running now
+        return None
+    for ref in _probes:
+        probe = ref()
+        if probe is not None and probe.loop is loop and not probe._closed:
+            return probe
+    return None

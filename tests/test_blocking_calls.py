@@ -1,0 +1,428 @@
+"""Blocking calls on a watched loop's thread: counted and named; the loop's own I/O and other threads never."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from loopstat import _options
+from loopstat._metrics import LINE_TAG_ROOM, Line
+from loopstat.probes import blocking
+from loopstat.probes.blocking import BlockingCalls
+from loopstat.settings import Settings, resolve
+from loopstat.sink import Sink
+from tests.receiver import Receiver
+
+INTERVAL = 0.02
+LOGGER = "loopstat.probes.blocking"
+
+
+@dataclass
+class Watched:
+    """What the monitor will hand the probe (see ``counting``)."""
+
+    loop: asyncio.AbstractEventLoop
+    settings: Settings
+    faults: int = 0
+
+    def fault(self) -> None:
+        self.faults += 1
+
+
+@contextlib.asynccontextmanager
+async def counting(receiver: Receiver) -> AsyncIterator[BlockingCalls]:
+    """Blocking calls on the running loop, read every INTERVAL into a real sink, as a monitor reads its probes.
+
+    The one piece of glue until the monitor attaches the probe itself; then
+    the body becomes ``async with loopstat.install("127.0.0.1", receiver.port,
+    interval=INTERVAL, stall_threshold=None, blocking_calls=True)``.
+    """
+    settings = resolve("127.0.0.1", receiver.port, environ={}, blocking_calls=True)
+    watched = Watched(asyncio.get_running_loop(), settings)
+    sink = Sink(settings)
+    sink.start()
+    probe = blocking.attach(watched)
+    assert probe is not None
+
+    def sample() -> None:
+        lines: List[Line] = []
+        probe.read(lines)
+        sink.send(lines)
+
+    async def sampler() -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            sample()
+
+    task = asyncio.get_running_loop().create_task(sampler())
+    try:
+        yield probe
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sample()  # the last calls
+        probe.close()
+        sink.close()
+    assert watched.faults == 0
+
+
+def calls(receiver: Receiver, name: str = "loopstat.blocking_calls") -> Dict[str, float]:
+    """Total per ``call`` tag of the lines received so far."""
+    totals: Dict[str, float] = {}
+    for line in receiver.snapshot():
+        if line.name == name:
+            call = dict(line.tags)["call"]
+            totals[call] = totals.get(call, 0.0) + line.value
+    return totals
+
+
+def settled(receiver: Receiver) -> Dict[str, float]:
+    receiver.quiet()
+    return calls(receiver)
+
+
+def records(caplog: pytest.LogCaptureFixture) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+@pytest.fixture
+def blocking_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="loopstat")
+    return caplog
+
+
+# The issue's acceptance.
+
+
+async def load_report() -> None:
+    time.sleep(0.01)  # the handler's blocking line
+
+
+REPORT_LINE = load_report.__code__.co_firstlineno + 1
+
+
+async def test_fifty_short_sleeps_in_a_handler_are_counted_as_time_sleep_and_logged_once_at_its_line(
+    receiver: Receiver, blocking_log: pytest.LogCaptureFixture
+) -> None:
+    async with counting(receiver):
+        for _ in range(50):
+            await load_report()
+            await asyncio.sleep(0)
+    totals = settled(receiver)
+    assert totals.keys() == {"time.sleep"}
+    assert 45 <= totals["time.sleep"] <= 50
+    blocked = sum(x.value for x in receiver.snapshot() if x.name == "loopstat.blocking_time")
+    assert blocked >= 45 * 10.0
+    [message] = records(blocking_log)
+    assert message.startswith(
+        f"loopstat: blocking call time.sleep on the event loop at tests/test_blocking_calls.py:{REPORT_LINE} "
+        "in load_report ("
+    )
+    assert message.endswith(" in the last minute)")
+
+
+async def test_a_blocking_getaddrinfo_on_the_loop_is_counted(receiver: Receiver) -> None:
+    async with counting(receiver):
+        socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+    assert settled(receiver) == {"socket.getaddrinfo": 1}
+
+
+async def test_sleeps_in_other_threads_are_not_counted(receiver: Receiver) -> None:
+    loop = asyncio.get_running_loop()
+    async with counting(receiver):
+        worker = threading.Thread(target=lambda: [time.sleep(0.005) for _ in range(10)])
+        worker.start()
+        await loop.run_in_executor(None, time.sleep, 0.01)
+        while worker.is_alive():
+            await asyncio.sleep(0.01)
+        time.sleep(0.001)  # the probe was listening all along
+    assert settled(receiver) == {"time.sleep": 1}
+
+
+async def test_an_aiohttp_app_serving_real_requests_on_loopback_reports_no_blocking_call(receiver: Receiver) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(body=body * 2)
+
+    app = web.Application()
+    app.router.add_post("/", hello)
+    async with counting(receiver):
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                for index in range(50):
+                    async with session.post(f"http://127.0.0.1:{port}/", data=b"x" * (index * 1000)) as response:
+                        assert await response.read() == b"x" * (index * 2000)
+        finally:
+            await runner.cleanup()
+        time.sleep(0.001)  # the probe was listening all along
+    assert settled(receiver) == {"time.sleep": 1}
+
+
+# Which calls count.
+
+
+async def test_socket_calls_count_in_blocking_mode_and_with_a_timeout_but_not_non_blocking(receiver: Receiver) -> None:
+    left, right = socket.socketpair()
+    try:
+        async with counting(receiver):
+            left.sendall(b"ab")  # blocking mode
+            right.settimeout(5)
+            assert right.recv(1) == b"a"  # a timeout blocks up to it
+            right.setblocking(False)
+            assert right.recv(1) == b"b"  # as the loops' own sockets: never counted
+            with pytest.raises(BlockingIOError):
+                right.recv(1)
+    finally:
+        left.close()
+        right.close()
+    assert settled(receiver) == {"socket.socket.sendall": 1, "socket.socket.recv": 1}
+
+
+async def test_a_refused_connect_is_counted_and_raises_as_it_would(receiver: Receiver, free_port: int) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]  # bound, not listening: connections are refused
+        async with counting(receiver):
+            with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+                sock.connect(("127.0.0.1", port))
+    assert settled(receiver) == {"socket.socket.connect": 1}
+
+
+async def test_subprocess_run_counts_once_not_again_for_the_waits_inside_it(receiver: Receiver) -> None:
+    async with counting(receiver):
+        done = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True, check=True)
+        assert done.stdout == "42\n"
+        with subprocess.Popen([sys.executable, "-c", "pass"]) as process:
+            process.wait()
+            process.wait()  # collected already: returns at once
+    assert settled(receiver) == {"subprocess.run": 1, "subprocess.Popen.wait": 1}
+
+
+async def test_select_counts_with_a_timeout_and_not_as_a_poll(receiver: Receiver) -> None:
+    async with counting(receiver):
+        assert select.select([], [], [], 0.001) == ([], [], [])
+        assert select.select([], [], [], 0) == ([], [], [])
+    assert settled(receiver) == {"select.select": 1}
+
+
+async def test_stand_ins_keep_results_exceptions_and_pickling_of_what_they_stand_for(receiver: Receiver) -> None:
+    async with counting(receiver):
+        assert time.sleep is not ORIGINALS["time.sleep"]
+        with pytest.raises(ValueError, match="must be non-negative"):
+            time.sleep(-1)
+        with pytest.raises(TypeError):
+            time.sleep("1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            select.select([], [])  # type: ignore[call-arg]
+        with pytest.raises(socket.gaierror):
+            socket.getaddrinfo("127.0.0.1", 80, family=12345)  # refused locally: nothing goes out
+        assert pickle.loads(pickle.dumps(time.sleep)) is time.sleep
+        assert (time.sleep.__name__, time.sleep.__module__) == ("sleep", "time")
+        assert socket.socket.recv.__name__ == "recv"
+
+        class Retry:
+            pause = time.sleep  # a builtin kept on a class is not bound as a method
+
+        Retry().pause(0)
+    # time.sleep(-1) and the refused arguments fail before blocking: only the lookup blocked.
+    assert settled(receiver).keys() <= {"time.sleep", "socket.getaddrinfo"}
+    assert calls(receiver).get("socket.getaddrinfo") == 1
+
+
+# Installed while some loop is watched, taken back after, others' wrappers kept.
+
+
+ORIGINALS = {target.call: target.owner.__dict__.get(target.attribute) for target in blocking.TARGETS}
+
+
+def assert_all_original() -> None:
+    for target in blocking.TARGETS:
+        assert target.owner.__dict__.get(target.attribute) is ORIGINALS[target.call], target.call
+
+
+def watch_another_loop(started: threading.Event, stop: threading.Event, receiver: Receiver) -> None:
+    async def main() -> None:
+        async with counting(receiver):
+            started.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+
+
+async def test_stand_ins_stay_while_any_loop_is_watched_and_go_with_the_last(receiver: Receiver) -> None:
+    assert_all_original()
+    started, stop = threading.Event(), threading.Event()
+    other = threading.Thread(target=watch_another_loop, args=(started, stop, receiver))
+    async with counting(receiver):
+        other.start()
+        assert started.wait(10)
+    assert time.sleep is not ORIGINALS["time.sleep"]  # the other loop is still watched
+    stop.set()
+    while other.is_alive():
+        await asyncio.sleep(0.01)
+    assert_all_original()
+    assert "connect" not in socket.socket.__dict__
+
+
+async def test_a_wrapper_another_tool_set_before_is_called_through_and_put_back(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: List[float] = []
+    real = time.sleep
+
+    def tool_sleep(seconds: float) -> None:
+        seen.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(time, "sleep", tool_sleep)
+    async with counting(receiver):
+        time.sleep(0.001)
+    assert time.sleep is tool_sleep
+    assert seen == [0.001]
+    assert settled(receiver) == {"time.sleep": 1}
+
+
+async def test_a_wrapper_another_tool_set_after_stays_and_ours_inside_it_only_passes_calls_on(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with counting(receiver):
+        ours = time.sleep
+
+        def tool_sleep(seconds: float) -> None:
+            ours(seconds)
+
+        monkeypatch.setattr(time, "sleep", tool_sleep)
+    assert time.sleep is tool_sleep
+    async with counting(receiver):  # watched again: a new stand-in around the tool's, the old one only passes on
+        time.sleep(0.001)
+    assert settled(receiver) == {"time.sleep": 1}
+    assert time.sleep is tool_sleep
+    monkeypatch.undo()  # the tool puts back what it found: our stand-in, which now only passes calls on
+    assert time.sleep is ours
+    time.sleep(0.001)
+    time.sleep = ORIGINALS["time.sleep"]
+    assert_all_original()
+
+
+@pytest.fixture
+def new_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_off_by_default_attaches_nothing(new_loop: asyncio.AbstractEventLoop) -> None:
+    settings = resolve("127.0.0.1", 8125, environ={})
+    assert settings.blocking_calls is False
+    assert blocking.attach(Watched(new_loop, settings)) is None
+    assert_all_original()
+
+
+def test_the_environment_turns_it_on(new_loop: asyncio.AbstractEventLoop) -> None:
+    arguments = _options.run_arguments({"LOOPSTAT_BLOCKING_CALLS": "1"})
+    assert arguments == {"blocking_calls": True}
+    settings = resolve("127.0.0.1", 8125, environ={}, **arguments)
+    probe = blocking.attach(Watched(new_loop, settings))
+    assert probe is not None
+    probe.close()
+    probe.close()
+    assert_all_original()
+
+
+# The probe alone: counts, logs and faults, with an injected clock.
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+APP_FRAME = ("/srv/app/handlers.py", 42, "load_report")
+
+
+def test_a_call_site_is_logged_at_most_once_a_minute_with_what_it_did_since(
+    new_loop: asyncio.AbstractEventLoop, blocking_log: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    probe = BlockingCalls(new_loop, lambda: None, clock)
+    try:
+        lines: List[Line] = []
+        probe.note("time.sleep", 0.02, [("/srv/app/main.py", 3, "main"), APP_FRAME])
+        probe.read(lines)
+        for second in range(1, 60):
+            clock.now += 1
+            probe.note("time.sleep", 0.02, [APP_FRAME])
+            probe.read(lines)
+        assert len(records(blocking_log)) == 1
+        clock.now += 1  # a minute after the first line
+        probe.read(lines)
+        assert probe.take_seconds() == pytest.approx(1.2)
+        assert probe.take_seconds() == 0.0
+    finally:
+        probe.close()
+    assert records(blocking_log) == [
+        "loopstat: blocking call time.sleep on the event loop at /srv/app/handlers.py:42 in load_report "
+        "(1 time, 20.0 ms in the last minute)",
+        "loopstat: blocking call time.sleep on the event loop at /srv/app/handlers.py:42 in load_report "
+        "(59 times, 1.2 s in the last minute)",
+    ]
+    assert sum(line[2] for line in lines if line[0] == "blocking_calls") == 60
+
+
+def test_call_sites_remembered_are_bounded(new_loop: asyncio.AbstractEventLoop) -> None:
+    probe = BlockingCalls(new_loop, lambda: None)
+    try:
+        for line in range(blocking.MAX_SITES * 3):
+            probe.note("time.sleep", 0.0, [("/srv/app/handlers.py", line, "f")])
+            assert len(probe._sites) <= blocking.MAX_SITES
+    finally:
+        probe.close()
+
+
+async def test_a_fault_while_noting_a_call_is_reported_and_the_call_returns_as_usual(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    faults: List[str] = []
+
+    def fail(frames: Any) -> Optional[Any]:
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(blocking, "_culprit", fail)
+    probe = BlockingCalls(asyncio.get_running_loop(), lambda: faults.append(repr(sys.exc_info()[1])))
+    try:
+        assert time.sleep(0.001) is None
+        assert socket.getaddrinfo("127.0.0.1", 80)
+    finally:
+        probe.close()
+    assert faults == ["RuntimeError('broken')", "RuntimeError('broken')"]
+
+
+def test_every_call_tag_fits_the_room_lines_keep_for_their_own_tags() -> None:
+    assert len(blocking.CALLS) == len(set(blocking.CALLS))
+    assert max(len(f",call:{call}") for call in blocking.CALLS) <= LINE_TAG_ROOM
+
