@@ -18,6 +18,7 @@ from aiodogstatsd.typedefs import MType
 import loopstat
 from loopstat import sink as sink_module
 from loopstat._metrics import Line
+from loopstat.cli import statsd
 from loopstat.settings import MAX_DATAGRAM, resolve
 from loopstat.sink import Sink
 
@@ -79,6 +80,36 @@ def test_lines_without_prefix_or_tags_are_bare(rx: socket.socket) -> None:
     sink.send([("lag", "g", 0.5)])
     sink.close()
     assert rx.recv(65535) == b"lag:0.5|g"
+
+
+def test_a_line_with_tags_of_its_own_gets_them_after_the_monitors_sanitised_and_replacing_a_same_key(
+    rx: socket.socket,
+) -> None:
+    sink = sink_to(rx.getsockname()[1], prefix="app", tags={"env": "prod", "call": "x", "team": "a"})
+    sink.send(
+        [
+            ("blocking_calls", "c", 3, (("call", "time.sleep"),)),
+            ("blocking_time", "ms", 31.5, (("call", "a|b,c#d e"),)),
+            ("lag", "g", 1.5),
+        ]
+    )
+    sink.close()
+    datagram = rx.recv(65535)
+    assert datagram == (
+        b"app.blocking_calls:3|c|#env:prod,team:a,call:time.sleep\n"
+        b"app.blocking_time:31.5|ms|#env:prod,team:a,call:a_b_c_d_e\n"
+        b"app.lag:1.5|g|#env:prod,call:x,team:a"
+    )
+    assert all(statsd.parse_strict(line) for line in datagram.decode().split("\n"))
+
+
+def test_with_flavor_statsd_a_lines_own_tags_become_the_last_parts_of_its_name(rx: socket.socket) -> None:
+    sink = sink_to(rx.getsockname()[1], flavor="statsd")
+    sink.send([("blocking_calls", "c", 2, (("call", "socket.socket.recv"),)), ("lag", "g", 0.5)])
+    sink.close()
+    datagram = rx.recv(65535)
+    assert datagram == b"loopstat.blocking_calls.socket_socket_recv:2|c\nloopstat.lag:0.5|g"
+    assert all(statsd.parse_strict(line) for line in datagram.decode().split("\n"))
 
 
 def test_lines_that_do_not_fit_one_datagram_go_out_in_several_each_within_the_limit(rx: socket.socket) -> None:
