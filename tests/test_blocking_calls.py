@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import pickle
 import select
@@ -429,3 +430,11 @@ async def test_a_fault_while_noting_a_call_is_reported_and_the_call_returns_as_u
 def test_every_call_tag_fits_the_room_lines_keep_for_their_own_tags() -> None:
     assert len(blocking.CALLS) == len(set(blocking.CALLS))
     assert max(len(f",call:{call}") for call in blocking.CALLS) <= LINE_TAG_ROOM
+
+
+def test_a_probe_dropped_without_close_takes_the_stand_ins_with_it(new_loop: asyncio.AbstractEventLoop) -> None:
+    probe: Optional[BlockingCalls] = BlockingCalls(new_loop, lambda: None)
+    assert time.sleep is not ORIGINALS["time.sleep"]
+    del probe
+    gc.collect()
+    assert_all_original()

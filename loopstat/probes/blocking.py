@@ -306,9 +306,20 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
             return inner(*args, **kwargs)
         return _on_a_loop_thread(call, blocks, inner, args, kwargs)
 
+    def socket_stand_in(*args: Any, **kwargs: Any) -> Any:
+        # The stdlib loop's every read and write comes here: its check is inline, one frame in all.
+        if get_ident() in _threads:
+            try:
+                blocking = args[0].gettimeout() != 0.0  # None: blocking; above 0: up to a timeout
+            except Exception:  # not called on a socket: the method says how, in its own words
+                blocking = False
+            if blocking:
+                return _on_a_loop_thread(call, None, inner, args, kwargs)
+        return inner(*args, **kwargs)
+
     # Name, module, docstring and signature (through __wrapped__) of the function it stands for:
     # pickle, for one, finds it by that name.
-    return functools.update_wrapper(stand_in, inner)
+    return functools.update_wrapper(socket_stand_in if blocks is _blocking_socket else stand_in, inner)
 
 
 class _Unbound:
