@@ -24,7 +24,6 @@ import logging
 import math
 import select
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -39,6 +38,11 @@ from loopstat import settings as _settings
 from loopstat._metrics import Line
 from loopstat._stand_in import StandIn
 from loopstat.probes.stalls import Frame, _culprit, _where, walk
+
+try:
+    import ssl
+except ImportError:  # Python built without OpenSSL
+    ssl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,6 @@ def _sleeps(seconds: Any) -> bool:
     return not (isinstance(seconds, (int, float)) and seconds <= 0)
 
 
-def _blocking_socket(sock: Any, *args: Any, **kwargs: Any) -> bool:
-    # None: blocking; above 0: blocking up to a timeout; 0.0: non-blocking (the loops' own).
-    timeout = sock.gettimeout()
-    return timeout is None or timeout > 0
-
-
 def _waits(process: Any, *args: Any, **kwargs: Any) -> bool:
     # The exit status already collected: wait() returns at once.
     return process.returncode is None
@@ -90,6 +88,9 @@ class Target:
     attribute: str
     #: Whether a call blocks; None: every call may.
     blocks: Optional[Blocks] = None
+    #: A socket method: the call blocks if its socket is in blocking mode (``gettimeout()`` None or above 0;
+    #: 0.0 is non-blocking, as the loops' own sockets are).
+    on_socket: bool = False
 
 
 def _targets() -> Tuple[Target, ...]:
@@ -97,10 +98,11 @@ def _targets() -> Tuple[Target, ...]:
     for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
         targets.append(Target(f"socket.{name}", socket, name))
     for name in ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom", "send", "sendall", "sendto"):
-        targets.append(Target(f"socket.socket.{name}", socket.socket, name, _blocking_socket))
-    # An SSL socket reads and writes through its SSL object, not the methods above.
-    for name in ("do_handshake", "recv", "recv_into", "send", "sendall"):
-        targets.append(Target(f"ssl.SSLSocket.{name}", ssl.SSLSocket, name, _blocking_socket))
+        targets.append(Target(f"socket.socket.{name}", socket.socket, name, on_socket=True))
+    if ssl is not None:
+        # An SSL socket reads and writes through its SSL object, not the methods above.
+        for name in ("do_handshake", "recv", "recv_into", "send", "sendall"):
+            targets.append(Target(f"ssl.SSLSocket.{name}", ssl.SSLSocket, name, on_socket=True))
     targets.append(Target("subprocess.run", subprocess, "run"))
     targets.append(Target("subprocess.Popen.wait", subprocess.Popen, "wait", _waits))
     targets.append(Target("subprocess.Popen.communicate", subprocess.Popen, "communicate"))
@@ -319,7 +321,7 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
 
     # Name, module, docstring and signature (through __wrapped__) of the function it stands for:
     # pickle, for one, finds it by that name.
-    return functools.update_wrapper(socket_stand_in if blocks is _blocking_socket else stand_in, inner)
+    return functools.update_wrapper(socket_stand_in if target.on_socket else stand_in, inner)
 
 
 class _Unbound:
@@ -349,7 +351,7 @@ def _on_a_loop_thread(
 ) -> Any:
     probe = None
     try:
-        # Whether it blocks first: the loops' own non-blocking socket calls pass here.
+        # Whether it blocks first: cheaper than finding the loop, and most calls that do not block stop here.
         if blocks is None or blocks(*args, **kwargs):
             probe = _probe_of_running_loop()
     except Exception:  # arguments the function will refuse, in its own words
