@@ -19,7 +19,12 @@ from typing import Any, Dict, List, Optional
 
 import aiohttp
 import pytest
+import uvicorn
 from aiohttp import web
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from loopstat import _options
 from loopstat._metrics import LINE_TAG_ROOM, Line
@@ -28,6 +33,7 @@ from loopstat.probes.blocking import BlockingCalls
 from loopstat.settings import Settings, resolve
 from loopstat.sink import Sink
 from tests.receiver import Receiver
+from tests.web_servers import free_tcp_port
 
 INTERVAL = 0.02
 LOGGER = "loopstat.probes.blocking"
@@ -144,18 +150,24 @@ async def test_a_blocking_getaddrinfo_on_the_loop_is_counted(receiver: Receiver)
     assert settled(receiver) == {"socket.getaddrinfo": 1}
 
 
-async def test_sleeps_in_other_threads_are_not_counted(receiver: Receiver) -> None:
+async def test_sleeps_in_other_threads_are_not_counted_nor_on_another_loop_that_is_not_watched(
+    receiver: Receiver,
+) -> None:
     loop = asyncio.get_running_loop()
+
+    def sleeps() -> None:
+        for _ in range(10):
+            time.sleep(0.005)
+
+    async def sleeps_on_a_loop() -> None:
+        sleeps()
+
     async with counting(receiver):
-
-        def sleeps() -> None:
-            for _ in range(10):
-                time.sleep(0.005)
-
         worker = threading.Thread(target=sleeps)
         worker.start()
         await loop.run_in_executor(None, time.sleep, 0.01)
         await loop.run_in_executor(None, worker.join)
+        await loop.run_in_executor(None, asyncio.run, sleeps_on_a_loop())
         time.sleep(0.001)  # the probe was listening all along
     assert settled(receiver) == {"time.sleep": 1}
 
@@ -180,6 +192,30 @@ async def test_an_aiohttp_app_serving_real_requests_on_loopback_reports_no_block
                         assert await response.read() == b"x" * (index * 2000)
         finally:
             await runner.cleanup()
+        time.sleep(0.001)  # the probe was listening all along
+    assert settled(receiver) == {"time.sleep": 1}
+
+
+async def test_a_starlette_app_under_uvicorn_serving_real_requests_reports_no_blocking_call(receiver: Receiver) -> None:
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse((await request.body()) * 2)
+
+    app = Starlette(routes=[Route("/", hello, methods=["POST"])])
+    port = free_tcp_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    async with counting(receiver):
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            assert not serving.done(), serving.exception()
+            await asyncio.sleep(0.01)
+        try:
+            async with aiohttp.ClientSession() as session:
+                for index in range(50):
+                    async with session.post(f"http://127.0.0.1:{port}/", data=b"x" * (index * 1000)) as response:
+                        assert await response.read() == b"x" * (index * 2000)
+        finally:
+            server.should_exit = True
+            await serving
         time.sleep(0.001)  # the probe was listening all along
     assert settled(receiver) == {"time.sleep": 1}
 
