@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import aiohttp
@@ -266,6 +267,19 @@ async def test_select_counts_with_a_timeout_and_not_as_a_poll(receiver: Receiver
         assert select.select([], [], [], 0.001) == ([], [], [])
         assert select.select([], [], [], 0) == ([], [], [])
     assert settled(receiver) == {"select.select": 1}
+
+
+async def test_files_read_whole_through_pathlib_count_from_a_mebibyte(receiver: Receiver, tmp_path: Path) -> None:
+    big, small = tmp_path / "big.json", tmp_path / "settings.toml"
+    big.write_bytes(b"x" * blocking.FILE_BYTES)
+    small.write_text("x = 1\n")
+    async with counting(receiver):
+        assert len(big.read_bytes()) == blocking.FILE_BYTES
+        assert len(big.read_text()) == blocking.FILE_BYTES
+        assert small.read_text() == "x = 1\n"
+        with pytest.raises(FileNotFoundError):
+            (tmp_path / "absent").read_bytes()
+    assert settled(receiver) == {"pathlib.Path.read_bytes": 1, "pathlib.Path.read_text": 1}
 
 
 async def test_stand_ins_keep_results_exceptions_and_pickling_of_what_they_stand_for(receiver: Receiver) -> None:

@@ -2,7 +2,7 @@
 
 While at least one monitor asks for it, a stand-in takes the place of each
 function in ``TARGETS`` (module attributes, and methods of ``socket.socket``,
-``ssl.SSLSocket`` and ``subprocess.Popen``), once for the whole process. Off
+``ssl.SSLSocket``, ``subprocess.Popen`` and ``pathlib.Path``), once for the whole process. Off
 the thread of a watched loop a stand-in costs one thread-id check and passes
 the call on. On it, the call counts if it can block (a socket only in blocking
 mode: asyncio and uvloop run their own I/O on non-blocking sockets, so the
@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import math
+import pathlib
 import select
 import socket
 import subprocess
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 LOG_EVERY_SECONDS = 60.0
 # Call sites remembered for that; beyond it the memory starts afresh.
 MAX_SITES = 1000
+# A file read whole through pathlib counts from this size: smaller ones (configuration,
+# templates) come from the page cache in microseconds.
+FILE_BYTES = 1024 * 1024
 
 # Whether one call blocks, from its arguments (``self`` first for methods).
 Blocks = Callable[..., bool]
@@ -78,6 +82,10 @@ def _with_timeout(rlist: Any, wlist: Any, xlist: Any, timeout: Any = None) -> bo
     return timeout is None or timeout > 0
 
 
+def _big(content: Any) -> bool:
+    return len(content) >= FILE_BYTES
+
+
 @dataclass(frozen=True)
 class Target:
     """One function a stand-in takes the place of."""
@@ -91,6 +99,8 @@ class Target:
     #: A socket method: the call blocks if its socket is in blocking mode (``gettimeout()`` None or above 0;
     #: 0.0 is non-blocking, as the loops' own sockets are).
     on_socket: bool = False
+    #: Whether a call that returned this counts; None: every call does, whatever it returns or raises.
+    counts: Optional[Callable[[Any], bool]] = None
 
 
 def _targets() -> Tuple[Target, ...]:
@@ -106,6 +116,10 @@ def _targets() -> Tuple[Target, ...]:
     targets.append(Target("subprocess.run", subprocess, "run"))
     targets.append(Target("subprocess.Popen.wait", subprocess.Popen, "wait", _waits))
     targets.append(Target("subprocess.Popen.communicate", subprocess.Popen, "communicate"))
+    # open() and the read methods of what it returns are C code, out of a stand-in's reach;
+    # reading a whole file through pathlib is not.
+    for name in ("read_bytes", "read_text"):
+        targets.append(Target(f"pathlib.Path.{name}", pathlib.Path, name, counts=_big))
     if sys.platform != "win32":
         # On Windows a selector loop waits in select.select() itself, through the module attribute.
         targets.append(Target("select.select", select, "select", _with_timeout))
@@ -298,15 +312,14 @@ def after_fork_in_child() -> None:
 
 def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
     """What takes the place of ``inner``: ``inner`` itself, timed when called on a watched loop's thread."""
-    call, blocks = target.call, target.blocks
     if not hasattr(type(inner), "__get__"):
         # A builtin (time.sleep) does not bind when kept as a class attribute; a function would.
-        return functools.update_wrapper(_Unbound(call, blocks, inner, target.attribute), inner)
+        return functools.update_wrapper(_Unbound(target, inner), inner)
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:
         if get_ident() not in _threads:
             return inner(*args, **kwargs)
-        return _on_a_loop_thread(call, blocks, inner, args, kwargs)
+        return _on_a_loop_thread(target, inner, args, kwargs)
 
     def socket_stand_in(*args: Any, **kwargs: Any) -> Any:
         # The stdlib loop's every read and write comes here: its check is inline, one frame in all.
@@ -316,7 +329,7 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
             except Exception:  # not called on a socket: the method says how, in its own words
                 blocking = False
             if blocking:
-                return _on_a_loop_thread(call, None, inner, args, kwargs)
+                return _on_a_loop_thread(target, inner, args, kwargs)
         return inner(*args, **kwargs)
 
     # Name, module, docstring and signature (through __wrapped__) of the function it stands for:
@@ -327,51 +340,54 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
 class _Unbound:
     """The stand-in for a builtin function: called as it is, never bound as a method."""
 
-    def __init__(self, call: str, blocks: Optional[Blocks], inner: Callable[..., Any], name: str) -> None:
-        self._call = call
-        self._blocks = blocks
+    def __init__(self, target: Target, inner: Callable[..., Any]) -> None:
+        self._target = target
         self._inner = inner
-        self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if get_ident() not in _threads:
             return self._inner(*args, **kwargs)
-        return _on_a_loop_thread(self._call, self._blocks, self._inner, args, kwargs)
+        return _on_a_loop_thread(self._target, self._inner, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<loopstat stand-in for {self._inner!r}>"
 
     def __reduce__(self) -> str:
         # Pickled by name, as the builtin is: the module attribute it stands in.
-        return self._name
+        return self._target.attribute
 
 
-def _on_a_loop_thread(
-    call: str, blocks: Optional[Blocks], inner: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
-) -> Any:
+def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     probe = None
     try:
         # Whether it blocks first: cheaper than finding the loop, and most calls that do not block stop here.
-        if blocks is None or blocks(*args, **kwargs):
+        if target.blocks is None or target.blocks(*args, **kwargs):
             probe = _probe_of_running_loop()
     except Exception:  # arguments the function will refuse, in its own words
         probe = None
     if probe is None or probe._inside:
         return inner(*args, **kwargs)
     probe._inside = True
+    result: Any = _NOTHING
     start = perf_counter()
     try:
-        return inner(*args, **kwargs)
+        result = inner(*args, **kwargs)
+        return result
     finally:
         seconds = perf_counter() - start
         try:
-            # The stack is read after the call: the frames that made it have not moved.
-            frames, _ = walk(sys._getframe(2))  # the caller of the stand-in, and outwards
-            probe.note(call, seconds, frames)
+            if target.counts is None or (result is not _NOTHING and target.counts(result)):
+                # The stack is read after the call: the frames that made it have not moved.
+                frames, _ = walk(sys._getframe(2))  # the caller of the stand-in, and outwards
+                probe.note(target.call, seconds, frames)
         except Exception:
             with contextlib.suppress(Exception):
                 probe._fault()
         probe._inside = False
+
+
+# What a call that raised returned.
+_NOTHING: Any = object()
 
 
 def _probe_of_running_loop() -> Optional[BlockingCalls]:
