@@ -307,6 +307,25 @@ async def test_stand_ins_keep_results_exceptions_and_pickling_of_what_they_stand
     assert calls(receiver).get("socket.getaddrinfo") == 1
 
 
+async def test_a_call_interrupted_by_ctrl_c_raises_it_unchanged_and_counting_goes_on(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = time.sleep
+    interrupts = [KeyboardInterrupt()]
+
+    def sleep(seconds: float) -> None:
+        if interrupts:
+            raise interrupts.pop()
+        real(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    async with counting(receiver):
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(0.001)
+        time.sleep(0.001)
+    assert settled(receiver) == {"time.sleep": 2}
+
+
 # Installed while some loop is watched, taken back after, others' wrappers kept.
 
 

@@ -367,10 +367,10 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
         probe = None
     if probe is None or probe._inside:
         return inner(*args, **kwargs)
-    probe._inside = True
     result: Any = _NOTHING
     start = perf_counter()
     try:
+        probe._inside = True  # in the try: whatever interrupts, the finally clears it
         result = inner(*args, **kwargs)
         return result
     finally:
@@ -382,8 +382,9 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
                 probe.note(target.call, seconds, frames)
         except Exception:
             with contextlib.suppress(Exception):
-                probe._fault()
-        probe._inside = False
+                probe._fault()  # its log line's own writes do not count either
+        finally:
+            probe._inside = False
 
 
 # What a call that raised returned.
