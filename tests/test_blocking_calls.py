@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+import loopstat
 from loopstat import _options
 from loopstat._metrics import LINE_TAG_ROOM, Line
 from loopstat.probes import blocking
@@ -219,6 +220,27 @@ async def test_a_starlette_app_under_uvicorn_serving_real_requests_reports_no_bl
             await serving
         time.sleep(0.001)  # the probe was listening all along
     assert settled(receiver) == {"time.sleep": 1}
+
+
+async def stalls_in_a_blocking_call() -> None:
+    time.sleep(0.15)  # the stalling line
+
+
+STALL_LINE = stalls_in_a_blocking_call.__code__.co_firstlineno + 1
+
+
+async def test_a_stall_inside_a_stood_in_call_is_the_applications_and_located_at_its_line(
+    receiver: Receiver,
+) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=0.05) as monitor:
+        await asyncio.sleep(0.05)  # the watchdog has seen the loop
+        async with counting(receiver):
+            await stalls_in_a_blocking_call()
+            await asyncio.sleep(0.05)  # the loop moves again: the stall is reported
+    assert settled(receiver)["time.sleep"] == 1
+    assert monitor.stalls == 1
+    assert monitor.last_stall is not None
+    assert monitor.last_stall.location == f"tests/test_blocking_calls.py:{STALL_LINE} in stalls_in_a_blocking_call"
 
 
 # Which calls count.

@@ -550,11 +550,16 @@ _GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 _PACKAGES = ("site-packages", "dist-packages")
 _STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("stdlib", "platstdlib")})
 _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+# The stand-ins for blocking functions (blocking_calls=True) pass the application's
+# calls on: in a stack they count as the function they stand for, Python's own.
+_STAND_INS = os.path.join(_LOOPSTAT, "probes", "blocking.py")
 
 
 @functools.lru_cache(maxsize=1024)
 def _kind(filename: str) -> int:
     """Whose code a file holds: Python's own, loopstat's, an installed package's or the application's."""
+    if filename == _STAND_INS:
+        return _PYTHON
     if filename.startswith(_LOOPSTAT):
         return _LOOPSTAT_CODE
     if any(part in filename for part in _PACKAGES):
