@@ -263,6 +263,15 @@ async def test_socket_calls_count_in_blocking_mode_and_with_a_timeout_but_not_no
     assert settled(receiver) == {"socket.socket.sendall": 1, "socket.socket.recv": 1}
 
 
+async def test_datagrams_sent_on_a_blocking_socket_do_not_count_but_waiting_for_one_does(receiver: Receiver) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        async with counting(receiver):
+            sock.sendto(b"ping", sock.getsockname())  # a StatsD client's send
+            assert sock.recv(4) == b"ping"
+    assert settled(receiver) == {"socket.socket.recv": 1}
+
+
 async def test_a_refused_connect_is_counted_and_raises_as_it_would(receiver: Receiver, free_port: int) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -282,6 +291,23 @@ async def test_subprocess_run_counts_once_not_again_for_the_waits_inside_it(rece
             process.wait()
             process.wait()  # collected already: returns at once
     assert settled(receiver) == {"subprocess.run": 1, "subprocess.Popen.wait": 1}
+
+
+def lists_files() -> str:
+    return subprocess.check_output(["ls", "/"], text=True)  # run() is called by the stdlib, for this line
+
+
+LIST_LINE = lists_files.__code__.co_firstlineno + 1
+
+
+async def test_a_call_made_inside_the_stdlib_is_named_by_the_application_line_that_led_to_it(
+    receiver: Receiver, blocking_log: pytest.LogCaptureFixture
+) -> None:
+    async with counting(receiver):
+        assert lists_files()
+    assert settled(receiver) == {"subprocess.run": 1}
+    [message] = records(blocking_log)
+    assert f" at tests/test_blocking_calls.py:{LIST_LINE} in lists_files (1 time, " in message
 
 
 async def test_select_counts_with_a_timeout_and_not_as_a_poll(receiver: Receiver) -> None:

@@ -33,12 +33,13 @@ import weakref
 from dataclasses import dataclass
 from threading import get_ident
 from time import perf_counter
+from types import FrameType
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from loopstat import settings as _settings
 from loopstat._metrics import Line
 from loopstat._stand_in import StandIn
-from loopstat.probes.stalls import Frame, _culprit, _where, walk
+from loopstat.probes.stalls import _APPLICATION, Frame, _culprit, _kind, _where, walk
 
 try:
     import ssl
@@ -82,6 +83,12 @@ def _with_timeout(rlist: Any, wlist: Any, xlist: Any, timeout: Any = None) -> bo
     return timeout is None or timeout > 0
 
 
+def _streams(sock: Any, *args: Any, **kwargs: Any) -> bool:
+    # A datagram goes out at once unless the send buffer is full: StatsD clients on
+    # blocking UDP sockets would be counted at every metric they send.
+    return bool(sock.type != socket.SOCK_DGRAM)
+
+
 def _big(content: Any) -> bool:
     return len(content) >= FILE_BYTES
 
@@ -107,8 +114,10 @@ def _targets() -> Tuple[Target, ...]:
     targets = [Target("time.sleep", time, "sleep", _sleeps)]
     for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
         targets.append(Target(f"socket.{name}", socket, name))
-    for name in ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom", "send", "sendall", "sendto"):
+    for name in ("connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom"):
         targets.append(Target(f"socket.socket.{name}", socket.socket, name, on_socket=True))
+    for name in ("send", "sendall", "sendto"):
+        targets.append(Target(f"socket.socket.{name}", socket.socket, name, _streams, on_socket=True))
     if ssl is not None:
         # An SSL socket reads and writes through its SSL object, not the methods above.
         for name in ("do_handshake", "recv", "recv_into", "send", "sendall"):
@@ -377,9 +386,8 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
         seconds = perf_counter() - start
         try:
             if target.counts is None or (result is not _NOTHING and target.counts(result)):
-                # The stack is read after the call: the frames that made it have not moved.
-                frames, _ = walk(sys._getframe(2))  # the caller of the stand-in, and outwards
-                probe.note(target.call, seconds, frames)
+                # Read after the call: the frames that made it have not moved.
+                probe.note(target.call, seconds, _stack(sys._getframe(2)))  # the stand-in's caller, outwards
         except Exception:
             with contextlib.suppress(Exception):
                 probe._fault()  # its log line's own writes do not count either
@@ -389,6 +397,20 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
 
 # What a call that raised returned.
 _NOTHING: Any = object()
+
+
+def _stack(caller: FrameType) -> List[Frame]:
+    """The frames that made a call, innermost last, as far as its call site needs them.
+
+    Made by the application itself (the usual case), the caller alone: it is
+    the innermost application frame. From a package or Python's own modules,
+    the whole stack, to find the application code that called them. (Walking
+    costs about half a microsecond a frame: each one is made a Python object.)
+    """
+    code = caller.f_code
+    if _kind(code.co_filename) == _APPLICATION:
+        return [(code.co_filename, caller.f_lineno or 0, code.co_name)]
+    return walk(caller)[0]
 
 
 def _probe_of_running_loop() -> Optional[BlockingCalls]:
