@@ -174,6 +174,14 @@ async def test_sleeps_in_other_threads_are_not_counted_nor_on_another_loop_that_
     assert settled(receiver) == {"time.sleep": 1}
 
 
+async def fifty_echoes(port: int) -> None:
+    """Fifty POSTs of growing bodies to an app on loopback that answers each body twice, from this loop."""
+    async with aiohttp.ClientSession() as session:
+        for index in range(50):
+            async with session.post(f"http://127.0.0.1:{port}/", data=b"x" * (index * 1000)) as response:
+                assert await response.read() == b"x" * (index * 2000)
+
+
 async def test_an_aiohttp_app_serving_real_requests_on_loopback_reports_no_blocking_call(receiver: Receiver) -> None:
     async def hello(request: web.Request) -> web.Response:
         body = await request.read()
@@ -188,10 +196,7 @@ async def test_an_aiohttp_app_serving_real_requests_on_loopback_reports_no_block
         await site.start()
         port = runner.addresses[0][1]
         try:
-            async with aiohttp.ClientSession() as session:
-                for index in range(50):
-                    async with session.post(f"http://127.0.0.1:{port}/", data=b"x" * (index * 1000)) as response:
-                        assert await response.read() == b"x" * (index * 2000)
+            await fifty_echoes(port)
         finally:
             await runner.cleanup()
         time.sleep(0.001)  # the probe was listening all along
@@ -211,10 +216,7 @@ async def test_a_starlette_app_under_uvicorn_serving_real_requests_reports_no_bl
             assert not serving.done(), serving.exception()
             await asyncio.sleep(0.01)
         try:
-            async with aiohttp.ClientSession() as session:
-                for index in range(50):
-                    async with session.post(f"http://127.0.0.1:{port}/", data=b"x" * (index * 1000)) as response:
-                        assert await response.read() == b"x" * (index * 2000)
+            await fifty_echoes(port)
         finally:
             server.should_exit = True
             await serving
