@@ -1,7 +1,9 @@
-"""A stand-in for a method of one object (``loop.close``, ``selector.select``) that can be taken back cleanly."""
+"""A stand-in for a method of one object (``loop.close``, ``selector.select``), or for a function of a module or
+class (``time.sleep``, ``socket.socket.recv``), that can be taken back cleanly."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Callable, Optional
 
 # The object had no instance attribute of that name: its class's method served.
@@ -16,6 +18,11 @@ def own_attribute(obj: object, name: str) -> Any:
     a dict for good, and every attribute access of the loop's hot path slows
     down (measured: +8,000 instructions per ping-pong round trip).
     """
+    if isinstance(obj, (type, ModuleType)):
+        # A class's or a module's attributes are a dict anyway. (Not read the
+        # instance's way: a module's builtin function has the module as
+        # ``__self__``, and a class's inherited method is not its own.)
+        return vars(obj).get(name, ABSENT)
     value = getattr(obj, name, ABSENT)
     method = getattr(type(obj), name, ABSENT)
     if getattr(value, "__self__", None) is obj and getattr(value, "__func__", ABSENT) is method:
