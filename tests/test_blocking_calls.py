@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import pickle
 import select
 import socket
@@ -14,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -32,8 +32,6 @@ from loopstat import _options
 from loopstat._metrics import LINE_TAG_ROOM, Line
 from loopstat.probes import blocking
 from loopstat.probes.blocking import BlockingCalls
-from loopstat.settings import Settings, resolve
-from loopstat.sink import Sink
 from tests.receiver import Receiver
 from tests.web_servers import free_tcp_port
 
@@ -41,54 +39,15 @@ INTERVAL = 0.02
 LOGGER = "loopstat.probes.blocking"
 
 
-@dataclass
-class Watched:
-    """What the monitor will hand the probe (see ``counting``)."""
-
-    loop: asyncio.AbstractEventLoop
-    settings: Settings
-    faults: int = 0
-
-    def fault(self) -> None:
-        self.faults += 1
-
-
 @contextlib.asynccontextmanager
-async def counting(receiver: Receiver) -> AsyncIterator[BlockingCalls]:
-    """Blocking calls on the running loop, read every INTERVAL into a real sink, as a monitor reads its probes.
-
-    The one piece of glue until the monitor attaches the probe itself; then
-    the body becomes ``async with loopstat.install("127.0.0.1", receiver.port,
-    interval=INTERVAL, stall_threshold=None, blocking_calls=True)``.
-    """
-    settings = resolve("127.0.0.1", receiver.port, environ={}, blocking_calls=True)
-    watched = Watched(asyncio.get_running_loop(), settings)
-    sink = Sink(settings)
-    sink.start()
-    probe = blocking.attach(watched)
-    assert probe is not None
-
-    def sample() -> None:
-        lines: List[Line] = []
-        probe.read(lines)
-        sink.send(lines)
-
-    async def sampler() -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
-            sample()
-
-    task = asyncio.get_running_loop().create_task(sampler())
-    try:
-        yield probe
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sample()  # the last calls
-        probe.close()
-        sink.close()
-    assert watched.faults == 0
+async def counting(receiver: Receiver, **settings: Any) -> AsyncIterator[loopstat.Monitor]:
+    """A monitor of the running loop with blocking calls on, sampling every INTERVAL; no fault on the way."""
+    arguments: Dict[str, Any] = {"interval": INTERVAL, "stall_threshold": None, **settings}
+    async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, **arguments) as monitor:
+        await asyncio.sleep(0)  # the sampler starts, and attaches the probes
+        assert threading.get_ident() in blocking._threads
+        yield monitor
+    assert monitor._fault_logged_at == -math.inf  # no sample failed
 
 
 def calls(receiver: Receiver, name: str = "loopstat.blocking_calls") -> Dict[str, float]:
@@ -234,11 +193,10 @@ STALL_LINE = stalls_in_a_blocking_call.__code__.co_firstlineno + 1
 async def test_a_stall_inside_a_stood_in_call_is_the_applications_and_located_at_its_line(
     receiver: Receiver,
 ) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=0.05) as monitor:
+    async with counting(receiver, stall_threshold=0.05) as monitor:
         await asyncio.sleep(0.05)  # the watchdog has seen the loop
-        async with counting(receiver):
-            await stalls_in_a_blocking_call()
-            await asyncio.sleep(0.05)  # the loop moves again: the stall is reported
+        await stalls_in_a_blocking_call()
+        await asyncio.sleep(0.05)  # the loop moves again: the stall is reported
     assert settled(receiver)["time.sleep"] == 1
     assert monitor.stalls == 1
     assert monitor.last_stall is not None
@@ -391,7 +349,7 @@ def watch_another_loop(started: threading.Event, stop: threading.Event, receiver
     async def main() -> None:
         async with counting(receiver):
             started.set()
-            await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+            await asyncio.get_running_loop().run_in_executor(None, stop.wait, 30)
 
     asyncio.run(main())
 
@@ -399,13 +357,15 @@ def watch_another_loop(started: threading.Event, stop: threading.Event, receiver
 async def test_stand_ins_stay_while_any_loop_is_watched_and_go_with_the_last(receiver: Receiver) -> None:
     assert_all_original()
     started, stop = threading.Event(), threading.Event()
-    other = threading.Thread(target=watch_another_loop, args=(started, stop, receiver))
-    async with counting(receiver):
-        other.start()
-        assert started.wait(10)
-    assert time.sleep is not ORIGINALS["time.sleep"]  # the other loop is still watched
-    stop.set()
-    await asyncio.get_running_loop().run_in_executor(None, other.join)
+    other = threading.Thread(target=watch_another_loop, args=(started, stop, receiver), daemon=True)
+    try:
+        async with counting(receiver):
+            other.start()
+            assert started.wait(10)
+        assert time.sleep is not ORIGINALS["time.sleep"]  # the other loop is still watched
+    finally:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, other.join, 30)
     assert_all_original()
     assert "connect" not in socket.socket.__dict__
 
@@ -457,22 +417,23 @@ def new_loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def test_off_by_default_attaches_nothing(new_loop: asyncio.AbstractEventLoop) -> None:
-    settings = resolve("127.0.0.1", 8125, environ={})
-    assert settings.blocking_calls is False
-    assert blocking.attach(Watched(new_loop, settings)) is None
-    assert_all_original()
+async def test_off_by_default_nothing_stands_in(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=INTERVAL) as monitor:
+        assert monitor.settings.blocking_calls is False
+        assert_all_original()
+        time.sleep(0.001)
+        await asyncio.sleep(3 * INTERVAL)
+    assert settled(receiver) == {}
 
 
-def test_the_environment_turns_it_on(new_loop: asyncio.AbstractEventLoop) -> None:
+async def test_loopstat_run_turns_it_on_with_its_variable(receiver: Receiver) -> None:
     arguments = _options.run_arguments({"LOOPSTAT_BLOCKING_CALLS": "1"})
     assert arguments == {"blocking_calls": True}
-    settings = resolve("127.0.0.1", 8125, environ={}, **arguments)
-    probe = blocking.attach(Watched(new_loop, settings))
-    assert probe is not None
-    probe.close()
-    probe.close()
+    async with loopstat.install("127.0.0.1", receiver.port, **arguments):
+        await asyncio.sleep(0)  # the sampler starts, and attaches the probes
+        time.sleep(0.001)
     assert_all_original()
+    assert settled(receiver) == {"time.sleep": 1}  # sent at stop, with no sample since
 
 
 # The probe alone: counts, logs and faults, with an injected clock.

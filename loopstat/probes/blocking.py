@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from threading import get_ident
 from time import perf_counter
 from types import FrameType
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from loopstat import settings as _settings
 from loopstat._metrics import Line
 from loopstat._stand_in import StandIn
+from loopstat.probes import Watched
 from loopstat.probes.stalls import _APPLICATION, Frame, _culprit, _kind, _where, walk
 
 try:
@@ -58,15 +58,6 @@ FILE_BYTES = 1024 * 1024
 
 # Whether one call blocks, from its arguments (``self`` first for methods).
 Blocks = Callable[..., bool]
-
-
-class Watched(Protocol):
-    """What ``attach()`` receives: the loop, its settings, and where faults go."""
-
-    loop: asyncio.AbstractEventLoop
-    settings: _settings.Settings
-
-    def fault(self) -> None: ...
 
 
 def _sleeps(seconds: Any) -> bool:
@@ -165,12 +156,15 @@ class BlockingCalls:
         loop: asyncio.AbstractEventLoop,
         fault: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        send: Optional[Callable[[List[Line]], None]] = None,
     ) -> None:
         self.loop = loop
         #: The thread that runs the loop, as seen at the latest read.
         self.thread_id = get_ident()
         self._fault = fault
         self._clock = clock
+        # Where the calls since the last read go at close; None: they are dropped.
+        self._send = send
         # True while a counted call (or this probe's own work) runs: calls made inside it do not count again.
         self._inside = False
         self._counts: Dict[str, int] = {}
@@ -233,7 +227,10 @@ class BlockingCalls:
         return taken
 
     def close(self) -> None:
-        """Stop counting; the stand-ins go when no probe is left. Never raises, safe to repeat."""
+        """Stop counting and send the calls since the last read; the stand-ins go when no probe is left.
+
+        Never raises, safe to repeat.
+        """
         if self._closed:
             return
         self._closed = True
@@ -241,13 +238,20 @@ class BlockingCalls:
             _unwatch(self)
         except Exception:
             log.debug("loopstat: could not remove the blocking-call stand-ins", exc_info=True)
+        try:
+            if self._send is not None and self._counts:
+                lines: List[Line] = []
+                self.read(lines)
+                self._send(lines)
+        except Exception:
+            log.debug("loopstat: could not send the last blocking calls", exc_info=True)
 
 
 def attach(watched: Watched) -> Optional[BlockingCalls]:
     """Count blocking calls on ``watched.loop``'s thread (call on that thread); None when the option is off."""
     if not watched.settings.blocking_calls:
         return None
-    return BlockingCalls(watched.loop, watched.fault)
+    return BlockingCalls(watched.loop, watched.fault, send=watched.send)
 
 
 # The registry. Stand-ins read ``_threads`` and ``_probes`` from any thread:
