@@ -147,8 +147,8 @@ Site = Tuple[str, Optional[Frame]]
 class BlockingCalls:
     """Counts the blocking calls made on one loop's thread; create it on that thread.
 
-    ``read`` and ``take_seconds`` are called on the loop's thread too, as every
-    call it counts is made there: nothing here needs a lock.
+    ``read`` is called on the loop's thread too, as every call it counts is
+    made there: nothing here needs a lock.
     """
 
     def __init__(
@@ -156,20 +156,20 @@ class BlockingCalls:
         loop: asyncio.AbstractEventLoop,
         fault: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
-        send: Optional[Callable[[List[Line]], None]] = None,
+        watched: Optional[Watched] = None,
     ) -> None:
         self.loop = loop
         #: The thread that runs the loop, as seen at the latest read.
         self.thread_id = get_ident()
         self._fault = fault
         self._clock = clock
-        # Where the calls since the last read go at close; None: they are dropped.
-        self._send = send
+        # Where the calls since the last read go at close, and where the time blocked
+        # adds up at once for the other probes (utilization on uvloop); None: nowhere.
+        self._watched = watched
         # True while a counted call (or this probe's own work) runs: calls made inside it do not count again.
         self._inside = False
         self._counts: Dict[str, int] = {}
         self._seconds: Dict[str, float] = {}
-        self._taken = 0.0
         self._sites: Dict[Site, _Site] = {}
         self._closed = False
         _watch(self)
@@ -178,7 +178,8 @@ class BlockingCalls:
         """One blocking call of ``seconds`` made at ``frames`` (the stack, innermost last)."""
         self._counts[call] = self._counts.get(call, 0) + 1
         self._seconds[call] = self._seconds.get(call, 0.0) + seconds
-        self._taken += seconds
+        if self._watched is not None:
+            self._watched.blocked += seconds
         key = (call, _culprit(frames))
         site = self._sites.get(key)
         if site is None:
@@ -221,11 +222,6 @@ class BlockingCalls:
                 )
                 site.logged_at, site.count, site.seconds = now, 0, 0.0
 
-    def take_seconds(self) -> float:
-        """Seconds the loop's thread spent in blocking calls since the previous call."""
-        taken, self._taken = self._taken, 0.0
-        return taken
-
     def close(self) -> None:
         """Stop counting and send the calls since the last read; the stand-ins go when no probe is left.
 
@@ -239,10 +235,10 @@ class BlockingCalls:
         except Exception:
             log.debug("loopstat: could not remove the blocking-call stand-ins", exc_info=True)
         try:
-            if self._send is not None and self._counts:
+            if self._watched is not None and self._counts:
                 lines: List[Line] = []
                 self.read(lines)
-                self._send(lines)
+                self._watched.send(lines)
         except Exception:
             log.debug("loopstat: could not send the last blocking calls", exc_info=True)
 
@@ -251,7 +247,7 @@ def attach(watched: Watched) -> Optional[BlockingCalls]:
     """Count blocking calls on ``watched.loop``'s thread (call on that thread); None when the option is off."""
     if not watched.settings.blocking_calls:
         return None
-    return BlockingCalls(watched.loop, watched.fault, send=watched.send)
+    return BlockingCalls(watched.loop, watched.fault, watched=watched)
 
 
 # The registry. Stand-ins read ``_threads`` and ``_probes`` from any thread:
