@@ -98,7 +98,7 @@ METRICS: Tuple[Metric, ...] = (
         "blocking",
         "sum",
         "calls that block made on the loop's thread since the previous sample, tagged `call:<module.function>` "
-        "(`time.sleep`, `socket.getaddrinfo`, `socket.socket.recv`, …; `blocking_calls=True`)",
+        "(`time.sleep`, `socket.getaddrinfo`, `socket.socket.recv`, …; `blocking_calls`, on by default on uvloop)",
     ),
     Metric(
         "blocking_time",
@@ -106,8 +106,7 @@ METRICS: Tuple[Metric, ...] = (
         "ms",
         "blocking",
         "sum",
-        "time the loop's thread spent in those calls since the previous sample, tagged `call:…` "
-        "(`blocking_calls=True`)",
+        "time the loop's thread spent in those calls since the previous sample, tagged `call:…` (`blocking_calls`)",
     ),
 )
 

@@ -245,29 +245,36 @@ class Choice(Kind[str]):
         return value
 
 
-class Switch(Kind[bool]):
-    """On or off."""
+class Switch(Kind[Any]):
+    """On or off; with ``auto``, also None: loopstat decides, loop by loop."""
 
-    type_doc = "bool"
     _TRUE = ("1", "true", "yes", "on")
     _FALSE = ("0", "false", "no", "off")
 
+    def __init__(self, auto: bool = False) -> None:
+        self.auto = auto
+        self.type_doc = "bool or None" if auto else "bool"
+
     def accepted(self) -> str:
-        return "True or False"
+        return "True, False or None (auto)" if self.auto else "True or False"
 
     def accepted_text(self) -> str:
-        return "1 or 0 (true/false, yes/no, on/off)"
+        return "1 or 0 (true/false, yes/no, on/off)" + (", or auto" if self.auto else "")
 
     def as_text(self, value: Any) -> str:
-        return "1" if value else "0"
+        return "auto" if value is None else "1" if value else "0"
 
-    def check(self, value: object, source: str) -> bool:
+    def check(self, value: object, source: str) -> Optional[bool]:
+        if value is None and self.auto:
+            return None
         if not isinstance(value, bool):
             raise self._bad(value, source)
         return value
 
-    def parse(self, text: str, source: str) -> bool:
+    def parse(self, text: str, source: str) -> Optional[bool]:
         word = text.lower()
+        if word == "auto" and self.auto:
+            return None
         if word not in self._TRUE + self._FALSE:
             raise self._bad(text, source, text=True)
         return word in self._TRUE
@@ -398,8 +405,12 @@ class Settings:
         run="LOOPSTAT_WORKER_TAG",
         run_default=True,
     )
-    blocking_calls: bool = _row(
-        False, Switch(), "blocking calls on the loop's thread counted and named", run="LOOPSTAT_BLOCKING_CALLS"
+    #: None: on for loops without a Python selector (uvloop), where it is cheap and utilization needs it.
+    blocking_calls: Optional[bool] = _row(
+        None,
+        Switch(auto=True),
+        "blocking calls on the loop's thread counted and named (auto: on uvloop)",
+        run="LOOPSTAT_BLOCKING_CALLS",
     )
 
     @property

@@ -21,6 +21,7 @@ from loopstat import sink as _sink_module
 from loopstat._metrics import PROBES, Line
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
 from loopstat.probes import Attach, Probe, Watched
+from loopstat.probes import blocking as _blocking
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
 from loopstat.probes import stalls as _stalls
@@ -285,6 +286,7 @@ def _after_fork_in_child() -> None:
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
     _gc.after_fork_in_child()
+    _blocking.after_fork_in_child()
     _stalls.after_fork_in_child()
     _worker.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
@@ -341,7 +343,7 @@ def install(
     executor: bool = True,
     gc: bool = False,
     worker_tag: bool = False,
-    blocking_calls: bool = False,
+    blocking_calls: Optional[bool] = None,
 ) -> Monitor:
     """Start monitoring a loop (the running one unless ``loop`` is given); return its monitor.
 

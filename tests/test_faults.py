@@ -14,7 +14,7 @@ from tests.receiver import Receiver
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith("loopstat") and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "loopstat.sink" and r.levelno >= logging.WARNING]
 
 
 async def lag_follows_a_block(monitor: loopstat.Monitor) -> None:

@@ -41,7 +41,7 @@ def stall_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("loopstat") and r.levelno == logging.WARNING and "blocked" in r.getMessage()
+        if r.name == "loopstat.probes.stalls" and r.levelno == logging.WARNING and "blocked" in r.getMessage()
     ]
 
 
@@ -378,8 +378,10 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     recurse_line = inspect.getsourcelines(recurse)[1]
     assert re.search(r"test_stalls.py:\d+ in (recurse|blocking_function)$", stall.location)
     assert len(stall.stack.encode()) <= stalls.STACK_BYTES
-    assert stall.stack.count(", in recurse") >= stalls.STACK_INNER - 1
-    assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stalls.STACK_INNER - 2
+    # The innermost frames kept are recurse's, but for the sleep at the bottom (on uvloop, where
+    # blocking calls are counted by default, the frames of loopstat's stand-in for time.sleep too).
+    assert stall.stack.count(", in recurse") >= stalls.STACK_INNER - 5
+    assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stalls.STACK_INNER - 6
     assert f"more than {stalls.STACK_WALK - stalls.STACK_INNER} outer frames left out" in stall.stack
 
 

@@ -114,16 +114,22 @@ class SelectorClock:
         self._timed = timed_selector
         loop._selector = timed_selector  # type: ignore[attr-defined]
 
-    @classmethod
-    def attach(cls, loop: asyncio.AbstractEventLoop) -> Optional[SelectorClock]:
-        """Attach to ``loop`` if it waits in a selector it exposes (the stdlib's); else None.
+    @staticmethod
+    def selector_of(loop: asyncio.AbstractEventLoop) -> Optional[selectors.BaseSelector]:
+        """The selector ``loop`` waits in, if it exposes one (the stdlib's); else None.
 
         uvloop waits inside libuv, out of Python's reach.
         """
         selector: Any = getattr(loop, "_selector", None)
         if not isinstance(loop, asyncio.BaseEventLoop) or not isinstance(selector, selectors.BaseSelector):
             return None
-        return cls(loop, selector)
+        return selector
+
+    @classmethod
+    def attach(cls, loop: asyncio.AbstractEventLoop) -> Optional[SelectorClock]:
+        """Attach to ``loop`` if it waits in a selector it exposes; else None."""
+        selector = cls.selector_of(loop)
+        return None if selector is None else cls(loop, selector)
 
     def detach(self) -> None:
         """Give the loop back the selector it had, another tool's wrapper included.
