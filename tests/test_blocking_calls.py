@@ -523,7 +523,7 @@ async def test_a_fault_while_noting_a_call_is_reported_and_the_call_returns_as_u
     def fail(frames: Any) -> Optional[Any]:
         raise RuntimeError("broken")
 
-    monkeypatch.setattr(blocking, "_culprit", fail)
+    monkeypatch.setattr(blocking, "culprit", fail)
     probe = BlockingCalls(asyncio.get_running_loop(), lambda: faults.append(repr(sys.exc_info()[1])))
     try:
         time.sleep(0.001)

@@ -20,6 +20,7 @@ import pytest
 import uvloop
 
 import loopstat
+from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
 from tests import inside
@@ -209,13 +210,13 @@ async def test_a_loop_stuck_between_callbacks_is_not_blamed_on_the_code_that_run
         assert probe is not None
         loop_thread = threading.get_ident()
 
-        def stack_of_the_idle_loop() -> list[stalls.Frame]:
+        def stack_of_the_idle_loop() -> list[stacks.Frame]:
             time.sleep(0.1)  # meanwhile the loop waits in its selector, in no callback
-            return stalls.walk(sys._current_frames()[loop_thread])[0]
+            return stacks.walk(sys._current_frames()[loop_thread])[0]
 
         frames = await asyncio.get_running_loop().run_in_executor(None, stack_of_the_idle_loop)
-    assert stalls.locate(frames) is not None  # blind to the loop's frames, it would name a caller
-    assert stalls.locate(frames, probe.outer) is None
+    assert stacks.locate(frames) is not None  # blind to the loop's frames, it would name a caller
+    assert stacks.locate(frames, probe.outer) is None
 
 
 async def test_the_frames_around_callbacks_are_known_from_the_first_turn_of_the_loop() -> None:
@@ -377,38 +378,38 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     # Caught on its way down (100,000 calls take a while) or at the bottom.
     recurse_line = inspect.getsourcelines(recurse)[1]
     assert re.search(r"test_stalls.py:\d+ in (recurse|blocking_function)$", stall.location)
-    assert len(stall.stack.encode()) <= stalls.STACK_BYTES
+    assert len(stall.stack.encode()) <= stacks.STACK_BYTES
     # The innermost frames kept are recurse's, but for the sleep at the bottom (on uvloop, where
     # blocking calls are counted by default, the frames of loopstat's stand-in for time.sleep too).
-    assert stall.stack.count(", in recurse") >= stalls.STACK_INNER - 5
-    assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stalls.STACK_INNER - 6
-    assert f"more than {stalls.STACK_WALK - stalls.STACK_INNER} outer frames left out" in stall.stack
+    assert stall.stack.count(", in recurse") >= stacks.STACK_INNER - 5
+    assert stall.stack.count(f"line {recurse_line + 3}, in recurse") >= stacks.STACK_INNER - 6
+    assert f"more than {stacks.STACK_WALK - stacks.STACK_INNER} outer frames left out" in stall.stack
 
 
 def test_a_long_stack_is_cut_in_the_middle_and_says_how_many_frames_were_left_out() -> None:
     frames = [("/app/main.py", 1, "main")] + [("/app/walk.py", n, "step") for n in range(500)]
-    text = stalls.format_stack(frames)
+    text = stacks.format_stack(frames)
     lines = text.splitlines()
     kept = [line for line in lines if line.startswith("  File")]
-    assert len(kept) == stalls.STACK_INNER + stalls.STACK_OUTER
+    assert len(kept) == stacks.STACK_INNER + stacks.STACK_OUTER
     assert kept[0] == '  File "/app/main.py", line 1, in main'
     assert kept[-1] == '  File "/app/walk.py", line 499, in step'
-    assert f"  ... {501 - stalls.STACK_INNER - stalls.STACK_OUTER} frames left out ..." in lines
+    assert f"  ... {501 - stacks.STACK_INNER - stacks.STACK_OUTER} frames left out ..." in lines
 
 
 def test_a_stack_of_huge_names_stays_within_its_byte_limit_keeping_the_innermost_frames() -> None:
     wide = "\N{MATHEMATICAL FRAKTUR SMALL A}"  # 4 bytes in UTF-8
     frames = [(f"/app/{wide * 5000}{n}.py", n, "f" * 5000) for n in range(100)]
-    text = stalls.format_stack(frames)
-    assert len(text.encode()) <= stalls.STACK_BYTES
-    assert all(len(line) <= stalls.LINE_CHARS for line in text.splitlines())
+    text = stacks.format_stack(frames)
+    assert len(text.encode()) <= stacks.STACK_BYTES
+    assert all(len(line) <= stacks.LINE_CHARS for line in text.splitlines())
     assert "left out to keep the stack under" in text.splitlines()[0]
     assert text.splitlines()[-1].startswith(f'  File "/app/{wide * 10}')
 
 
 def test_source_lines_are_not_read_from_files_that_are_not_regular() -> None:
     # A code object may name any file; reading /dev/zero would never end.
-    text = stalls.format_stack([("/dev/zero", 1, "f"), ("/nonexistent/x.py", 2, "g"), (__file__, SLEEP_LINE, "h")])
+    text = stacks.format_stack([("/dev/zero", 1, "f"), ("/nonexistent/x.py", 2, "g"), (__file__, SLEEP_LINE, "h")])
     assert text.splitlines() == [
         '  File "/dev/zero", line 1, in f',
         '  File "/nonexistent/x.py", line 2, in g',

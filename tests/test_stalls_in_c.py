@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 
 import loopstat
-from loopstat.probes import stalls
+from loopstat.probes import frames, stalls
 from tests.test_stalls import line_of, wait_for_stalls
 
 # How long each C call is sized to last, and the least a test accepts to have
@@ -134,7 +134,7 @@ async def test_a_json_loads_that_runs_the_collector_is_still_the_applications_st
 async def test_a_stack_slow_to_describe_is_still_reported_with_its_stall(monkeypatch: pytest.MonkeyPatch) -> None:
     # The watchdog gets in only as the call returns, and reading source lines
     # (here from a slow disk) lets the loop run on and report first: it waits.
-    real = stalls.format_stack
+    real = frames.format_stack
 
     def from_a_slow_disk(*args: Any) -> str:
         time.sleep(0.03)

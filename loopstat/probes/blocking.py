@@ -39,8 +39,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from loopstat._metrics import Line
 from loopstat._stand_in import StandIn
 from loopstat.probes import Watched
+from loopstat.probes.frames import APPLICATION, Frame, culprit, kind, walk, where
 from loopstat.probes.selector_clock import SelectorClock
-from loopstat.probes.stalls import _APPLICATION, Frame, _culprit, _kind, _where, walk
 
 try:
     import ssl
@@ -181,7 +181,7 @@ class BlockingCalls:
         self._seconds[call] = self._seconds.get(call, 0.0) + seconds
         if self._watched is not None:
             self._watched.blocked += seconds
-        key = (call, _culprit(frames))
+        key = (call, culprit(frames))
         site = self._sites.get(key)
         if site is None:
             if len(self._sites) >= MAX_SITES:
@@ -217,7 +217,7 @@ class BlockingCalls:
                 log.warning(
                     "loopstat: blocking call %s on the event loop at %s (%s, %s in the last minute)",
                     call,
-                    _where(frame) or "an unknown place",
+                    where(frame) or "an unknown place",
                     times,
                     spent,
                 )
@@ -419,7 +419,7 @@ def _stack(caller: FrameType) -> List[Frame]:
     costs about half a microsecond a frame: each one is made a Python object.)
     """
     code = caller.f_code
-    if _kind(code.co_filename) == _APPLICATION:
+    if kind(code.co_filename) == APPLICATION:
         return [(code.co_filename, caller.f_lineno or 0, code.co_name)]
     return walk(caller)[0]
 

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import linecache
 import logging
 import math
-import os
-import stat
 import sys
-import sysconfig
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +35,19 @@ from weakref import WeakSet
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes.cpu import Cpu
+from loopstat.probes.frames import (
+    LOOPSTAT_CODE,
+    PYTHON,
+    Frame,
+    Outer,
+    callback_frames,
+    culprit,
+    format_stack,
+    kind,
+    outer_of,
+    walk,
+    where,
+)
 from loopstat.probes.gc import _on_gc
 from loopstat.probes.selector_clock import Events, SelectorClock
 
@@ -66,25 +74,6 @@ FORK_WAIT_SECONDS = 1.0
 # The loop, reporting a stall, waits at most this long for the watchdog to finish
 # describing it: after a block in C code the two look at the same moment.
 CAPTURE_WAIT_SECONDS = 0.1
-
-# The watchdog walks at most this many frames from the innermost: it holds the
-# GIL while it walks, and the loop may want it back, whatever the depth.
-STACK_WALK = 1000
-# Frames kept in ``Stall.stack``: the innermost ones, where the loop is stuck,
-# and, when the walk reached them, the outermost ones, which say who runs it.
-STACK_INNER = 90
-STACK_OUTER = 10
-# ``Stall.stack`` is at most this many bytes (UTF-8), each of its lines at most
-# LINE_CHARS characters.
-STACK_BYTES = 64 * 1024
-LINE_CHARS = 240
-# Source lines are read only from regular files up to this size.
-SOURCE_BYTES = 4 * 1024 * 1024
-
-# filename, line number, function
-Frame = Tuple[str, int, str]
-# (filename, function) of the frames around a callback, outermost first.
-Outer = Tuple[Tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -502,24 +491,6 @@ def after_fork_in_child() -> None:
     _watchdog = _Watchdog()
 
 
-def walk(frame: Optional[FrameType]) -> Tuple[List[Frame], bool]:
-    """The stack ending at ``frame``, innermost last, at most ``STACK_WALK`` deep; True if whole."""
-    frames: List[Frame] = []
-    while frame is not None and len(frames) < STACK_WALK:
-        code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno or 0, code.co_name))
-        frame = frame.f_back
-    whole = frame is None
-    frames.reverse()
-    return frames, whole
-
-
-def outer_of(frame: Optional[FrameType]) -> Outer:
-    """(file, function) of ``frame`` and the frames around it, outermost first; () if too deep to walk."""
-    frames, whole = walk(frame)
-    return tuple((f[0], f[2]) for f in frames) if whole else ()
-
-
 def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
     # The frames are dropped before anything slow: held, they would keep the
     # loop's locals alive and make a deep stack slower to unwind.
@@ -535,149 +506,13 @@ def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Oute
     # Stuck in loopstat's code, or in Python's called by it: loopstat's own doing.
     # Not in its GC hook, which runs inside whatever allocates; a long C call
     # that allocates (``json.loads``) lets the watchdog in there.
-    innermost = next((f for f in reversed(callback) if _kind(f[0]) != _PYTHON and (f[0], f[2]) != _GC_HOOK), None)
-    own = innermost is not None and _kind(innermost[0]) == _LOOPSTAT_CODE
-    culprit = innermost if own else _culprit(callback)
-    return Capture(mark, _where(culprit), stack, own)
+    innermost = next((f for f in reversed(callback) if kind(f[0]) != PYTHON and (f[0], f[2]) != _GC_HOOK), None)
+    own = innermost is not None and kind(innermost[0]) == LOOPSTAT_CODE
+    named = innermost if own else culprit(callback)
+    return Capture(mark, where(named), stack, own)
 
 
-def _where(frame: Optional[Frame]) -> Optional[str]:
-    return None if frame is None else f"{_short(frame[0], _cwd())}:{frame[1]} in {frame[2]}"
-
-
-_PYTHON, _LOOPSTAT_CODE, _PACKAGE, _APPLICATION = range(4)
 _GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
-_PACKAGES = ("site-packages", "dist-packages")
-_STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("stdlib", "platstdlib")})
-_LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
-# The stand-ins for blocking functions (blocking_calls=True) pass the application's
-# calls on: in a stack they count as the function they stand for, Python's own.
-_STAND_INS = os.path.join(_LOOPSTAT, "probes", "blocking.py")
-
-
-@functools.lru_cache(maxsize=1024)
-def _kind(filename: str) -> int:
-    """Whose code a file holds: Python's own, loopstat's, an installed package's or the application's."""
-    if filename == _STAND_INS:
-        return _PYTHON
-    if filename.startswith(_LOOPSTAT):
-        return _LOOPSTAT_CODE
-    if any(part in filename for part in _PACKAGES):
-        return _PACKAGE
-    if filename.startswith("<frozen") or filename.startswith(_STDLIB):
-        return _PYTHON
-    return _APPLICATION
-
-
-def callback_frames(frames: Sequence[Frame], whole: bool, outer: Outer) -> Optional[Sequence[Frame]]:
-    """The frames of the callback the loop is stuck in; None when it is stuck in the loop itself.
-
-    ``outer`` are the frames around every callback of this run. A stack too
-    deep to walk whole is all callback: its outer frames are out of sight.
-    """
-    if not whole or not outer:
-        return frames
-    shared = 0
-    for frame, (filename, function) in zip(frames, outer):
-        if (frame[0], frame[2]) != (filename, function):
-            break
-        shared += 1
-    rest = frames[shared:]
-    if shared == len(outer):
-        return rest or None
-    if shared and all(_kind(f[0]) in (_PYTHON, _LOOPSTAT_CODE) for f in rest):
-        return None  # in the loop's own machinery, between callbacks
-    return frames  # a stack of another run: every frame may be to blame
-
-
-def _culprit(frames: Sequence[Frame]) -> Optional[Frame]:
-    """The innermost frame of the application, else of an installed package, else the innermost.
-
-    Installed packages come second to the application's own code, which is
-    what called them; Python's own modules and loopstat's never count.
-    """
-    package = None
-    for frame in reversed(frames):
-        kind = _kind(frame[0])
-        if kind == _APPLICATION:
-            return frame
-        if kind == _PACKAGE and package is None:
-            package = frame
-    return package or (frames[-1] if frames else None)
-
-
-def locate(frames: Sequence[Frame], outer: Outer = (), whole: bool = True) -> Optional[str]:
-    """``file:line in function`` of the innermost application frame of the callback that blocked.
-
-    None when the loop was stuck outside any callback (in the loop itself).
-    """
-    callback = callback_frames(frames, whole, outer)
-    return None if callback is None else _where(_culprit(callback))
-
-
-def _cwd() -> str:
-    try:
-        return os.path.join(os.getcwd(), "")
-    except OSError:  # the working directory was deleted: nothing to shorten
-        return ""
-
-
-def _short(filename: str, cwd: str) -> str:
-    return filename[len(cwd) :] if cwd and filename.startswith(cwd) else filename
-
-
-def _source(filename: str, lineno: int, readable: Dict[str, bool]) -> str:
-    """The source line, read only from a regular file of sane size; "" if there is none."""
-    try:
-        ok = readable.get(filename)
-        if ok is None:
-            info = os.stat(filename)
-            ok = readable[filename] = stat.S_ISREG(info.st_mode) and info.st_size <= SOURCE_BYTES
-        return linecache.getline(filename, lineno).strip() if ok else ""
-    except Exception:  # vanished, unreadable, undecodable: the frame is shown without it
-        readable[filename] = False
-        return ""
-
-
-def _cut(line: str) -> str:
-    return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
-
-
-def format_stack(frames: Sequence[Frame], whole: bool = True) -> str:
-    """Frames as a traceback, innermost last, deep stacks cut in the middle, at most ``STACK_BYTES``."""
-    if not whole:
-        kept_outer: Sequence[Frame] = ()
-        gap = f"  ... more than {len(frames) - STACK_INNER} outer frames left out (deeper than {STACK_WALK}) ..."
-    elif len(frames) > STACK_INNER + STACK_OUTER:
-        kept_outer = frames[:STACK_OUTER]
-        gap = f"  ... {len(frames) - STACK_INNER - STACK_OUTER} frames left out ..."
-    else:
-        kept_outer, gap = frames, ""
-    kept_inner = frames[-STACK_INNER:] if gap else ()
-    readable: Dict[str, bool] = {}
-
-    def lines_of(part: Sequence[Frame]) -> List[str]:
-        lines = []
-        for filename, lineno, function in part:
-            lines.append(_cut(f'  File "{filename}", line {lineno}, in {function}'))
-            source = _source(filename, lineno, readable)
-            if source:
-                lines.append(_cut(f"    {source}"))
-        return lines
-
-    outer_lines, inner_lines = lines_of(kept_outer), lines_of(kept_inner)
-    if gap:
-        outer_lines.append(gap)
-    # Over the byte limit, the outermost lines go first: the innermost show where it is stuck.
-    lines = outer_lines + inner_lines
-    size = sum(len(line.encode("utf-8", "replace")) + 1 for line in lines)
-    dropped = 0
-    while size > STACK_BYTES - 100 and lines:
-        size -= len(lines.pop(0).encode("utf-8", "replace")) + 1
-        dropped += 1
-    if dropped:
-        lines.insert(0, f"  ... {dropped} outer lines left out to keep the stack under {STACK_BYTES} bytes ...")
-    return "\n".join(lines)
 
 
 class Stalls:
