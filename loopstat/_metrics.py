@@ -87,6 +87,15 @@ METRICS: Tuple[Metric, ...] = (
         "longest garbage-collector pause since the previous sample (`gc=True`)",
     ),
     Metric("gc.collections", "c", "count", "gc", "sum", "collections since the previous sample (`gc=True`)"),
+    Metric(
+        "busy",
+        "g",
+        "ratio",
+        "profile",
+        "max",
+        "share of the last window (40 samples, 10 s at the default interval) the loop spent running the code at "
+        "tag `site:<file:line in function>`, for its 5 busiest sites and `site:other` (`profile=True`)",
+    ),
 )
 
 #: Each metric name once, with how dashboards combine it across services.
