@@ -108,11 +108,20 @@ METRICS: Tuple[Metric, ...] = (
         "sum",
         "time the loop's thread spent in those calls since the previous sample, tagged `call:…` (`blocking_calls`)",
     ),
+    Metric(
+        "busy",
+        "g",
+        "ratio",
+        "profile",
+        "max",
+        "share of the last window (40 samples, 10 s at the default interval) the loop spent running the code at "
+        "tag `site:<file:line in function>`, for its 5 busiest sites and `site:other` (`profile=True`)",
+    ),
 )
 
-#: Each metric name once, with how dashboards combine it across services.
 # The probes, in the order their lines appear in a sample: each a module of loopstat/probes.
 PROBES: Tuple[str, ...] = tuple(dict.fromkeys(metric.probe for metric in METRICS))
+#: Each metric name once, with how dashboards combine it across services.
 ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
 #: Each metric name once, with its unit.
 UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}

@@ -397,6 +397,7 @@ class Settings:
     utilization: bool = _row(True, Switch(), "utilization gauge", run="LOOPSTAT_UTILIZATION")
     executor: bool = _row(True, Switch(), "executor gauges", run="LOOPSTAT_EXECUTOR")
     gc: bool = _row(False, Switch(), "GC pause and collection metrics", run="LOOPSTAT_GC")
+    profile: bool = _row(False, Switch(), "where busy time goes: `P.busy` by code site", run="LOOPSTAT_PROFILE")
     #: Tag each process with ``worker:<slot>``, a number its siblings under one parent do not hold.
     worker_tag: bool = _row(
         False,

@@ -24,6 +24,7 @@ from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import blocking as _blocking
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
+from loopstat.probes import profile as _profile
 from loopstat.probes import stalls as _stalls
 from loopstat.probes.stalls import Stall
 from loopstat.sink import Sink
@@ -88,6 +89,8 @@ class Monitor:
         self._faults_held = 0
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
+        # The latest table of the profile probe (``profile=True``).
+        self._top: List[Tuple[str, float]] = []
         self._watched = Watched(loop, settings, self, self._sink.send, self._fault, self._own_tasks)
         self._probes: List[Probe] = []
 
@@ -99,6 +102,11 @@ class Monitor:
     def running(self) -> bool:
         """True until ``stop()`` is called, the loop closes or the loop shuts the sampler down."""
         return not self._stopped and not self._loop.is_closed()
+
+    def top(self) -> List[Tuple[str, float]]:
+        """Where the loop's busy time went in the last profile window: (``file:line in function``, share of
+        wall time), busiest first, ``other`` last; empty without ``profile=True`` or before a window ends."""
+        return list(self._top)
 
     @property
     def sent(self) -> int:
@@ -287,6 +295,7 @@ def _after_fork_in_child() -> None:
     global _monitors_lock
     _gc.after_fork_in_child()
     _blocking.after_fork_in_child()
+    _profile.after_fork_in_child()
     _stalls.after_fork_in_child()
     _worker.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
@@ -342,6 +351,7 @@ def install(
     utilization: bool = True,
     executor: bool = True,
     gc: bool = False,
+    profile: bool = False,
     worker_tag: bool = False,
     blocking_calls: Optional[bool] = None,
 ) -> Monitor:
@@ -363,6 +373,7 @@ def install(
         utilization=utilization,
         executor=executor,
         gc=gc,
+        profile=profile,
         worker_tag=worker_tag,
         blocking_calls=blocking_calls,
         environ=os.environ,

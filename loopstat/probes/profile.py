@@ -1,0 +1,165 @@
+"""Profile: where a loop's busy time goes, by sampling its thread's stack (opt-in, ``profile=True``).
+
+One thread per process, there while some loop is profiled, looks at every
+profiled loop about PERIOD_SECONDS apart (jittered, so that it does not beat
+in step with periodic work). A look finds the loop waiting for events (stdlib
+loops: in its selector; any loop: in no callback) or running a callback, and
+then names the innermost frame of the application's code in it, as stalls are
+named. Every WINDOW_SAMPLES samples of the monitor, the shares of the looks
+that found each site are sent as ``P.busy`` (tag ``site:<file:line in
+function>``) for the top TOP_SITES sites plus ``site:other``, and kept for
+``monitor.top()``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from types import FrameType
+from typing import Dict, List, Optional, Tuple
+from weakref import WeakSet
+
+from loopstat._metrics import Line
+from loopstat.probes import Watched
+from loopstat.probes.selector_clock import SelectorClock
+from loopstat.probes.frames import Outer, locate, outer_of, walk
+
+# About 50 looks a second: 500 in a 10 s window, a site's share to within a few points.
+PERIOD_SECONDS = 0.02
+# The sites sent each window; the rest add up to "other".
+TOP_SITES = 5
+# A window is this many samples of the monitor: 10 s at the default interval.
+WINDOW_SAMPLES = 40
+# Sites ever sent, per monitor: beyond them, new sites count as "other", so the
+# series a service makes stay bounded however its code moves.
+MAX_SITES = 50
+OTHER = "other"
+
+#: (site, share of the window's wall time), busiest first.
+Top = List[Tuple[str, float]]
+
+
+class Profile:
+    """The looks at one loop, counted by site, turned into a table every window."""
+
+    def __init__(self, watched: Watched) -> None:
+        self._watched = watched
+        self._clock: Optional[SelectorClock] = watched.clock()
+        #: The loop's thread and the frames around its callbacks, learned on the loop.
+        self.thread_id = threading.get_ident()
+        self.outer: Outer = ()
+        self._counts: Dict[str, int] = {}
+        self._looks = 0
+        self._samples = 0
+        self._sent: Dict[str, None] = {}
+        self._lock = threading.Lock()
+        watched.loop.call_soon(self._learn)
+        _sampler.watch(self)
+
+    def _learn(self) -> None:
+        self.thread_id = threading.get_ident()
+        try:
+            self.outer = outer_of(sys._getframe(1))
+        except ValueError:  # run from C with no Python frame around
+            self.outer = ()
+
+    def look(self, frames: Dict[int, FrameType]) -> None:
+        """Called by the sampler thread: note what the loop is doing now."""
+        if not self._watched.loop.is_running():
+            return
+        clock = self._clock
+        site: Optional[str] = None
+        if clock is None or not clock.waiting:
+            frame = frames.get(self.thread_id)
+            if frame is not None:
+                stack, whole = walk(frame)
+                site = locate(stack, self.outer, whole)
+        with self._lock:
+            self._looks += 1
+            if site is not None:
+                self._counts[site] = self._counts.get(site, 0) + 1
+
+    def take(self) -> Top:
+        """The window's table, and a new window."""
+        with self._lock:
+            counts, looks = self._counts, self._looks
+            self._counts, self._looks = {}, 0
+        if not looks:
+            return []
+        ranked = sorted(counts.items(), key=lambda item: -item[1])
+        top: Top = []
+        other = 0
+        for site, count in ranked:
+            if len(top) < TOP_SITES and (site in self._sent or len(self._sent) < MAX_SITES):
+                self._sent[site] = None
+                top.append((site, count / looks))
+            else:
+                other += count
+        if other:
+            top.append((OTHER, other / looks))
+        return top
+
+    def read(self, lines: List[Line]) -> None:
+        self._samples += 1
+        if self._samples < WINDOW_SAMPLES:
+            return
+        self._samples = 0
+        top = self._watched.monitor._top = self.take()
+        lines.extend(("busy", "g", round(share, 4), (("site", site),)) for site, share in top)
+
+    def close(self) -> None:
+        _sampler.unwatch(self)
+
+
+class _Sampler:
+    """The thread that looks at every profiled loop; there while one is profiled."""
+
+    def __init__(self) -> None:
+        self._profiles: WeakSet[Profile] = WeakSet()
+        self._changed = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, profile: Profile) -> None:
+        with self._changed:
+            self._profiles.add(profile)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="loopstat-profiler", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, profile: Profile) -> None:
+        with self._changed:
+            self._profiles.discard(profile)
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        jitter = random.Random()
+        while True:
+            with self._changed:
+                profiles = list(self._profiles)
+                if not profiles:
+                    self._thread = None
+                    return
+            frames = sys._current_frames()
+            for profile in profiles:
+                try:
+                    profile.look(frames)
+                except Exception:  # a loop torn down under us: it will unwatch itself
+                    pass
+            del frames, profiles  # holding them would keep the loops' frames alive
+            with self._changed:
+                self._changed.wait(PERIOD_SECONDS * jitter.uniform(0.5, 1.5))
+
+
+_sampler = _Sampler()
+
+
+def after_fork_in_child() -> None:
+    """Called in the child (loopstat/monitor.py holds the one fork hook): the parent's thread is not here."""
+    global _sampler
+    _sampler = _Sampler()
+
+
+def attach(watched: Watched) -> Optional[Profile]:
+    return Profile(watched) if watched.settings.profile else None
+
