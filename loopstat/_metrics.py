@@ -105,7 +105,7 @@ METRICS: Tuple[Metric, ...] = (
         "ms",
         "ms",
         "blocking",
-        "sum",
+        "max",
         "time the loop's thread spent in those calls since the previous sample, tagged `call:…` (`blocking_calls`)",
     ),
     Metric(

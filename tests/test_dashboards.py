@@ -113,7 +113,7 @@ def test_datadog_dashboard_shows_every_metric_loopstat_sends(sent: Set[Metric]) 
 
 
 def graphite_paths(target: str) -> List[str]:
-    return re.findall(r"(?:name=)?(stats(?:_counts)?\.[\w.$]+)", target)
+    return re.findall(r"(?:name=)?(stats(?:_counts)?\.[\w.$*]+)", target)
 
 
 def graphite_targets() -> List[str]:
@@ -132,7 +132,8 @@ def statsd_path(path: str) -> Tuple[str, str, str]:
     ``("lag", "ms", "upper")``, ``("tasks", "g", "")``, ``("stalls", "c", "count")``
     (``stats.counters.P.stalls.count``, or ``stats_counts.P.stalls`` in the legacy namespace).
     """
-    path = path.replace("$prefix", PREFIX).replace("$percentile", "95")
+    # With flavor "statsd" a line's own tag ends the name (``blocking_calls.time_sleep``): a wildcard there.
+    path = path.replace("$prefix", PREFIX).replace("$percentile", "95").replace(".*", "")
     for head, kind in STATSD_HEADS:
         if path.startswith(head + PREFIX + "."):
             name = path[len(head + PREFIX) + 1 :]

@@ -29,6 +29,7 @@ import pytest
 
 import loopstat
 from loopstat import Flavor
+from loopstat.probes import profile
 from tests.conftest import ENV_VARS
 from tests.provision import command
 from tests.servers import LOOPBACK, Carbon, GraphiteWeb, running_graphite, running_statsd
@@ -39,6 +40,7 @@ INTERVAL = 0.05
 #: A block well over the stall threshold, so that a loaded machine's hiccups are not stalls too.
 STALL_THRESHOLD = 0.25
 BLOCK_SECONDS = 0.6
+PROFILE_SECONDS = INTERVAL * profile.WINDOW_SAMPLES
 #: The least a 600 ms block shows as, in lag (sampler overshoot) and as a stall.
 BLOCK_MS = 500.0
 ALL = "$__all"
@@ -139,6 +141,7 @@ async def _application(port: int, prefix: str, app: App) -> None:
     release = asyncio.Event()
     workers = [asyncio.ensure_future(release.wait()) for _ in range(app.tasks - 1)]
     loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
         async with loopstat.install(
             LOOPBACK,
@@ -149,6 +152,8 @@ async def _application(port: int, prefix: str, app: App) -> None:
             interval=INTERVAL,
             stall_threshold=STALL_THRESHOLD,
             gc=True,
+            blocking_calls=True,
+            profile=True,
         ) as monitor:
             # The truth the dashboard must show: this task and its workers (loopstat's own is not counted).
             mine = {asyncio.current_task(), *workers}
@@ -160,7 +165,11 @@ async def _application(port: int, prefix: str, app: App) -> None:
             for _ in range(app.blocks):
                 await asyncio.sleep(0.3)
                 time.sleep(BLOCK_SECONDS)  # a blocking call on the loop
-            await asyncio.sleep(1.5)  # a statsd flush (every second) after the last block
+            spin_until = time.perf_counter() + 0.1  # code of its own, for the profile to find
+            while time.perf_counter() < spin_until:
+                pass
+            # A profile window (40 samples) and a statsd flush (every second) after the last block.
+            await asyncio.sleep(max(1.5, PROFILE_SECONDS + 1.2 - (loop.time() - began)))
             assert monitor.stalls == app.blocks, "the monitor saw one stall per block, no other"
     finally:
         release.set()
@@ -391,6 +400,13 @@ def _check(query: Query, result: List[Dict[str, Any]]) -> None:
             assert sum(values) >= sum(app.collections for app in apps), what
         elif metric == "executor.threads":
             assert max(values) >= len(apps), what
+        elif metric == "blocking_calls":
+            # time.sleep on the loop, once per block (the executor's sleep is on another thread).
+            assert sum(values) == sum(app.blocks for app in apps), what
+        elif (metric, statistic) == ("blocking_time", "upper"):
+            assert max(values) >= BLOCK_MS, what
+        elif metric == "busy":
+            assert all(0 < value <= 1 for value in values), what
 
 
 def _check_all(web: GraphiteWeb, queries: Sequence[Query], window: Window) -> None:

@@ -13,6 +13,7 @@ function>``) for the top TOP_SITES sites plus ``site:other``, and kept for
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
@@ -22,8 +23,8 @@ from weakref import WeakSet
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
-from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.frames import Outer, locate, outer_of, walk
+from loopstat.probes.selector_clock import SelectorClock
 
 # About 50 looks a second: 500 in a 10 s window, a site's share to within a few points.
 PERIOD_SECONDS = 0.02
@@ -142,10 +143,9 @@ class _Sampler:
                     return
             frames = sys._current_frames()
             for profile in profiles:
-                try:
+                # A loop torn down under us: it will unwatch itself.
+                with contextlib.suppress(Exception):
                     profile.look(frames)
-                except Exception:  # a loop torn down under us: it will unwatch itself
-                    pass
             del frames, profiles  # holding them would keep the loops' frames alive
             with self._changed:
                 self._changed.wait(PERIOD_SECONDS * jitter.uniform(0.5, 1.5))
@@ -162,4 +162,3 @@ def after_fork_in_child() -> None:
 
 def attach(watched: Watched) -> Optional[Profile]:
     return Profile(watched) if watched.settings.profile else None
-

@@ -1,0 +1,81 @@
+"""Profile (opt-in): where a loop's busy time goes, by code site, sampled from its thread's stack."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+
+import pytest
+
+import loopstat
+from loopstat.probes import profile
+from tests.receiver import Receiver
+
+
+def hot(seconds: float) -> None:
+    spin_until = time.perf_counter() + seconds
+    while time.perf_counter() < spin_until:
+        pass
+
+
+def warm(seconds: float) -> None:
+    spin_until = time.perf_counter() + seconds
+    while time.perf_counter() < spin_until:
+        pass
+
+
+HOT = f"test_profile.py:{inspect.getsourcelines(hot)[1] + 2} in hot"
+WARM = f"test_profile.py:{inspect.getsourcelines(warm)[1] + 2} in warm"
+
+
+@pytest.mark.e2e  # shares of wall time on the real clock: run once, in the e2e env
+async def test_busy_time_is_attributed_to_the_code_that_spent_it(receiver: Receiver) -> None:
+    interval = 0.05
+    async with loopstat.install("127.0.0.1", receiver.port, interval=interval, profile=True) as monitor:
+        window = interval * profile.WINDOW_SAMPLES
+        started = time.perf_counter()
+        while time.perf_counter() - started < 2.5 * window:
+            # About half the time in hot(), a quarter in warm(), a quarter idle: each longer than the
+            # interpreter's switch interval (5 ms), the resolution of a sampler that needs the GIL.
+            hot(0.024)
+            warm(0.012)
+            await asyncio.sleep(0.012)
+        top = {site.rsplit("/", 1)[-1]: share for site, share in monitor.top()}
+        busy = receiver.values("loopstat.busy", "g")
+    assert list(top)[:2] == [HOT, WARM], top
+    # A loaded machine takes time from the loop while it spins; the shares are of wall time.
+    assert 0.25 <= top[HOT] <= 0.75
+    assert 0.08 <= top[WARM] <= 0.45
+    assert top[HOT] > top[WARM]
+    assert busy, "sent as P.busy gauges, one per site"
+    sites = {dict(line.tags)["site"].rsplit("/", 1)[-1] for line in receiver.lines if line.name == "loopstat.busy"}
+    assert HOT.replace(" ", "_") in sites, "tag values have no spaces"
+
+
+async def test_off_by_default_no_table_no_thread(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02) as monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 3)
+        assert monitor.top() == []
+        assert not [t for t in threading.enumerate() if t.name == "loopstat-profiler"]
+    assert receiver.values("loopstat.busy", "g") == []
+
+
+def test_the_sites_sent_stay_bounded_however_the_code_moves() -> None:
+    probe = object.__new__(profile.Profile)
+    probe._lock = threading.Lock()
+    probe._sent = {}
+    sent = set()
+    for window in range(30):
+        probe._counts = {f"app.py:{window * 10 + n} in f": 10 - n for n in range(10)}
+        probe._looks = 100
+        sent |= {site for site, _ in probe.take()}
+    assert len(sent - {profile.OTHER}) == profile.MAX_SITES
+
+
+@pytest.mark.parametrize("variable", ["1", "0"])
+def test_loopstat_profile_variable(variable: str) -> None:
+    from loopstat import _options
+
+    assert _options.run_arguments({"LOOPSTAT_PROFILE": variable}) == {"profile": variable == "1"}
