@@ -37,8 +37,6 @@ from bench.web import ROOT, child_env
 VALGRIND = ("--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
 # Without time-driven work: their busy runs would only repeat the parked one.
 TIMERLESS = ("none", "monitored-ioloop")
-# Probes that do nothing on uvloop (it waits inside libuv, out of Python's reach).
-STDLIB_ONLY = ("loopstat-utilization",)
 COUNTED = (
     "none",
     "naive",
@@ -47,6 +45,7 @@ COUNTED = (
     "loopstat-utilization",
     "loopstat-stalls",
     "loopstat-gc",
+    "loopstat-blocking",
     "aiodebug",
     "loopmon",
     "monitored-ioloop",
@@ -101,22 +100,17 @@ def valgrind() -> Optional[str]:
     return shutil.which("valgrind")
 
 
-def applies(variant: str, loop: str) -> bool:
-    """Whether ``variant`` does anything on ``loop``."""
-    return not (loop == "uvloop" and variant in STDLIB_ONLY)
-
-
 def jobs_of(plan: Plan, loop_names: Sequence[str], names: Sequence[str], idle_names: Sequence[str]) -> List[Job]:
     """Every child the plan needs, biggest first (so the last to start are short)."""
     jobs = []
     for loop in loop_names:
-        runs = [v for v in names if applies(v, loop) and (plan.baselines or loop == loop_names[0] or v != "none")]
+        runs = [v for v in names if plan.baselines or loop == loop_names[0] or v != "none"]
         for workload, (small, big) in plan.sizes.items():
             for variant in runs:
                 jobs += [Job("parked", workload, loop, variant, small), Job("parked", workload, loop, variant, big)]
                 if plan.busy and variant not in TIMERLESS:
                     jobs.append(Job("busy", workload, loop, variant, big))
-        for variant in (v for v in idle_names if applies(v, loop)):
+        for variant in idle_names:
             jobs += [Job("idle", "-", loop, variant, ms) for ms in plan.idle_ms]
     return sorted(jobs, key=lambda j: -j.size * (1000 if j.mode != "idle" else 1))
 

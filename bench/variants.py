@@ -22,7 +22,7 @@ from bench.udp import UdpTimer
 VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
 # Only the instruction counts compare these: loopstat's sampler with one probe at a time, and a
 # peer that is a loop of its own rather than something attached to a running loop.
-PROBE_VARIANTS = ("loopstat-lag", "loopstat-utilization", "loopstat-stalls", "loopstat-gc")
+PROBE_VARIANTS = ("loopstat-lag", "loopstat-utilization", "loopstat-stalls", "loopstat-gc", "loopstat-blocking")
 LOOP_VARIANTS = ("monitored-ioloop",)
 
 DESCRIPTIONS = {
@@ -32,16 +32,23 @@ DESCRIPTIONS = {
     "loopstat-all": "loopstat.install() with every probe on (gc=True too)",
     "aiodebug": "aiodebug 2.3: monitor_loop_lag.enable() with a UDP StatsD client, log_slow_callbacks.enable(0.05)",
     "loopmon": "loopmon 1.0: loopmon.create() (0.1 s) with a callback sending lag and tasks over UDP",
-    "loopstat-lag": "loopstat's sampler alone (lag, tasks): stall_threshold=None, utilization, executor, gc off",
-    "loopstat-utilization": "the sampler and the utilization probe (its selector wrapper; stdlib loops only)",
+    "loopstat-lag": "loopstat's sampler alone (lag, tasks, cpu): every optional probe off",
+    "loopstat-utilization": "the sampler and the utilization probe (selector clock on stdlib loops, CPU time on uvloop)",
     "loopstat-stalls": "the sampler and the stall watchdog (heartbeat and watchdog thread) at its default threshold",
     "loopstat-gc": "the sampler and the GC pause probe (a gc.callbacks hook)",
+    "loopstat-blocking": "the sampler and the blocking-call probe (stand-ins for time.sleep, socket methods, …)",
     "monitored-ioloop": "monitored-ioloop 0.0.23: its loop subclass (every call_soon callback wrapped and timed), "
     "the callback keeping the latest state",
 }
 
 # install() arguments of loopstat's probe variants, on top of all probes off.
-PROBES_OFF: Dict[str, Any] = {"stall_threshold": None, "utilization": False, "executor": False, "gc": False}
+PROBES_OFF: Dict[str, Any] = {
+    "stall_threshold": None,
+    "utilization": False,
+    "executor": False,
+    "gc": False,
+    "blocking_calls": False,
+}
 PROBE_ARGS_OF = {
     "loopstat": {},
     "loopstat-all": {"stall_threshold": 0.1, "utilization": True, "executor": True, "gc": True},
@@ -49,6 +56,7 @@ PROBE_ARGS_OF = {
     "loopstat-utilization": {**PROBES_OFF, "utilization": True},
     "loopstat-stalls": {**PROBES_OFF, "stall_threshold": 0.1},
     "loopstat-gc": {**PROBES_OFF, "gc": True},
+    "loopstat-blocking": {**PROBES_OFF, "blocking_calls": True},
 }
 
 # install() arguments that arrive with issue 4 (stall watchdog, utilization, executor, GC).

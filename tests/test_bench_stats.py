@@ -124,13 +124,14 @@ def test_idle_cost_is_the_slope_between_the_two_windows() -> None:
     assert instructions.idle_rates(counts) == {("uvloop", "loopstat"): pytest.approx(1_000_000.0)}
 
 
-def test_uvloop_runs_no_selector_probe_and_timerless_variants_get_no_busy_run() -> None:
+def test_every_probe_runs_on_both_loops_and_timerless_variants_get_no_busy_run() -> None:
     plan = Plan({"ping-pong": (100, 600)}, ("none", "loopstat-utilization"), ("none",), (1000, 5000), 1)
     jobs = instructions.jobs_of(plan, ["asyncio", "uvloop"], list(plan.counted), list(plan.idle))
     assert {(j.loop, j.variant) for j in jobs if j.mode != "idle"} == {
         ("asyncio", "none"),
         ("asyncio", "loopstat-utilization"),
         ("uvloop", "none"),
+        ("uvloop", "loopstat-utilization"),
     }
     assert not [j for j in jobs if j.mode == "busy" and j.variant == "none"]
     assert len([j for j in jobs if j.mode == "idle"]) == 4
