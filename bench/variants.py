@@ -33,7 +33,7 @@ DESCRIPTIONS = {
     "aiodebug": "aiodebug 2.3: monitor_loop_lag.enable() with a UDP StatsD client, log_slow_callbacks.enable(0.05)",
     "loopmon": "loopmon 1.0: loopmon.create() (0.1 s) with a callback sending lag and tasks over UDP",
     "loopstat-lag": "loopstat's sampler alone (lag, tasks, cpu): every optional probe off",
-    "loopstat-utilization": "the sampler and the utilization probe (selector clock on stdlib loops, CPU time on uvloop)",
+    "loopstat-utilization": "the sampler and the utilization probe (selector clock on stdlib loops; uvloop: CPU time)",
     "loopstat-stalls": "the sampler and the stall watchdog (heartbeat and watchdog thread) at its default threshold",
     "loopstat-gc": "the sampler and the GC pause probe (a gc.callbacks hook)",
     "loopstat-blocking": "the sampler and the blocking-call probe (stand-ins for time.sleep, socket methods, …)",
