@@ -1,11 +1,13 @@
 """The selector clock: times a stdlib loop's waits for events; utilization and stalls both read it.
 
-It takes the selector's ``select`` by making the selector an instance of a
-subclass whose ``select`` times the waits. A class method, not an instance
-attribute: the interpreter keeps calling it through its specialized,
-inlined path, and a loop with callbacks ready (which polls with timeout 0,
-once per turn, where it works hardest) pays one extra Python frame and a
-comparison, nothing more.
+It puts in the loop's place a selector of a subclass of the loop's own,
+sharing its state (epoll object, key map), whose ``select`` times the calls
+that may wait. A class method, not an instance attribute, and a new object,
+not a changed ``__class__``: the interpreter keeps calling it through its
+specialized, inlined path. A loop with callbacks ready polls with timeout 0
+once per turn, where it works hardest; that poll is not timed, and on Linux's
+epoll the clock does it itself, in fewer instructions than the stdlib's
+general path.
 """
 
 from __future__ import annotations
