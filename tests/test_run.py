@@ -176,6 +176,8 @@ def test_an_unknown_command_fails_like_a_shell() -> None:
 
 
 ASGI_APP = """
+    import time
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while True:
@@ -183,6 +185,7 @@ ASGI_APP = """
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
                     return
+        time.sleep(0.001)  # a blocking call: counted where loopstat counts them by default, on uvloop
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 """
@@ -197,10 +200,11 @@ def test_uvicorn_app_is_monitored_without_code_changes(
     command = [LOOPSTAT_RUN, str(BIN / "uvicorn"), "app:app", "--port", str(port), "--loop", loop]
     proc = start_server(command, "Uvicorn running on", spawned, environment(receiver), tmp_path)
     assert http_get(port) == b"ok"
-    # A few samples, each of which sends utilization on the asyncio loop.
     lines = receiver.settle(lambda lines: sum(x.name == "loopstat.tasks" for x in lines) >= 4)
-    # The utilization probe reads the stdlib selector; it never sends on uvloop: proof of the loop used.
-    assert any(x.name == "loopstat.utilization" for x in lines) == (loop == "asyncio")
+    assert any(x.name == "loopstat.utilization" for x in lines)
+    # Blocking calls are counted by default on uvloop only: proof of the loop used.
+    counted = [x for x in lines if x.name == "loopstat.blocking_calls"]
+    assert [dict(x.tags)["call"] for x in counted] == (["time.sleep"] if loop == "uvloop" else [])
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 0
 
