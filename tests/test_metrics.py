@@ -11,6 +11,7 @@ import pytest
 
 import loopstat
 from loopstat._metrics import METRICS, markdown_table
+from loopstat.probes import profile
 from tests.receiver import Receiver
 
 
@@ -154,13 +155,19 @@ def test_a_monitor_with_every_probe_on_sends_exactly_the_catalogue() -> None:
     async def exercise() -> None:
         loop = asyncio.get_running_loop()
         async with loopstat.install(
-            "127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, gc=True, blocking_calls=True
+            "127.0.0.1",
+            receiver.port,
+            interval=0.02,
+            stall_threshold=0.05,
+            gc=True,
+            blocking_calls=True,
+            profile=True,
         ):
             await loop.run_in_executor(None, time.sleep, 0.01)  # the default executor now exists
             gc.collect()
             await asyncio.sleep(0.05)
-            time.sleep(0.12)  # a stall, and a blocking call
-            await asyncio.sleep(0.15)
+            time.sleep(0.12)  # a stall, a blocking call, and a site the profile finds busy
+            await asyncio.sleep(0.02 * profile.WINDOW_SAMPLES)  # the end of a profile window
 
     try:
         asyncio.run(exercise())
