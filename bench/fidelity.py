@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import math
 import random
 import time
@@ -69,6 +70,20 @@ def blocking_work(ms: float, kind: str = "spin") -> None:
         end = perf_counter() + ms / 1000.0
         while perf_counter() < end:
             pass
+
+
+@functools.cache
+def calling_line(kind: str) -> str:
+    """What a stall report must name for a block of ``kind``: the line of ``blocking_work`` that made the call.
+
+    A spin may be caught on any of its lines: for it, the function is enough.
+    """
+    calls = {"sleep": "time.sleep(", "C call": "sum(range("}
+    if kind not in calls:
+        return " in blocking_work"
+    lines, first = inspect.getsourcelines(blocking_work)
+    number = first + next(i for i, line in enumerate(lines) if calls[kind] in line)
+    return f"fidelity.py:{number} in blocking_work"
 
 
 @functools.cache
@@ -271,7 +286,8 @@ def score(tool: str, got: Seen) -> Score:
     unnamed: Optional[str] = None
     names_code = tool in ("loopstat", "loopstat-all", "aiodebug")
     threshold = got.stall_threshold_ms
-    # Blocks a stall watchdog must name: twice its threshold (aiodebug: its 50 ms slow-callback limit).
+    # Blocks a stall watchdog must name by the line that made the call: twice its threshold
+    # (aiodebug: its 50 ms slow-callback limit).
     must_name = 2 * threshold if threshold is not None else 200.0
     for block in got.blocks:
         matched = [r for r in got.reports if r.start < block.end and r.end > block.start]
@@ -290,7 +306,7 @@ def score(tool: str, got: Seen) -> Score:
             tolerance_ok.append(error <= 10.0 + 0.05 * block.ms)
         if names_code and block.size >= must_name:
             wheres = [r.where for r in events if r.where]
-            named[block.kind].append(any("blocking_work" in w for w in wheres))
+            named[block.kind].append(any(calling_line(block.kind) in w for w in wheres))
             if named[block.kind][-1]:
                 example = example or wheres[0]
             else:

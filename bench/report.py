@@ -280,7 +280,9 @@ def fidelity_tables(
             if s.named_example:
                 notes.append(f"- `{name}` named: `{s.named_example}`")
             if s.unnamed_example:
-                notes.append(f"- `{name}` did not name `blocking_work` in a long block: `{s.unnamed_example}`")
+                notes.append(
+                    f"- `{name}` did not name the line in `blocking_work` of a long block: `{s.unnamed_example}`"
+                )
             if s.busy_ratio is not None:
                 notes.append(
                     f"- `{name}`: busy time in the windows holding blocks = {s.busy_ratio:.3f} x injected time"
