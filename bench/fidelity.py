@@ -23,13 +23,12 @@ A report is matched to a block when their time spans overlap:
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from time import perf_counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -72,21 +71,25 @@ def blocking_work(ms: float, kind: str = "spin") -> None:
             pass
 
 
-@functools.cache
-def calling_line(kind: str) -> str:
-    """What a stall report must name for a block of ``kind``: the line of ``blocking_work`` that made the call.
+def _calling_lines() -> Dict[str, str]:
+    """What a stall report must name for each kind of block: the line of ``blocking_work`` that made the call.
 
     A spin may be caught on any of its lines: for it, the function is enough.
+    Read once at import, while the file on disk is the code that runs.
     """
-    calls = {"sleep": "time.sleep(", "C call": "sum(range("}
-    if kind not in calls:
-        return " in blocking_work"
     lines, first = inspect.getsourcelines(blocking_work)
-    number = first + next(i for i, line in enumerate(lines) if calls[kind] in line)
-    return f"fidelity.py:{number} in blocking_work"
+    calls = {"sleep": "time.sleep(", "C call": "sum(range("}
+    numbers = {kind: first + next(i for i, line in enumerate(lines) if call in line) for kind, call in calls.items()}
+    return {
+        kind: f"fidelity.py:{numbers[kind]} in blocking_work" if kind in numbers else " in blocking_work"
+        for kind in KINDS
+    }
 
 
-@functools.cache
+CALLING_LINES = _calling_lines()
+
+
+@cache
 def c_call_rate() -> float:
     """How many numbers ``sum(range(n))`` adds in a millisecond here (best of three, measured once)."""
     n, best = 2_000_000, math.inf
@@ -306,7 +309,7 @@ def score(tool: str, got: Seen) -> Score:
             tolerance_ok.append(error <= 10.0 + 0.05 * block.ms)
         if names_code and block.size >= must_name:
             wheres = [r.where for r in events if r.where]
-            named[block.kind].append(any(calling_line(block.kind) in w for w in wheres))
+            named[block.kind].append(any(CALLING_LINES[block.kind] in w for w in wheres))
             if named[block.kind][-1]:
                 example = example or wheres[0]
             else:
