@@ -108,6 +108,8 @@ class Block:
     start: float
     end: float
     kind: str = "spin"
+    # Thread CPU seconds during the block: what a CPU-time clock can see of it.
+    cpu: float = 0.0
 
     @property
     def ms(self) -> float:
@@ -160,6 +162,8 @@ class Score:
     # The same, by kind of block (``KINDS``).
     time_seen_by_kind: Dict[str, float]
     named_by_kind: Dict[str, Optional[float]]
+    # Share of each kind's blocked time the loop's thread was on CPU.
+    on_cpu_by_kind: Dict[str, float]
     # time.sleep blocks injected (all sizes), their ms, and what the blocking-call probe counted.
     sleeps: int
     sleep_ms: float
@@ -204,9 +208,9 @@ async def _round(
             await asyncio.sleep(rng.uniform(*gaps))
             for one in attached.values():
                 one.poll()
-            start = perf_counter()
+            start, cpu = perf_counter(), time.thread_time()
             blocking_work(size, kind)
-            blocks.append(Block(size, start, perf_counter(), kind))
+            blocks.append(Block(size, start, perf_counter(), kind, time.thread_time() - cpu))
         await asyncio.sleep(settle)
     finally:
         for one in attached.values():
@@ -355,6 +359,9 @@ def score(tool: str, got: Seen) -> Score:
         within_tolerance=_share(tolerance_ok) if tolerance_ok else None,
         time_seen_by_kind={kind: _ratio(covered[kind], injected[kind]) for kind in KINDS},
         named_by_kind={kind: _share(named[kind]) if names_code else None for kind in KINDS},
+        on_cpu_by_kind={
+            kind: _ratio(sum(b.cpu for b in got.blocks if b.kind == kind), injected[kind]) for kind in KINDS
+        },
         sleeps=len(sleeps),
         sleep_ms=sum(b.ms for b in sleeps),
         sleeps_counted=got.sleeps_counted,

@@ -289,6 +289,9 @@ def fidelity_tables(
                 )
             if name == TARGET_VARIANT:
                 _fidelity_targets(s, loop, targets)
+        if scores:
+            on_cpu = ", ".join(f"{kind} {percent(scores[0].on_cpu_by_kind[kind])}" for kind in fidelity.KINDS)
+            notes.append(f"- the loop's thread was on CPU for this share of the blocked time: {on_cpu}")
         text = f"#### Fidelity on {loop}\n\n{table(header, rows)}"
         out.append(text + ("\n\n" + "\n".join(notes) if notes else ""))
     return "\n\n".join(out)
