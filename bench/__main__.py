@@ -45,7 +45,7 @@ class Plan:
     all_loops_everywhere: bool
 
 
-FULL = Plan(15, 0.2, 0.05, 5, 1.0, 0.3, 3, 1.0, 10.0, 10, 10, 0.6, fidelity.GAP_SECONDS, True)
+FULL = Plan(15, 0.2, 0.05, 5, 1.0, 0.3, 3, 1.0, 10.0, 10, 4, 0.6, fidelity.GAP_SECONDS, True)
 QUICK = Plan(1, 0.1, 0.02, 1, 0.2, 0.05, 1, 0.2, 0.3, 2, 1, 0.3, (0.08, 0.12), False)
 
 
@@ -140,14 +140,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         if args.what in ("fidelity", "all"):
             progress(
-                f"fidelity: {plan.fidelity_rounds} rounds of {plan.fidelity_per_size} blocks per size "
+                f"fidelity: {plan.fidelity_rounds} rounds of {plan.fidelity_per_size} blocks per size and kind "
                 f"({', '.join(f'{s:g}' for s in fidelity.SIZES_MS)} ms)"
             )
             scores = fidelity.run_all(
                 other_loops, plan.fidelity_rounds, plan.fidelity_per_size, plan.fidelity_settle, plan.fidelity_gaps
             )
             emit(
-                "#### Fidelity: blocks injected by `blocking_work()` at random times, all tools watching "
+                "#### Fidelity: blocks injected by `blocking_work()` at random times, all tools watching; "
+                f"three kinds ({', '.join(fidelity.KINDS)}: a Python spin, `time.sleep`, one `sum(range(n))` "
+                "holding the GIL), each kind in turn within a round "
                 f"(loopstat and loopstat-all take turns, so each sees half the blocks); a lag under "
                 f"{fidelity.LAG_FLOOR_MS:g} ms is not a report\n\n"
                 + report.fidelity_tables(scores, names, skipped, targets)

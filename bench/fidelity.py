@@ -3,7 +3,10 @@
 All monitoring variants watch the same loop at once, so they see the very same
 blocks. loopstat's two variants cannot share a loop (one monitor per loop),
 so rounds alternate between them; each round is a fresh loop. The ground truth
-is the ``perf_counter()`` span of each call to ``blocking_work``.
+is the ``perf_counter()`` span of each call to ``blocking_work``, of three
+kinds (``KINDS``): a pure-Python spin (on CPU), ``time.sleep`` (off CPU) and
+one C call that holds the GIL throughout (``sum(range(n))``). Each round runs
+the kinds one after another, so that a utilization window mostly holds one kind.
 
 A report is matched to a block when their time spans overlap:
 
@@ -11,15 +14,21 @@ A report is matched to a block when their time spans overlap:
   after the sampler's deadline); samples under ``LAG_FLOOR_MS`` are not reports;
 - loopstat's stall and aiodebug's slow callback span [end - duration, end];
 - loopstat's utilization gauge covers the window since its previous sample:
-  busy share x window, up to the injected time in that window, counts as seen.
+  busy share x window, up to the injected time in that window, counts as seen
+  (shared among the kinds in the window by their injected time);
+- loopstat's ``blocking_calls`` counter tagged ``call:time.sleep`` is scored
+  against the number of ``time.sleep`` blocks (most are under the stall threshold).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import math
 import random
+import time
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from time import perf_counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,6 +36,7 @@ from bench import loops, stats, variants
 from bench.udp import Datagram, Receiver
 
 SIZES_MS = (5.0, 20.0, 50.0, 200.0)
+KINDS = ("spin", "sleep", "C call")
 # Tools watching every round; loopstat's two variants take turns.
 SHARED = ("naive", "aiodebug", "loopmon")
 TAKING_TURNS = ("loopstat", "loopstat-all")
@@ -45,13 +55,49 @@ LAG_METRICS = {
     "loopmon": "loopmon.lag",
 }
 UTILIZATION_METRIC = "loopstat.utilization"
+BLOCKING_METRICS = ("loopstat.blocking_calls", "loopstat.blocking_time")
+SLEEP_TAG = ("call", "time.sleep")
 
 
-def blocking_work(ms: float) -> None:
-    """Hold the loop (and the GIL, but for switch intervals) for ``ms`` milliseconds of pure Python."""
-    end = perf_counter() + ms / 1000.0
-    while perf_counter() < end:
-        pass
+def blocking_work(ms: float, kind: str = "spin") -> None:
+    """Hold the loop for ``ms`` milliseconds: a spin of pure Python, ``time.sleep``, or one C call holding the GIL."""
+    if kind == "sleep":
+        time.sleep(ms / 1000.0)
+    elif kind == "C call":
+        sum(range(int(ms * c_call_rate())))
+    else:
+        end = perf_counter() + ms / 1000.0
+        while perf_counter() < end:
+            pass
+
+
+def _calling_lines() -> Dict[str, str]:
+    """What a stall report must name for each kind of block: the line of ``blocking_work`` that made the call.
+
+    A spin may be caught on any of its lines: for it, the function is enough.
+    Read once at import, while the file on disk is the code that runs.
+    """
+    lines, first = inspect.getsourcelines(blocking_work)
+    calls = {"sleep": "time.sleep(", "C call": "sum(range("}
+    numbers = {kind: first + next(i for i, line in enumerate(lines) if call in line) for kind, call in calls.items()}
+    return {
+        kind: f"fidelity.py:{numbers[kind]} in blocking_work" if kind in numbers else " in blocking_work"
+        for kind in KINDS
+    }
+
+
+CALLING_LINES = _calling_lines()
+
+
+@cache
+def c_call_rate() -> float:
+    """How many numbers ``sum(range(n))`` adds in a millisecond here (best of three, measured once)."""
+    n, best = 2_000_000, math.inf
+    for _ in range(3):
+        start = perf_counter()
+        sum(range(n))
+        best = min(best, perf_counter() - start)
+    return n / (best * 1000.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +107,9 @@ class Block:
     size: float
     start: float
     end: float
+    kind: str = "spin"
+    # Thread CPU seconds during the block: what a CPU-time clock can see of it.
+    cpu: float = 0.0
 
     @property
     def ms(self) -> float:
@@ -87,6 +136,9 @@ class Seen:
     # (window start, window end, busy share)
     utilization: List[Tuple[float, float, float]] = field(default_factory=list)
     stall_threshold_ms: Optional[float] = None
+    # time.sleep calls and ms that loopstat's blocking-call probe counted; None when it was off.
+    sleeps_counted: Optional[float] = None
+    sleep_ms_counted: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +159,16 @@ class Score:
     busy_ratio: Optional[float]
     stall_threshold_ms: Optional[float]
     within_tolerance: Optional[float]
+    # The same, by kind of block (``KINDS``).
+    time_seen_by_kind: Dict[str, float]
+    named_by_kind: Dict[str, Optional[float]]
+    # Share of each kind's blocked time the loop's thread was on CPU.
+    on_cpu_by_kind: Dict[str, float]
+    # time.sleep blocks injected (all sizes), their ms, and what the blocking-call probe counted.
+    sleeps: int
+    sleep_ms: float
+    sleeps_counted: Optional[float]
+    sleep_ms_counted: Optional[float]
 
 
 def _lag_reports(lines: Sequence[Datagram], metric: str) -> List[Report]:
@@ -122,8 +184,16 @@ def _utilization(lines: Sequence[Datagram]) -> List[Tuple[float, float, float]]:
     return [(a[0], b[0], b[1]) for a, b in zip(samples, samples[1:])]
 
 
+def _sleeps(lines: Sequence[Datagram]) -> Tuple[float, float]:
+    """time.sleep calls and ms counted by loopstat's blocking-call probe."""
+    calls, ms = (
+        sum(line.value for line in lines if line.name == name and SLEEP_TAG in line.tags) for name in BLOCKING_METRICS
+    )
+    return calls, ms
+
+
 async def _round(
-    sizes: List[float],
+    sizes: List[Tuple[str, float]],
     tools: Sequence[str],
     port: int,
     rng: random.Random,
@@ -134,13 +204,13 @@ async def _round(
     blocks: List[Block] = []
     try:
         await asyncio.sleep(settle)
-        for size in sizes:
+        for kind, size in sizes:
             await asyncio.sleep(rng.uniform(*gaps))
             for one in attached.values():
                 one.poll()
-            start = perf_counter()
-            blocking_work(size)
-            blocks.append(Block(size, start, perf_counter()))
+            start, cpu = perf_counter(), time.thread_time()
+            blocking_work(size, kind)
+            blocks.append(Block(size, start, perf_counter(), kind, time.thread_time() - cpu))
         await asyncio.sleep(settle)
     finally:
         for one in attached.values():
@@ -156,8 +226,12 @@ def run(
     gaps: Tuple[float, float] = GAP_SECONDS,
     seed: int = 5,
 ) -> Dict[str, Seen]:
-    """``rounds`` fresh loops of kind ``loop``, each with ``per_size`` blocks of every size, shuffled."""
+    """``rounds`` fresh loops of kind ``loop``, each with ``per_size`` blocks of every size of every kind.
+
+    Shuffled within each kind; the kinds in a random order.
+    """
     rng = random.Random(seed)
+    c_call_rate()
     usable = [t for t in TOOLS if variants.missing(t) is None]
     seen: Dict[str, Seen] = {tool: Seen() for tool in usable}
     receiver = Receiver(keep=True)
@@ -165,8 +239,11 @@ def run(
         for number in range(rounds):
             turn = [t for t in TAKING_TURNS if t in usable]
             tools = [t for t in SHARED if t in usable] + ([turn[number % len(turn)]] if turn else [])
-            sizes = [size for size in SIZES_MS for _ in range(per_size)]
-            rng.shuffle(sizes)
+            sizes: List[Tuple[str, float]] = []
+            for kind in rng.sample(KINDS, len(KINDS)):
+                these = [size for size in SIZES_MS for _ in range(per_size)]
+                rng.shuffle(these)
+                sizes += [(kind, size) for size in these]
             began = perf_counter()
             blocks, attached = loops.run(partial(_round, sizes, tools, receiver.port, rng, settle, gaps), loop)
             receiver.settle()
@@ -180,6 +257,10 @@ def run(
                 if tool in TAKING_TURNS:
                     got.utilization.extend(_utilization(lines))
                     got.stall_threshold_ms = getattr(one, "stall_threshold_ms", None)
+                    if getattr(one, "counts_blocking_calls", False):
+                        calls, ms = _sleeps(lines)
+                        got.sleeps_counted = (got.sleeps_counted or 0.0) + calls
+                        got.sleep_ms_counted = (got.sleep_ms_counted or 0.0) + ms
     finally:
         receiver.close()
     return seen
@@ -206,21 +287,22 @@ def score(tool: str, got: Seen) -> Score:
     errors: List[float] = []
     tolerance_ok: List[bool] = []
     seen_by_size: Dict[float, List[bool]] = {size: [] for size in SIZES_MS}
-    covered = 0.0
-    named: List[bool] = []
+    covered: Dict[str, float] = {kind: 0.0 for kind in KINDS}
+    named: Dict[str, List[bool]] = {kind: [] for kind in KINDS}
     example: Optional[str] = None
     unnamed: Optional[str] = None
     names_code = tool in ("loopstat", "loopstat-all", "aiodebug")
     threshold = got.stall_threshold_ms
-    # Blocks a stall watchdog must name: twice its threshold (aiodebug: its 50 ms slow-callback limit).
+    # Blocks a stall watchdog must name by the line that made the call: twice its threshold
+    # (aiodebug: its 50 ms slow-callback limit).
     must_name = 2 * threshold if threshold is not None else 200.0
     for block in got.blocks:
         matched = [r for r in got.reports if r.start < block.end and r.end > block.start]
         seen_by_size[block.size].append(bool(matched))
-        covered += _covered(block, matched)
+        covered[block.kind] += _covered(block, matched)
         if not matched:
             if names_code and block.size >= must_name:
-                named.append(False)
+                named[block.kind].append(False)
                 unnamed = unnamed or "(no report)"
             continue
         events = [r for r in matched if r.kind != "lag"]
@@ -231,8 +313,8 @@ def score(tool: str, got: Seen) -> Score:
             tolerance_ok.append(error <= 10.0 + 0.05 * block.ms)
         if names_code and block.size >= must_name:
             wheres = [r.where for r in events if r.where]
-            named.append(any("blocking_work" in w for w in wheres))
-            if named[-1]:
+            named[block.kind].append(any(CALLING_LINES[block.kind] in w for w in wheres))
+            if named[block.kind][-1]:
                 example = example or wheres[0]
             else:
                 if wheres:
@@ -241,35 +323,54 @@ def score(tool: str, got: Seen) -> Score:
                     unnamed = unnamed or f"({events[0].kind} reported without a location)"
                 else:
                     unnamed = unnamed or "(lag only, no stall reported)"
-    injected = sum(b.end - b.start for b in got.blocks)
+    injected = {kind: sum(b.end - b.start for b in got.blocks if b.kind == kind) for kind in KINDS}
     method = "spans"
     busy_ratio: Optional[float] = None
     if got.utilization:
         method = "utilization"
-        covered = busy_total = 0.0
+        covered = {kind: 0.0 for kind in KINDS}
+        busy_total = 0.0
         for w0, w1, busy in got.utilization:
-            inside = sum(_overlap(w0, w1, b.start, b.end) for b in got.blocks)
-            if inside:
+            inside = {kind: 0.0 for kind in KINDS}
+            for b in got.blocks:
+                inside[b.kind] += _overlap(w0, w1, b.start, b.end)
+            held = sum(inside.values())
+            if held:
                 busy_total += busy * (w1 - w0)
-            covered += min(busy * (w1 - w0), inside)
-        busy_ratio = busy_total / injected if injected else None
+                for kind in KINDS:
+                    covered[kind] += min(busy * (w1 - w0), held) * inside[kind] / held
+        busy_ratio = busy_total / sum(injected.values()) if got.blocks else None
     seen_all = [s for flags in seen_by_size.values() for s in flags]
+    sleeps = [b for b in got.blocks if b.kind == "sleep"]
     return Score(
         tool=tool,
         blocks=len(got.blocks),
         seen_by_size={size: _share(flags) for size, flags in seen_by_size.items()},
         seen=_share(seen_all),
-        time_seen=covered / injected if injected else float("nan"),
+        time_seen=_ratio(sum(covered.values()), sum(injected.values())),
         time_method=method,
         error_median=stats.median(errors),
         error_p99=stats.percentile(errors, 99.0),
-        named=_share(named) if names_code else None,
+        named=_share([n for flags in named.values() for n in flags]) if names_code else None,
         named_example=example,
         unnamed_example=unnamed,
         busy_ratio=busy_ratio,
         stall_threshold_ms=threshold,
         within_tolerance=_share(tolerance_ok) if tolerance_ok else None,
+        time_seen_by_kind={kind: _ratio(covered[kind], injected[kind]) for kind in KINDS},
+        named_by_kind={kind: _share(named[kind]) if names_code else None for kind in KINDS},
+        on_cpu_by_kind={
+            kind: _ratio(sum(b.cpu for b in got.blocks if b.kind == kind), injected[kind]) for kind in KINDS
+        },
+        sleeps=len(sleeps),
+        sleep_ms=sum(b.ms for b in sleeps),
+        sleeps_counted=got.sleeps_counted,
+        sleep_ms_counted=got.sleep_ms_counted,
     )
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else float("nan")
 
 
 def _share(flags: Sequence[bool]) -> float:

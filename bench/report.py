@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from bench import fidelity, idle, instructions, stats, web, workloads
 from bench.variants import DESCRIPTIONS
@@ -228,18 +228,20 @@ def idle_table(results: idle.Results, names: Sequence[str], skipped: Dict[str, s
 def fidelity_tables(
     results: fidelity.Results, names: Sequence[str], skipped: Dict[str, str], targets: List[Target]
 ) -> str:
-    """Per loop: blocks seen by size, blocked time seen, duration error, naming."""
+    """Per loop: blocks seen by size, blocked time seen, duration error, naming, time.sleep calls counted."""
     out = []
     sizes = " / ".join(f"{s:.0f}" for s in fidelity.SIZES_MS)
+    kinds = " / ".join(fidelity.KINDS)
     header = [
         "tool",
         "blocks",
         f"seen, by size ({sizes} ms)",
         "blocks seen",
-        "blocked time seen",
+        f"blocked time seen: all ({kinds})",
         "error median ms",
         "error p99 ms",
-        "long blocks named",
+        f"long blocks named: all ({kinds})",
+        "`time.sleep` calls counted (time in them)",
     ]
     for loop, scores in results.items():
         by_tool = {s.tool: s for s in scores}
@@ -253,8 +255,15 @@ def fidelity_tables(
                 continue
             s = by_tool[name]
             seen_sizes = " / ".join(percent(s.seen_by_size[size]) for size in fidelity.SIZES_MS)
-            time_seen = percent(s.time_seen, 1) + (" (utilization)" if s.time_method == "utilization" else "")
-            named = "cannot" if s.named is None else percent(s.named)
+            time_seen = percent(s.time_seen, 1) + _by_kind(s.time_seen_by_kind)
+            time_seen += " via utilization" if s.time_method == "utilization" else ""
+            named = "cannot" if s.named is None else percent(s.named) + _by_kind(s.named_by_kind)
+            if s.sleeps_counted is not None:
+                sleeps = f"{s.sleeps_counted:.0f} of {s.sleeps} ({s.sleep_ms_counted or 0:.0f} of {s.sleep_ms:.0f} ms)"
+            elif name.startswith("loopstat"):
+                sleeps = f"probe off (of {s.sleeps})"
+            else:
+                sleeps = f"cannot (of {s.sleeps})"
             rows.append(
                 [
                     name,
@@ -265,33 +274,51 @@ def fidelity_tables(
                     ms(s.error_median),
                     ms(s.error_p99),
                     named,
+                    sleeps,
                 ]
             )
             if s.named_example:
                 notes.append(f"- `{name}` named: `{s.named_example}`")
             if s.unnamed_example:
-                notes.append(f"- `{name}` did not name `blocking_work` in a long block: `{s.unnamed_example}`")
+                notes.append(
+                    f"- `{name}` did not name the line in `blocking_work` of a long block: `{s.unnamed_example}`"
+                )
             if s.busy_ratio is not None:
                 notes.append(
                     f"- `{name}`: busy time in the windows holding blocks = {s.busy_ratio:.3f} x injected time"
                 )
             if name == TARGET_VARIANT:
                 _fidelity_targets(s, loop, targets)
+        if scores:
+            on_cpu = ", ".join(f"{kind} {percent(scores[0].on_cpu_by_kind[kind])}" for kind in fidelity.KINDS)
+            notes.append(f"- the loop's thread was on CPU for this share of the blocked time: {on_cpu}")
         text = f"#### Fidelity on {loop}\n\n{table(header, rows)}"
         out.append(text + ("\n\n" + "\n".join(notes) if notes else ""))
     return "\n\n".join(out)
 
 
+def _by_kind(shares: Mapping[str, Optional[float]]) -> str:
+    """`` (99 / 98 / 100)``: a share for each kind of block, in percent."""
+    return " (" + " / ".join(percent(shares[kind]).rstrip("%") for kind in fidelity.KINDS) + ")"
+
+
 def _fidelity_targets(s: fidelity.Score, loop: str, targets: List[Target]) -> None:
-    targets.append(
-        Target(
-            "blocked time visible",
-            loop,
-            percent(s.time_seen, 1) + f" (via {s.time_method})",
-            "≥ 95%",
-            s.time_seen >= 0.95,
+    for kind in fidelity.KINDS:
+        seen = s.time_seen_by_kind[kind]
+        targets.append(
+            Target(
+                f"blocked time visible ({kind})",
+                loop,
+                percent(seen, 1) + f" (via {s.time_method})",
+                "≥ 95%",
+                seen >= 0.95,
+            )
         )
-    )
+    if s.sleeps_counted is not None:
+        counted = s.sleeps_counted / s.sleeps if s.sleeps else float("nan")
+        targets.append(
+            Target("time.sleep calls counted", loop, f"{s.sleeps_counted:.0f} of {s.sleeps}", "≥ 90%", counted >= 0.9)
+        )
     threshold = s.stall_threshold_ms
     if threshold is None:
         targets.append(Target("long blocks named", loop, "no stall watchdog in this loopstat", "100%", False))

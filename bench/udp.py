@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import List
 
 from loopstat.cli import statsd
+from loopstat.cli.statsd import Tags
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class Datagram:
     name: str
     type: str
     value: float
+    tags: Tags = ()
 
 
 class Receiver:
@@ -44,7 +46,7 @@ class Receiver:
 
     def lines(self) -> List[Datagram]:
         """Every line parsed so far, in arrival order."""
-        return [Datagram(at, line.name, line.type, line.value) for at, line in self._receiver.arrived()]
+        return [Datagram(at, line.name, line.type, line.value, line.tags) for at, line in self._receiver.arrived()]
 
     def settle(self, quiet: float = 0.05, limit: float = 1.0) -> int:
         """Wait until nothing has arrived for ``quiet`` seconds (at most ``limit``); return the count."""

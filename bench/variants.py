@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from bench import loops
 from bench.udp import UdpTimer
+from loopstat.probes.selector_clock import SelectorClock
 
 VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
 # Only the instruction counts compare these: loopstat's sampler with one probe at a time, and a
@@ -29,7 +30,7 @@ DESCRIPTIONS = {
     "none": "no monitor (the baseline)",
     "naive": "the seed article's: sleep overshoot with loop.time() every 0.25 s, len(all_tasks()); sends nothing",
     "loopstat": "loopstat.install() with its defaults",
-    "loopstat-all": "loopstat.install() with every probe on (gc=True too)",
+    "loopstat-all": "loopstat.install() with every probe on (gc=True and blocking_calls=True too)",
     "aiodebug": "aiodebug 2.3: monitor_loop_lag.enable() with a UDP StatsD client, log_slow_callbacks.enable(0.05)",
     "loopmon": "loopmon 1.0: loopmon.create() (0.1 s) with a callback sending lag and tasks over UDP",
     "loopstat-lag": "loopstat's sampler alone (lag, tasks, cpu): every optional probe off",
@@ -51,7 +52,13 @@ PROBES_OFF: Dict[str, Any] = {
 }
 PROBE_ARGS_OF = {
     "loopstat": {},
-    "loopstat-all": {"stall_threshold": 0.1, "utilization": True, "executor": True, "gc": True},
+    "loopstat-all": {
+        "stall_threshold": 0.1,
+        "utilization": True,
+        "executor": True,
+        "gc": True,
+        "blocking_calls": True,
+    },
     "loopstat-lag": PROBES_OFF,
     "loopstat-utilization": {**PROBES_OFF, "utilization": True},
     "loopstat-stalls": {**PROBES_OFF, "stall_threshold": 0.1},
@@ -173,6 +180,9 @@ class Loopstat(Attached):
         if "stall_threshold" in params:
             threshold = kwargs.get("stall_threshold", params["stall_threshold"].default)
             self.stall_threshold_ms = None if threshold is None else float(threshold) * 1000.0
+        #: Whether its blocking-call probe is on (by default, where no selector can be timed: uvloop).
+        on = self.monitor.settings.blocking_calls
+        self.counts_blocking_calls = SelectorClock.selector_of(asyncio.get_running_loop()) is None if on is None else on
 
     def poll(self) -> None:
         stalls = getattr(self.monitor, "stalls", 0)

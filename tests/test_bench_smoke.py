@@ -66,6 +66,10 @@ def test_quick_run_prints_every_variant() -> None:
     assert [line.split("|")[2].strip() for line in idle.splitlines()[2:]] == list(VARIANTS)
     (fidelity,) = (t for title, t in sections_.items() if title.startswith("Fidelity on"))
     assert rows(fidelity) == [v for v in VARIANTS if v != "none"]
+    # Every kind of block was injected; loopstat-all counts time.sleep calls (its blocking-call probe is on).
+    assert "(spin / sleep / C call)" in fidelity.splitlines()[0]
+    (every_probe,) = (line for line in fidelity.splitlines() if line.startswith("| loopstat-all |"))
+    assert re.search(r"\| \d+ of \d+ \(", every_probe), every_probe
     targets = sections_["Targets"]
     assert "PASS" in targets or "MISS" in targets
     # One round has no interval: no wall-clock target is decided on it.
