@@ -124,6 +124,7 @@ class StallProbe:
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
         next_sample: Callable[[], float] = lambda: math.inf,
+        blocked: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.threshold = threshold
         self.interval = interval
@@ -131,6 +132,9 @@ class StallProbe:
         self.resting = False
         self._next_sample = next_sample
         self._cpu = Cpu()
+        # Seconds in watched blocking calls (uvloop: blocking_calls is on by default), so far.
+        self._blocked = blocked
+        self._blocked_at_sample = blocked()
         self._idle_samples = 0
         # Set when a wake-up was the sampler's and left the watchdog asleep.
         self._quiet_wake = False
@@ -192,10 +196,13 @@ class StallProbe:
         watchdog is woken to watch it. uvloop: the beat rests while the loop's
         thread idles and resumes when it works; while it rests, a sample that
         came more than ``threshold`` late is the stall: from the deadline, or
-        longer if the thread spent more CPU time than that since the last sample.
+        longer if the thread spent more time on the CPU or in watched blocking calls since the last sample.
         """
         share = self._cpu.share()
-        idle = share is not None and self._cpu.spent < ACTIVE_SHARE * self._cpu.wall + SAMPLE_CPU_SECONDS
+        blocked, self._blocked_at_sample = self._blocked() - self._blocked_at_sample, self._blocked()
+        # Busy: on the CPU, or blocked in a watched call (a loop that sleeps on its thread is not idle).
+        busy = self._cpu.spent + blocked
+        idle = share is not None and busy < ACTIVE_SHARE * self._cpu.wall + SAMPLE_CPU_SECONDS
         clock = self._clock
         if clock is not None:
             if self._quiet_wake:
@@ -212,7 +219,7 @@ class StallProbe:
                 self.resting = True  # the beat ends at its next turn
             return
         if late > self.threshold:
-            self._report(now, now - max(late, self._cpu.spent), self.beat)
+            self._report(now, now - min(max(late, busy), now - self.beat), self.beat)
         if late > self.threshold or not idle:
             self._idle_samples = 0
             self.resting = False
@@ -529,6 +536,7 @@ class Stalls:
             self._on_stall,
             watched.settings.interval,
             lambda: watched.next_sample,
+            lambda: watched.blocked,
         )
 
     def _on_stall(self, stall: Stall) -> None:
