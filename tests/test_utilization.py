@@ -193,3 +193,27 @@ def test_the_busy_loops_poll_reports_what_the_stdlib_selector_reports() -> None:
             a.close()
             if b.fileno() >= 0:
                 b.close()
+
+
+@pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
+async def test_a_loop_blocked_half_the_time_in_sleep_is_half_utilized_and_barely_on_the_cpu(
+    receiver: Receiver,
+) -> None:
+    """Off-CPU blocking: utilization counts it (uvloop: through the blocking calls it watches), cpu does not."""
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.1, stall_threshold=None):
+        await asyncio.sleep(0.3)
+        seen = len(receiver.values("loopstat.utilization", "g"))
+        blocked = 0.0
+        started = time.perf_counter()
+        while time.perf_counter() - started < 2.0:
+            block_from = time.perf_counter()
+            time.sleep(0.01)
+            blocked += time.perf_counter() - block_from
+            await asyncio.sleep(0.01)
+        truth = blocked / (time.perf_counter() - started)
+        window = receiver.values("loopstat.utilization", "g")[seen:]
+        cpu = receiver.values("loopstat.cpu", "g")[seen:]
+    assert len(window) >= 10
+    measured = sum(window) / len(window)
+    assert abs(measured - truth) <= 0.1, f"utilization {measured:.3f}, blocked {truth:.3f}"
+    assert sum(cpu) / len(cpu) < 0.15
