@@ -4,7 +4,9 @@ class (``time.sleep``, ``socket.socket.recv``), that can be taken back cleanly."
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Type, TypeVar
+
+S = TypeVar("S", bound="_Swap")
 
 # The object had no instance attribute of that name: its class's method served.
 ABSENT: Any = object()
@@ -30,7 +32,22 @@ def own_attribute(obj: object, name: str) -> Any:
     return value
 
 
-class StandIn:
+class _Swap:
+    """What both kinds of stand-in share: setting one where the object may refuse it."""
+
+    def __init__(self, obj: object, name: str, stand_in: Callable[..., Any]) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def try_set(cls: Type[S], obj: object, name: str, stand_in: Callable[..., Any]) -> Optional[S]:
+        """The stand-in, or None where ``obj`` refuses it (no instance attributes, a class that cannot change)."""
+        try:
+            return cls(obj, name, stand_in)
+        except (AttributeError, TypeError):
+            return None
+
+
+class StandIn(_Swap):
     """Sets ``stand_in`` as ``obj.<name>`` and, on ``remove()``, puts back what was there before.
 
     What was there may be another tool's wrapper: it is put back, not deleted.
@@ -45,14 +62,6 @@ class StandIn:
         self._previous = own_attribute(obj, name)
         setattr(obj, name, stand_in)  # AttributeError for objects without instance attributes
 
-    @classmethod
-    def try_set(cls, obj: object, name: str, stand_in: Callable[..., Any]) -> Optional[StandIn]:
-        """The stand-in, or None where ``obj`` takes no instance attributes."""
-        try:
-            return cls(obj, name, stand_in)
-        except AttributeError:
-            return None
-
     def remove(self) -> None:
         """Put back what was there, unless another tool has wrapped the stand-in since."""
         if getattr(self._obj, self._name, None) is not self._stand_in:
@@ -63,7 +72,7 @@ class StandIn:
             setattr(self._obj, self._name, self._previous)
 
 
-class ClassStandIn:
+class ClassStandIn(_Swap):
     """Makes ``obj`` an instance of a subclass of its class whose ``<name>`` method is ``stand_in``.
 
     For objects whose attributes live in a plain ``__dict__`` (a Cython class's
@@ -78,14 +87,6 @@ class ClassStandIn:
         self._base = type(obj)
         self._class = type(self._base.__name__, (self._base,), {name: stand_in, "__module__": self._base.__module__})
         obj.__class__ = self._class  # TypeError where the layout forbids it
-
-    @classmethod
-    def try_set(cls, obj: object, name: str, stand_in: Callable[..., Any]) -> Optional[ClassStandIn]:
-        """The stand-in, or None where ``obj``'s class cannot be changed."""
-        try:
-            return cls(obj, name, stand_in)
-        except TypeError:
-            return None
 
     def remove(self) -> None:
         if type(self._obj) is self._class:

@@ -361,23 +361,9 @@ def install(
     raises ValueError naming it. Calling again on a monitored loop returns the
     running monitor.
     """
-    settings = _settings.resolve(
-        host,
-        port,
-        socket_path=socket_path,
-        prefix=prefix,
-        tags=tags,
-        interval=interval,
-        flavor=flavor,
-        stall_threshold=stall_threshold,
-        utilization=utilization,
-        executor=executor,
-        gc=gc,
-        profile=profile,
-        worker_tag=worker_tag,
-        blocking_calls=blocking_calls,
-        environ=os.environ,
-    )
+    # Every argument but the loop is a row of the option table, checked there by name.
+    arguments = {name: value for name, value in locals().items() if name != "loop"}
+    settings = _settings.resolve(**arguments, environ=os.environ)
     target = _target_loop(loop)
     with _monitors_lock:
         ref = _monitors.get(target)
