@@ -238,6 +238,7 @@ class Monitor:
         return {self._task} if self._task is not None else set()
 
     def _sample(self) -> None:
+        self._watched.sample()
         lines: List[Line] = []
         for probe in self._probes:
             probe.read(lines)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any, List
 
 import pytest
 
-from loopstat.probes.cpu import Cpu
+from loopstat.probes import Watched
+from loopstat.probes.thread_clock import ThreadClock
 from loopstat.probes.utilization import BusyTime, SelectorWaits
 
 
@@ -59,7 +59,7 @@ def test_utilization_of_an_empty_window_is_zero_not_a_division_by_zero() -> None
 
 def test_cpu_share_is_thread_cpu_time_over_wall_time() -> None:
     wall, cpu = Clock(), Clock(5.0)
-    probe = Cpu(wall=wall, cpu=cpu, thread=lambda: 1)
+    probe = ThreadClock(wall=wall, cpu=cpu, thread=lambda: 1)
     wall.now += 0.25
     cpu.now += 0.1
     assert probe.share() == pytest.approx(0.4)
@@ -72,7 +72,7 @@ def test_cpu_share_is_thread_cpu_time_over_wall_time() -> None:
 def test_cpu_share_starts_afresh_when_the_loop_moves_to_another_thread() -> None:
     wall, cpu = Clock(), Clock(5.0)
     threads: List[Any] = [1]
-    probe = Cpu(wall=wall, cpu=cpu, thread=lambda: threads[0])
+    probe = ThreadClock(wall=wall, cpu=cpu, thread=lambda: threads[0])
     threads[0] = 2
     cpu.now = 0.01  # the other thread's clock
     wall.now += 0.25
@@ -84,12 +84,18 @@ def test_cpu_share_starts_afresh_when_the_loop_moves_to_another_thread() -> None
 
 def test_where_no_selector_is_timed_busy_time_is_cpu_time_plus_time_in_watched_blocking_calls() -> None:
     wall, cpu = Clock(), Clock(5.0)
-    watched: Any = types.SimpleNamespace(blocked=2.0)
-    busy = BusyTime(watched, Cpu(wall=wall, cpu=cpu, thread=lambda: 1))
+    none: Any = None
+    watched = Watched(none, none, none, none, none, none, thread=ThreadClock(wall=wall, cpu=cpu, thread=lambda: 1))
+    watched.blocked = 2.0  # before the first sample: not this window's
+    watched.sample()
+    busy = BusyTime(watched)
     wall.now += 0.5
     cpu.now += 0.1  # 100 ms of CPU
     watched.blocked += 0.2  # 200 ms in time.sleep, say
+    watched.sample()
     assert busy() == pytest.approx(0.6)
+    assert watched.busy_since() == pytest.approx(0.3)
     wall.now += 0.5
     watched.blocked += 0.7  # a call that began in the previous window: never above one
+    watched.sample()
     assert busy() == 1.0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Set
 
 from loopstat._metrics import Line
 from loopstat.probes.selector_clock import SelectorClock
+from loopstat.probes.thread_clock import ThreadClock
 from loopstat.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Watched:
         send: Callable[[List[Line]], None],
         fault: Callable[[], None],
         own_tasks: Callable[[], Set[asyncio.Future[Any]]],
+        thread: Optional[ThreadClock] = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -56,10 +58,26 @@ class Watched:
         #: Seconds the loop's thread has spent blocked in the calls the blocking-call
         #: probe watches, since the monitor started (0 while that probe is off).
         self.blocked = 0.0
+        #: The loop thread's CPU clock, read once per sample by ``sample()``.
+        self.thread = thread or ThreadClock()
+        #: Since the previous sample: the thread's CPU share (None after it moved to
+        #: another thread) and the seconds it spent blocked in watched calls.
+        self.cpu_share: Optional[float] = None
+        self.blocked_since = 0.0
+        self._blocked_at_sample = 0.0
         #: ``loop.time()`` when the sampler is next due to wake the loop (its timer's deadline or just before).
         self.next_sample = 0.0
         self._clock: Optional[SelectorClock] = None
         self._clock_tried = False
+
+    def sample(self) -> None:
+        """Read the thread's CPU clock and its blocked time once, for every probe of this sample."""
+        self.cpu_share = self.thread.share()
+        self.blocked_since, self._blocked_at_sample = self.blocked - self._blocked_at_sample, self.blocked
+
+    def busy_since(self) -> Optional[float]:
+        """Seconds the thread was on the CPU or blocked in watched calls since the previous sample."""
+        return None if self.cpu_share is None else self.thread.spent + self.blocked_since
 
     def clock(self) -> Optional[SelectorClock]:
         """The loop's selector clock, shared by the probes that ask; None on loops without a Python selector."""

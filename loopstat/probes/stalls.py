@@ -34,7 +34,6 @@ from weakref import WeakSet
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
-from loopstat.probes.cpu import Cpu
 from loopstat.probes.frames import (
     LOOPSTAT_CODE,
     PYTHON,
@@ -124,17 +123,12 @@ class StallProbe:
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
         next_sample: Callable[[], float] = lambda: math.inf,
-        blocked: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.threshold = threshold
         self.interval = interval
         #: True while the beat rests on a loop without a selector clock (its thread idles).
         self.resting = False
         self._next_sample = next_sample
-        self._cpu = Cpu()
-        # Seconds in watched blocking calls (uvloop: blocking_calls is on by default), so far.
-        self._blocked = blocked
-        self._blocked_at_sample = blocked()
         self._idle_samples = 0
         # Set when a wake-up was the sampler's and left the watchdog asleep.
         self._quiet_wake = False
@@ -188,8 +182,12 @@ class StallProbe:
             self.parked = False
             _watchdog.wake()
 
-    def sampled(self, now: float, late: float) -> None:
+    def sampled(self, now: float, late: float, busy: Optional[float], wall: float) -> None:
         """Called by the sampler on the loop's thread, ``late`` seconds after its deadline.
+
+        ``busy`` is the seconds the thread spent on the CPU or in watched blocking
+        calls in the ``wall`` seconds since the previous sample (None after the
+        loop moved to another thread).
 
         Stdlib loops: a wake-up that was only the sampler's left the watchdog
         asleep; if other callbacks are ready, the loop has more to do, and the
@@ -198,11 +196,8 @@ class StallProbe:
         came more than ``threshold`` late is the stall: from the deadline, or
         longer if the thread spent more time on the CPU or in watched blocking calls since the last sample.
         """
-        share = self._cpu.share()
-        blocked, self._blocked_at_sample = self._blocked() - self._blocked_at_sample, self._blocked()
         # Busy: on the CPU, or blocked in a watched call (a loop that sleeps on its thread is not idle).
-        busy = self._cpu.spent + blocked
-        idle = share is not None and busy < ACTIVE_SHARE * self._cpu.wall + SAMPLE_CPU_SECONDS
+        idle = busy is not None and busy < ACTIVE_SHARE * wall + SAMPLE_CPU_SECONDS
         clock = self._clock
         if clock is not None:
             if self._quiet_wake:
@@ -219,7 +214,7 @@ class StallProbe:
                 self.resting = True  # the beat ends at its next turn
             return
         if late > self.threshold:
-            self._report(now, now - min(max(late, busy), now - self.beat), self.beat)
+            self._report(now, now - min(max(late, busy or 0.0), now - self.beat), self.beat)
         if late > self.threshold or not idle:
             self._idle_samples = 0
             self.resting = False
@@ -536,7 +531,6 @@ class Stalls:
             self._on_stall,
             watched.settings.interval,
             lambda: watched.next_sample,
-            lambda: watched.blocked,
         )
 
     def _on_stall(self, stall: Stall) -> None:
@@ -552,7 +546,8 @@ class Stalls:
 
     def read(self, lines: List[Line]) -> None:
         # Stalls are sent as they end, not at samples; a sample tells the watch how the loop is doing.
-        self.watch.sampled(perf_counter(), self._watched.monitor.lag / 1000.0)
+        watched = self._watched
+        self.watch.sampled(perf_counter(), watched.monitor.lag / 1000.0, watched.busy_since(), watched.thread.wall)
 
     def close(self) -> None:
         self.watch.close()

@@ -14,7 +14,6 @@ from typing import Callable, List, Optional
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
-from loopstat.probes.cpu import Cpu
 from loopstat.probes.selector_clock import SelectorClock
 
 
@@ -40,18 +39,16 @@ class SelectorWaits:
 class BusyTime:
     """Busy share where no selector can be timed: CPU time plus time in watched blocking calls, over wall time."""
 
-    def __init__(self, watched: Watched, cpu: Optional[Cpu] = None) -> None:
+    def __init__(self, watched: Watched) -> None:
         self._watched = watched
-        self._cpu = cpu or Cpu()
-        self._blocked = watched.blocked
 
     def __call__(self) -> Optional[float]:
         """None for the first window after the loop moved to another thread."""
-        share, blocked = self._cpu.share(), self._watched.blocked
-        off_cpu, self._blocked = blocked - self._blocked, blocked
-        if share is None or self._cpu.wall <= 0:
+        watched = self._watched
+        busy, wall = watched.busy_since(), watched.thread.wall
+        if busy is None or wall <= 0:
             return None
-        return min(1.0, max(0.0, share + off_cpu / self._cpu.wall))
+        return min(1.0, max(0.0, busy / wall))
 
 
 class Utilization:
