@@ -248,7 +248,7 @@ def attach(watched: Watched) -> Optional[BlockingCalls]:
     """Count blocking calls on ``watched.loop``'s thread (call on that thread); None when the option is off.
 
     Off by default on stdlib loops: there asyncio's own socket calls pass
-    through the stand-ins (measured: +1.8 % instructions per aiohttp request).
+    through the stand-ins (measured: +1.54 % instructions per aiohttp request, docs/performance.md).
     """
     on = watched.settings.blocking_calls
     if on is None:
