@@ -81,6 +81,8 @@ class Monitor:
         self._loop_gone = weakref.finalize(loop, self._sink.close)
         self._task: Optional[asyncio.Task[None]] = None
         self._coro: Optional[Coroutine[Any, Any, None]] = None
+        # The sampler task a signal's exception ended, until its exception is marked seen.
+        self._interrupted: Optional[asyncio.Task[None]] = None
         self._close_guard: Union[StandIn, ClassStandIn, None] = None
         self._stopped = False
         self._shut = False
@@ -92,6 +94,11 @@ class Monitor:
         # The latest table of the profile probe (``profile=True``).
         self._top: List[Tuple[str, float]] = []
         self._watched = Watched(loop, settings, self, self._sink.send, self._fault, self._own_tasks)
+        self._sleep = self._watched.sleep = _lag.Sleep(loop, self._lost_task)
+        # Counts the sampler tasks: one that was given up on must not stop the monitor when it is collected.
+        self._generation = 0
+        # Every sampler task not yet collected, given up on or not: none is the application's.
+        self._samplers: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
         self._probes: List[Probe] = []
 
     def __repr__(self) -> str:
@@ -127,39 +134,69 @@ class Monitor:
         """Create the sampler task; runs on the loop's thread."""
         if self._stopped or self._loop.is_closed():
             return
-        self._coro = self._run()
-        self._task = self._loop.create_task(self._coro)
+        self._sampler(self._run())
+
+    def _sampler(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as the sampler task."""
+        self._generation += 1
+        self._coro = coro
+        self._task = self._loop.create_task(coro)
+        self._samplers.add(self._task)
         # A loop closed or dropped without cancelling its tasks drops the
         # sampler with them: that is the application's choice, and the
         # sampler's resources are already released (see _shutdown), so it is
         # no error worth a log line. asyncio has no public way to say so.
         self._task._log_destroy_pending = False  # type: ignore[attr-defined]
 
-    async def _run(self) -> None:
+    async def _run(self, resumed: bool = False) -> None:
+        """The sampler; ``resumed`` when it goes on for one that a signal's exception ended."""
         sink = self._sink
         interval = self.settings.interval
+        generation = self._generation
+        handed_on = False
         try:
-            try:
-                sink.start()
-                self._attach_probes()
-            except Exception:
-                self._fault()
+            if not resumed:
+                try:
+                    sink.start()
+                    self._attach_probes()
+                except Exception:
+                    self._fault()
+            self._let_go_of_interrupted()
             while True:
                 self._watched.next_sample = self._loop.time() + interval
-                lag = await _lag.overshoot(interval)
+                lag = await self._sleep.overshoot(interval)
                 if self._stopped or self._pid != os.getpid():
                     return  # stopped meanwhile, or inherited by a forked child: the parent's, not ours
+                if lag is None:
+                    continue  # woken by the stall watch after its timer was lost: no lag to tell
                 try:
                     sink.maintain()
                     self.lag = lag
                     self._sample()
                 except Exception:
                     self._fault()
+        except (KeyboardInterrupt, SystemExit):
+            # A signal's exception landed in the sampler's own code. It is the
+            # application's: the task raises it out of run_until_complete() or
+            # run_forever(), as it would from the application's own code. The
+            # monitor is not stopped by it: a new task samples on.
+            if not self._stopped and not self._loop.is_closed() and self._task is asyncio.current_task():
+                self._interrupted = self._task
+                self._sampler(self._run(resumed=True))
+                handed_on = True
+            raise
         finally:
             # Reached by stop(), by asyncio.run() cancelling leftover tasks, and
             # by the garbage collector closing the sampler of a dropped loop.
             # Nothing here awaits, so a second cancellation cannot cut it short.
-            self._shutdown()
+            # A sampler given up on (see _lost_task) ends only when collected.
+            if not handed_on and generation == self._generation:
+                self._shutdown()
+
+    def _lost_task(self) -> None:
+        """The sampler task lost its wake-up to a signal and waits for good: a new one samples on."""
+        if not self._stopped and not self._loop.is_closed():
+            self._sampler(self._run(resumed=True))
 
     def _shutdown(self) -> None:
         """Release everything now (close guard, probes, socket); never waits, safe to repeat, on any path.
@@ -169,6 +206,7 @@ class Monitor:
         lock, so a new install() never wraps the close guard of a dying monitor.
         """
         with contextlib.ExitStack() as later:
+            later.callback(self._let_go_of_interrupted)
             later.callback(self._sink.close)
             later.callback(self._loop_gone.detach)
             later.callback(self._detach_probes)
@@ -177,6 +215,13 @@ class Monitor:
                 self._shut = True
                 _forget(self)
                 self._unguard_close()
+
+    def _let_go_of_interrupted(self) -> None:
+        """Mark the exception of a sampler task a signal ended as seen: the
+        application got it, and the task must not log it when collected."""
+        task, self._interrupted = self._interrupted, None
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()
 
     def _attach_probes(self) -> None:
         for attach in _ATTACH:
@@ -235,7 +280,7 @@ class Monitor:
             coro.close()
 
     def _own_tasks(self) -> Set[asyncio.Future[Any]]:
-        return {self._task} if self._task is not None else set()
+        return set(self._samplers)
 
     def _sample(self) -> None:
         self._watched.sample()

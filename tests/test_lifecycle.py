@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import os
 import sys
 import threading
@@ -16,7 +17,9 @@ import pytest
 import uvloop
 
 import loopstat
+from loopstat.probes import lag as _lag
 from tests.inside import send_lines
+from tests.interrupts import interrupting_at_the_call_of
 from tests.receiver import Receiver
 
 
@@ -274,6 +277,137 @@ def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -
         assert not monitor.running
     finally:
         loop.close()
+
+
+def interrupting_the_sampler_after_its_sleep(wakeups: int) -> Callable[..., Any]:
+    """A trace function that raises KeyboardInterrupt in the sampler's own code as it wakes for the ``wakeups``-th time.
+
+    SIGINT's handler raises at the next bytecode boundary, wherever that is:
+    here, in loopstat's coroutine rather than the application's.
+    """
+    code = _lag.Sleep.overshoot.__code__
+    lines, first = inspect.getsourcelines(_lag.Sleep.overshoot)
+    after_the_sleep = first + next(i for i, line in enumerate(lines) if "if self._revived:" in line)
+    seen = [0]
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == after_the_sleep:
+            seen[0] += 1
+            if seen[0] == wakeups:
+                raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        return local if event == "call" and frame.f_code is code else None
+
+    return tracer
+
+
+def interrupted_in_the_sampler(loop: asyncio.AbstractEventLoop, port: int, then: str) -> None:
+    """Ctrl-C lands in the sampler; then the application runs the loop on, or closes it."""
+    try:
+        monitor = loopstat.install("127.0.0.1", port, interval=0.005, loop=loop)
+        sys.settrace(interrupting_the_sampler_after_its_sleep(5))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(asyncio.sleep(5))
+        finally:
+            sys.settrace(None)
+        assert monitor.running
+        if then == "run on":
+            sent = monitor.sent
+
+            async def more() -> None:
+                deadline = time.monotonic() + 5
+                while monitor.sent < sent + 10:
+                    assert time.monotonic() < deadline, "sampling stopped"
+                    await asyncio.sleep(0.005)
+
+            loop.run_until_complete(more())
+            assert monitor.running
+            loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("then", ["run on", "close"])
+def test_a_ctrl_c_that_lands_in_the_sampler_reaches_the_application_and_sampling_goes_on(
+    kind: str, then: str, receiver: Receiver
+) -> None:
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    errors = collect_loop_errors(loop)
+    interrupted_in_the_sampler(loop, receiver.port, then)
+    gc.collect()
+    # Nothing logged for the application: the interrupted task does not say its exception was never retrieved.
+    assert errors == []
+
+
+def samples_go_on(loop: asyncio.AbstractEventLoop, monitor: loopstat.Monitor, busy: bool) -> None:
+    """Run the loop, busy or mostly idle, until the monitor has sent two more samples (within 10 s)."""
+    sent = monitor.sent
+
+    async def on() -> None:
+        deadline = time.monotonic() + 10
+        while monitor.sent < sent + 10:  # five lines a sample at the defaults
+            assert time.monotonic() < deadline, "sampling stopped"
+            if busy:
+                time.sleep(0.002)
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.1)
+
+    loop.run_until_complete(on())
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_back_and_sampling_goes_on(
+    kind: str, busy: bool, receiver: Receiver
+) -> None:
+    # Busy, the stall watch's heartbeat finds the sampler overdue; idle, its watchdog thread does.
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    errors = collect_loop_errors(loop)
+    try:
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
+        sys.settrace(interrupting_at_the_call_of(_lag._wake_up.__code__))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(asyncio.sleep(5))
+        finally:
+            sys.settrace(None)
+        samples_go_on(loop, monitor, busy)
+        assert max(receiver.values("loopstat.lag", "g")) < 500  # the lost wait is no lag
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+    assert errors == []
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_a_sampler_task_whose_wake_up_a_ctrl_c_cut_off_is_replaced_and_not_counted(
+    busy: bool, receiver: Receiver
+) -> None:
+    loop = asyncio.new_event_loop()
+    errors = collect_loop_errors(loop)
+    try:
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
+        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, 3))
+        try:
+            with pytest.raises(KeyboardInterrupt) as raised:
+                loop.run_until_complete(asyncio.sleep(5))
+        finally:
+            sys.settrace(None)
+        del raised  # its frames would keep the task given up on alive
+        samples_go_on(loop, monitor, busy)
+        assert monitor.running
+        # The sleep the Ctrl-C left pending and the coroutine running the loop
+        # now; not the sampler task given up on, collected or not.
+        assert monitor.tasks == 2
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+    assert errors == []
 
 
 async def test_overlapping_stops_and_a_cancelled_sampler_leak_nothing_and_raise_nothing(receiver: Receiver) -> None:

@@ -151,6 +151,26 @@ import asyncio, logging, os, random, signal, sys, threading, time
 import loopstat
 
 logging.getLogger("loopstat").setLevel(logging.CRITICAL)  # the stalls are on purpose
+
+def unraisable(hook):
+    # A Ctrl-C can land in asyncio's own cleanup of a finished task (the weak
+    # set of all tasks): Python reports it as ignored, with or without loopstat
+    # (3 in 200 runs of this program on Python 3.9 without it). Anything else
+    # ignored is printed and fails the test.
+    owner = getattr(hook.object, "__defaults__", None) or (None,)
+    tasks = {{id(getattr(asyncio.tasks, name, None)) for name in ("_all_tasks", "_scheduled_tasks")}}
+    if (
+        hook.exc_type is KeyboardInterrupt
+        and getattr(hook.object, "__qualname__", "") == "WeakSet.__init__.<locals>._remove"
+        and callable(owner[0])
+        and id(owner[0]()) in tasks
+    ):
+        return
+    sys.__unraisablehook__(hook)
+
+sys.unraisablehook = unraisable
+# Ctrl-C raises KeyboardInterrupt even if this was started with SIGINT ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.setrecursionlimit(10000)
 if "{loop}" == "uvloop":
     import uvloop
@@ -181,26 +201,38 @@ def ctrl_c():
     while not done.wait(random.uniform(0.02, 0.2)):
         os.kill(os.getpid(), signal.SIGINT)
 
-threading.Thread(target=ctrl_c).start()
+killer = threading.Thread(target=ctrl_c)
+killer.start()
 interrupts = 0
 task = None
 end = time.monotonic() + 2.0
-while time.monotonic() < end:
+over = False
+while not over:
+    # Ctrl-C lands anywhere here: the outer try catches one landing outside the inner.
     try:
-        if task is None or task.done():
-            task = loop.create_task(work())
-        loop.run_until_complete(task)
+        while time.monotonic() < end:
+            try:
+                if task is None or task.done():
+                    task = loop.create_task(work())
+                loop.run_until_complete(task)
+            except KeyboardInterrupt:
+                interrupts += 1
+        done.set()
+        killer.join()  # no more Ctrl-C from here, once the last one sent has landed
+        time.sleep(0.1)
+        over = True
     except KeyboardInterrupt:
         interrupts += 1
-done.set()
-time.sleep(0.3)  # no more Ctrl-C from here
 task.cancel()
 loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
 before = monitor.stalls
 
 async def last_stall():
-    await asyncio.sleep(0.1)
-    time.sleep(0.2)
+    await asyncio.sleep(0.6)  # a sample or two: one takes back a beat the last Ctrl-C cut off
+    # Longer than a sample interval and the threshold: seen even if the
+    # application's own task lost its wake-up to a Ctrl-C and left the loop
+    # idle long enough for uvloop's heartbeat to rest.
+    time.sleep(0.4)
     await asyncio.sleep(0.1)
 
 loop.run_until_complete(last_stall())

@@ -24,6 +24,7 @@ from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
 from tests import inside
+from tests.interrupts import interrupting_at_the_call_of
 from tests.receiver import Receiver
 
 
@@ -592,6 +593,51 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
     finally:
         loop.close()
     assert monitor.stalls == 1
+    assert monitor.last_stall is not None
+    assert monitor.last_stall.location is not None
+    assert monitor.last_stall.location.endswith(WHERE)
+
+
+async def waits_and_works(seconds: float) -> None:
+    """Wait in the selector, then work without waiting, by turns: beats and restarts both run."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        await asyncio.sleep(0.005)
+        for _ in range(20):
+            time.sleep(0.002)
+            await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(("kind", "cut_off"), [("asyncio", "_beat"), ("asyncio", "_restart"), ("uvloop", "_beat")])
+def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_and_stalls_are_seen_again(
+    kind: str, cut_off: str, receiver: Receiver
+) -> None:
+    # (uvloop restarts its beat from the sampler, not from the watchdog: it has no restart to lose.)
+    loop = new_loop(kind)
+    try:
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
+        sys.settrace(interrupting_at_the_call_of(getattr(stalls.StallProbe, cut_off).__code__))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(waits_and_works(5.0))
+        finally:
+            sys.settrace(None)
+        # A few samples later the lost one is taken back: without that, the
+        # watchdog would wait for a beat that never comes, and no stall would
+        # be reported again.
+        loop.run_until_complete(waits_and_works(0.3))
+        before = monitor.stalls
+
+        async def then() -> None:
+            await asyncio.sleep(0.05)
+            blocking_function(0.3)
+            await wait_for_stalls(monitor, before + 1)
+
+        loop.run_until_complete(then())
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
     assert monitor.last_stall is not None
     assert monitor.last_stall.location is not None
     assert monitor.last_stall.location.endswith(WHERE)

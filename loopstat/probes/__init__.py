@@ -20,6 +20,7 @@ from loopstat.settings import Settings
 
 if TYPE_CHECKING:
     from loopstat.monitor import Monitor
+    from loopstat.probes.lag import Sleep
 
 
 class Probe(Protocol):
@@ -67,6 +68,8 @@ class Watched:
         self._blocked_at_sample = 0.0
         #: ``loop.time()`` when the sampler is next due to wake the loop (its timer's deadline or just before).
         self.next_sample = 0.0
+        #: The sampler's sleep, set by the monitor; the stall watch revives it when it is overdue.
+        self.sleep: Optional[Sleep] = None
         self._clock: Optional[SelectorClock] = None
         self._clock_tried = False
 

@@ -1,29 +1,101 @@
-"""Lag: how late the loop wakes a sleeping coroutine."""
+"""Lag: how late the loop wakes a sleeping coroutine (the sampler's own sleep is the probe)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import List
+import math
+from time import perf_counter
+from typing import Callable, List, Optional
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 
+# Turns of the loop after which whatever was due or ready when the sampler was
+# found overdue has run: its timer by the first, a wake-up it scheduled by the second.
+TURNS = 2
 
-async def overshoot(interval: float) -> float:
-    """Sleep ``interval`` seconds; return how many milliseconds late the loop woke us.
 
-    ``time.perf_counter()`` rather than ``loop.time()``: uvloop's clock moves in
-    whole milliseconds. Never negative: timers may fire a hair early, and StatsD
-    servers reject negative timings.
+class Sleep:
+    """The sampler's sleep; how late it ends is the lag.
+
+    A signal's exception (KeyboardInterrupt) can land in a callback before its
+    first line: the timer that ends the sleep, or on stdlib loops the task's
+    wake-up after it. The application gets the exception and the sleep would
+    never end. When the sleep is found overdue, ``revive`` waits two turns of
+    the loop and then takes back what was lost.
     """
-    started = time.perf_counter()
-    await asyncio.sleep(interval)
-    return max(0.0, (time.perf_counter() - started - interval) * 1000.0)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, lost_task: Callable[[], None]) -> None:
+        self._loop = loop
+        # Called when the sampler task lost its wake-up: it waits for good, another must take over.
+        self._lost_task = lost_task
+        self._wake: Optional[asyncio.Future[None]] = None
+        #: ``perf_counter()`` when the current sleep is due to end (inf while the sampler is awake).
+        self.due = math.inf
+        #: True while ``revive`` watches the loop's turns.
+        self.reviving = False
+        # The current sleep was ended by ``revive``, not by its timer: its overshoot is no lag.
+        self._revived = False
+
+    async def overshoot(self, interval: float) -> Optional[float]:
+        """Sleep ``interval`` seconds; return how many milliseconds late the loop woke us.
+
+        None if the sleep's timer was lost and ``revive`` ended it. Measured with
+        ``perf_counter()`` rather than ``loop.time()``: uvloop's clock moves in
+        whole milliseconds. Never negative: timers may fire a hair early, and
+        StatsD servers reject negative timings.
+        """
+        loop = self._loop
+        started = perf_counter()
+        wake = self._wake = loop.create_future()
+        self.due = started + interval
+        timer = loop.call_later(interval, _wake_up, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            if self._wake is wake:  # a task given up on may end long after (collected)
+                self._wake, self.due = None, math.inf
+        if self._revived:
+            self._revived = False
+            return None
+        return max(0.0, (perf_counter() - started - interval) * 1000.0)
+
+    def revive(self) -> None:
+        """Called on the loop's thread when the sleep is overdue: look again in a turn or two of the loop."""
+        wake = self._wake
+        if wake is None or self.reviving:
+            return
+        self.reviving = True
+        self._loop.call_soon(self._check, wake, None, 0)
+
+    def _check(self, wake: asyncio.Future[None], done_at: Optional[int], turn: int) -> None:
+        if wake is not self._wake:
+            self.reviving = False  # the sampler woke and slept again, or stopped: nothing was lost
+            return
+        if done_at is None and wake.done():
+            done_at = turn
+        if done_at is not None and turn - done_at >= TURNS:
+            # Woken two turns ago, still not running: the task's wake-up was cut off.
+            self.reviving = False
+            self._wake, self.due = None, math.inf
+            self._lost_task()
+            return
+        if done_at is None and turn >= TURNS:
+            # Due before the first turn, still pending: the timer's callback was cut off.
+            self._revived = True
+            wake.set_result(None)
+            done_at = turn
+        self._loop.call_soon(self._check, wake, done_at, turn + 1)
+
+
+def _wake_up(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class Lag:
-    """Reports the overshoot the sampler measured (the sampler's own sleep is the probe)."""
+    """Reports the overshoot the sampler measured."""
 
     def __init__(self, watched: Watched) -> None:
         self._monitor = watched.monitor

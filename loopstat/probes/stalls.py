@@ -48,6 +48,7 @@ from loopstat.probes.frames import (
     where,
 )
 from loopstat.probes.gc import _on_gc
+from loopstat.probes.lag import Sleep
 from loopstat.probes.selector_clock import Events, SelectorClock
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,14 @@ class StallProbe:
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
         next_sample: Callable[[], float] = lambda: math.inf,
+        sleep: Optional[Sleep] = None,
     ) -> None:
         self.threshold = threshold
         self.interval = interval
+        # The sampler's sleep: revived when overdue (a signal may have cut off its wake-up).
+        self._sleep = sleep
+        # The ``due`` of the sleep the watchdog last asked to revive: once per sleep.
+        self._revive_posted_for = -math.inf
         #: True while the beat rests on a loop without a selector clock (its thread idles).
         self.resting = False
         self._next_sample = next_sample
@@ -152,10 +158,15 @@ class StallProbe:
         self._loop = loop
         self._clock = clock
         self._on_stall = on_stall
-        self._handle: Optional[asyncio.Handle] = loop.call_later(self.period, self._beat)
+        self._handle: Optional[asyncio.Handle] = None
+        # ``perf_counter()`` when the beat in ``_handle`` is due.
+        self._due = -math.inf
+        self._arm(self.beat)
         loop.call_soon(self._learn)
         self._restart_posted = False
         self._restart_posted_at = -math.inf
+        # ``perf_counter()`` when the watchdog posted the restart.
+        self._restart_posted_when = -math.inf
         # When the watchdog meant to look next (-inf: when the loop wakes): a look
         # made late because the loop held the GIL is counted as made in time.
         self._planned = -math.inf
@@ -165,6 +176,11 @@ class StallProbe:
         if clock is not None:
             clock.on_wake = self._woke
         _watchdog.watch(self)
+
+    def _arm(self, now: float) -> None:
+        """Schedule the next beat, ``period`` after ``now``."""
+        self._due = now + self.period
+        self._handle = self._loop.call_later(self.period, self._beat)
 
     def mark(self) -> float:
         """``perf_counter()`` when the loop last showed progress."""
@@ -196,14 +212,17 @@ class StallProbe:
         came more than ``threshold`` late is the stall: from the deadline, or
         longer if the thread spent more time on the CPU or in watched blocking calls since the last sample.
         """
+        self._recover(now - late)
         # Busy: on the CPU, or blocked in a watched call (a loop that sleeps on its thread is not idle).
         idle = busy is not None and busy < ACTIVE_SHARE * wall + SAMPLE_CPU_SECONDS
         clock = self._clock
         if clock is not None:
             if self._quiet_wake:
                 self._quiet_wake = False
-                # Timers due with the sampler's ran before it, unwatched: a stall among them ends here.
-                self._report(now, clock.woke, clock.woke)
+                # Timers due with the sampler's ran before it, unwatched: a stall among them ends
+                # here. It began at that wake-up, no earlier than this sample's deadline (a sampler
+                # that lost its wake-up to a signal comes later than the wake-up it was due at).
+                self._report(now, max(clock.woke, now - late), clock.woke)
             if self.parked and getattr(self._loop, "_ready", None):
                 self.parked = False
                 _watchdog.wake()
@@ -220,10 +239,27 @@ class StallProbe:
             self.resting = False
             self.beat = now
             if self._handle is None:
-                self._handle = self._loop.call_later(self.period, self._beat)
+                self._arm(now)
             _watchdog.wake()
         else:
             self.beat = now  # the sampler's turn is progress too
+
+    def _recover(self, deadline: float) -> None:
+        """Take back a beat or a restart that a signal cut off, at a sample due at ``deadline``.
+
+        A signal's exception (KeyboardInterrupt) can land in a callback before
+        its first line; it goes to the application, and the beat or restart it
+        cut off is lost, leaving the loop unwatched. A timer due before the
+        sampler's, or a callback posted before it, runs before the sampler reads
+        (with a period to spare for uvloop's millisecond clock): if it is still
+        pending, it was lost.
+        """
+        before = deadline - self.period
+        if self._handle is not None and self._due < before:
+            self._handle.cancel()
+            self._handle = None  # the watchdog restarts it, as after a wait
+        if self._restart_posted and self._restart_posted_when < before:
+            self._restart_posted = False  # the watchdog posts another
 
     def _on_the_loop(self) -> None:
         """Note, from a callback, which thread runs the loop and what lies around its callbacks."""
@@ -250,13 +286,16 @@ class StallProbe:
         self._handle = None
         self._on_the_loop()
         now = perf_counter()
+        sleep = self._sleep
+        if sleep is not None and now > sleep.due + self.threshold:
+            sleep.revive()
         last_beat, mark = self.beat, self.mark()
         waited = mark > last_beat
         self.beat = now
         if (waited and self._clock is not None) or self.resting:
             self._handle = None  # it waits again now and then: the watchdog restarts the beat if needed
         else:
-            self._handle = self._loop.call_later(self.period, self._beat)
+            self._arm(now)
         # Waited in the selector since the last beat: stuck since it woke.
         # Busy all along: stuck since somewhere in the period, most likely mid-way.
         self._report(now, mark if waited else last_beat + self.period / 2, mark)
@@ -270,10 +309,13 @@ class StallProbe:
         now = perf_counter()
         mark = self.mark()
         self.beat = now
-        self._handle = self._loop.call_later(self.period, self._beat)
+        self._arm(now)
         # Stuck since the mark if the restart was posted a period after it, as it
         # should; posted late (a beat that was interrupted), only since then.
-        self._report(now, max(mark, self._restart_posted_at - self.period), mark)
+        # After a wake-up left to the sampler, the sample reports (see ``sampled``):
+        # the watchdog slept, and since then the loop may have run as well as stalled.
+        if not self._quiet_wake:
+            self._report(now, max(mark, self._restart_posted_at - self.period), mark)
 
     def _report(self, now: float, started: float, mark: float) -> None:
         duration = now - started
@@ -326,13 +368,16 @@ class StallProbe:
             again = now + PARKED_SECONDS
             if now < self.beat + self.interval + self.threshold:
                 return again
-            return self._capture(self.beat, lambda: again)
+            when = self._capture(self.beat, lambda: again)
+            self._revive_sampler(now)
+            return when
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
             # it reads ``parked``, so one of the two sides sees the other.
             self.parked = True
             if clock.waiting:
+                self._revive_sampler(now)
                 return None
             self.parked = False
         mark = self.mark()
@@ -342,6 +387,19 @@ class StallProbe:
         # The restart, if due, is posted after the look at the stack, before
         # the loop can wait again: a wait would end the stall unreported.
         return self._capture(mark, lambda: self._next_look(now, mark, due))
+
+    def _revive_sampler(self, now: float) -> None:
+        """Ask the loop to revive its sampler if it is overdue while nothing on the loop's side looks (no beat).
+
+        Called after any look at the stack: posting lets the loop run on.
+        """
+        sleep = self._sleep
+        if sleep is None or now <= sleep.due + self.interval + self.threshold:
+            return
+        due = sleep.due
+        if due != self._revive_posted_for and not sleep.reviving:
+            self._revive_posted_for = due  # once for each sleep
+            self._loop.call_soon_threadsafe(sleep.revive)
 
     def _capture(self, mark: float, then: Callable[[], float]) -> float:
         """Capture the stack of the stall that started at ``mark`` (unless done), around ``then``; return its result."""
@@ -368,6 +426,7 @@ class StallProbe:
             if now < soon:
                 return min(due, soon)
             if not self._restart_posted:
+                self._restart_posted_when = perf_counter()
                 self._restart_posted = True
                 # Posted when it should have been if this look came late, kept
                 # out by a loop that held the GIL; a restart that is late for
@@ -531,6 +590,7 @@ class Stalls:
             self._on_stall,
             watched.settings.interval,
             lambda: watched.next_sample,
+            watched.sleep,
         )
 
     def _on_stall(self, stall: Stall) -> None:
