@@ -384,6 +384,28 @@ def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_back_and_sampling_goes_on(
     assert errors == []
 
 
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_revival_a_ctrl_c_cut_off_in_turn_is_started_again(kind: str, receiver: Receiver) -> None:
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    errors = collect_loop_errors(loop)
+    try:
+        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
+        # The sampler's timer is cut off, then the first look of its revival.
+        # (A trace function that raises is removed: one for each.)
+        for cut_off in (_lag._wake_up, _lag.Sleep._check):
+            sys.settrace(interrupting_at_the_call_of(cut_off.__code__))
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    loop.run_until_complete(asyncio.sleep(5))
+            finally:
+                sys.settrace(None)
+        samples_go_on(loop, monitor, busy=False)
+        loop.run_until_complete(monitor.stop())
+    finally:
+        loop.close()
+    assert errors == []
+
+
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_a_sampler_task_whose_wake_up_a_ctrl_c_cut_off_is_replaced_and_not_counted(
     busy: bool, receiver: Receiver

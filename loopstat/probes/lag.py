@@ -13,6 +13,9 @@ from loopstat.probes import Watched
 # Turns of the loop after which whatever was due or ready when the sampler was
 # found overdue has run: its timer by the first, a wake-up it scheduled by the second.
 TURNS = 2
+# A revival takes a few turns of the loop; one whose own callback a signal cut
+# off is started afresh after this long.
+REVIVE_SECONDS = 1.0
 
 
 class Sleep:
@@ -32,8 +35,8 @@ class Sleep:
         self._wake: Optional[asyncio.Future[None]] = None
         #: ``perf_counter()`` when the current sleep is due to end (inf while the sampler is awake).
         self.due = math.inf
-        #: True while ``revive`` watches the loop's turns.
-        self.reviving = False
+        # ``perf_counter()`` when ``revive`` began to watch the loop's turns (-inf: it does not).
+        self._reviving_since = -math.inf
         # The current sleep was ended by ``revive``, not by its timer: its overshoot is no lag.
         self._revived = False
 
@@ -64,20 +67,21 @@ class Sleep:
     def revive(self) -> None:
         """Called on the loop's thread when the sleep is overdue: look again in a turn or two of the loop."""
         wake = self._wake
-        if wake is None or self.reviving:
+        now = perf_counter()
+        if wake is None or now - self._reviving_since < REVIVE_SECONDS:
             return
-        self.reviving = True
+        self._reviving_since = now
         self._loop.call_soon(self._check, wake, None, 0)
 
     def _check(self, wake: asyncio.Future[None], done_at: Optional[int], turn: int) -> None:
         if wake is not self._wake:
-            self.reviving = False  # the sampler woke and slept again, or stopped: nothing was lost
+            self._reviving_since = -math.inf  # the sampler woke and slept again, or stopped: nothing was lost
             return
         if done_at is None and wake.done():
             done_at = turn
         if done_at is not None and turn - done_at >= TURNS:
             # Woken two turns ago, still not running: the task's wake-up was cut off.
-            self.reviving = False
+            self._reviving_since = -math.inf
             self._wake, self.due = None, math.inf
             self._lost_task()
             return

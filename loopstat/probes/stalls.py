@@ -130,8 +130,8 @@ class StallProbe:
         self.interval = interval
         # The sampler's sleep: revived when overdue (a signal may have cut off its wake-up).
         self._sleep = sleep
-        # The ``due`` of the sleep the watchdog last asked to revive: once per sleep.
-        self._revive_posted_for = -math.inf
+        # When the watchdog last asked the loop to revive its sampler: at most once a PARKED_SECONDS.
+        self._revive_posted_at = -math.inf
         #: True while the beat rests on a loop without a selector clock (its thread idles).
         self.resting = False
         self._next_sample = next_sample
@@ -396,9 +396,8 @@ class StallProbe:
         sleep = self._sleep
         if sleep is None or now <= sleep.due + self.interval + self.threshold:
             return
-        due = sleep.due
-        if due != self._revive_posted_for and not sleep.reviving:
-            self._revive_posted_for = due  # once for each sleep
+        if now - self._revive_posted_at >= PARKED_SECONDS:
+            self._revive_posted_at = now
             self._loop.call_soon_threadsafe(sleep.revive)
 
     def _capture(self, mark: float, then: Callable[[], float]) -> float:
