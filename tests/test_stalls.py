@@ -613,7 +613,7 @@ async def waits_and_works(seconds: float) -> None:
 def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_and_stalls_are_seen_again(
     kind: str, cut_off: str, receiver: Receiver
 ) -> None:
-    # (uvloop restarts its beat from the sampler, not from the watchdog: it has no restart to lose.)
+    # (On uvloop this workload leaves the watchdog no restart to post: the beat runs on while the thread works.)
     loop = new_loop(kind)
     try:
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
