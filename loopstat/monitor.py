@@ -94,7 +94,7 @@ class Monitor:
         # The latest table of the profile probe (``profile=True``).
         self._top: List[Tuple[str, float]] = []
         self._watched = Watched(loop, settings, self, self._sink.send, self._fault, self._own_tasks)
-        self._sleep = self._watched.sleep = _lag.Sleep(loop, self._lost_task)
+        self._sleep = self._watched.sleep = _lag.Sleep(loop, self._sample_on)
         # Counts the sampler tasks: one that was given up on must not stop the monitor when it is collected.
         self._generation = 0
         # Every sampler task not yet collected, given up on or not: none is the application's.
@@ -180,23 +180,27 @@ class Monitor:
             # application's: the task raises it out of run_until_complete() or
             # run_forever(), as it would from the application's own code. The
             # monitor is not stopped by it: a new task samples on.
-            if not self._stopped and not self._loop.is_closed() and self._task is asyncio.current_task():
-                self._interrupted = self._task
-                self._sampler(self._run(resumed=True))
-                handed_on = True
+            interrupted = self._task
+            if interrupted is asyncio.current_task():
+                handed_on = self._sample_on()
+                if handed_on:
+                    self._interrupted = interrupted
             raise
         finally:
             # Reached by stop(), by asyncio.run() cancelling leftover tasks, and
             # by the garbage collector closing the sampler of a dropped loop.
             # Nothing here awaits, so a second cancellation cannot cut it short.
-            # A sampler given up on (see _lost_task) ends only when collected.
+            # A sampler given up on (see _sample_on) ends only when collected.
             if not handed_on and generation == self._generation:
                 self._shutdown()
 
-    def _lost_task(self) -> None:
-        """The sampler task lost its wake-up to a signal and waits for good: a new one samples on."""
-        if not self._stopped and not self._loop.is_closed():
-            self._sampler(self._run(resumed=True))
+    def _sample_on(self) -> bool:
+        """The sampler task was ended by a signal's exception, or lost its wake-up to one and
+        waits for good: a new one samples on, unless the monitor stopped. True if one does."""
+        if self._stopped or self._loop.is_closed():
+            return False
+        self._sampler(self._run(resumed=True))
+        return True
 
     def _shutdown(self) -> None:
         """Release everything now (close guard, probes, socket); never waits, safe to repeat, on any path.

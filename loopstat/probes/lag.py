@@ -28,7 +28,7 @@ class Sleep:
     the loop and then takes back what was lost.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, lost_task: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, lost_task: Callable[[], object]) -> None:
         self._loop = loop
         # Called when the sampler task lost its wake-up: it waits for good, another must take over.
         self._lost_task = lost_task
