@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import os
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
@@ -19,7 +17,11 @@ import uvloop
 import loopstat
 from loopstat.probes import lag as _lag
 from tests.inside import send_lines
-from tests.interrupts import interrupting_at_the_call_of
+from tests.interrupts import (
+    interrupt_after_taking_the_samplers_wakeup,
+    interrupting_at_the_call_of,
+    interrupting_the_sampler_after_its_sleep,
+)
 from tests.receiver import Receiver
 
 
@@ -186,41 +188,6 @@ async def sending(monitor: loopstat.Monitor) -> None:
         await asyncio.sleep(0.001)
 
 
-def is_wakeup_of(handle: object, task: asyncio.Task[Any]) -> bool:
-    callback = getattr(handle, "_callback", None)
-    return callback is not None and task in gc.get_referents(callback)
-
-
-def interrupt_after_taking_the_samplers_wakeup(loop: asyncio.AbstractEventLoop, wakeups: int) -> Callable[..., Any]:
-    """A trace function that raises KeyboardInterrupt where a Ctrl-C can land, at the worst moment.
-
-    SIGINT's handler raises at any bytecode boundary; this one picks the line of
-    ``BaseEventLoop._run_once`` right after it took the sampler task's wake-up
-    off the ready queue, before running it. The wake-up is lost: the sampler
-    waits forever on a future that already finished.
-    """
-    seen = [0]
-    last: List[object] = [None]
-
-    def local(frame: FrameType, event: str, arg: object) -> Any:
-        handle = frame.f_locals.get("handle")
-        if event == "line" and handle is not None and handle is not last[0]:
-            last[0] = handle
-            sampler = next((t for t in asyncio.all_tasks(loop) if "Monitor._run" in repr(t.get_coro())), None)
-            if sampler is not None and is_wakeup_of(handle, sampler):
-                seen[0] += 1
-                if seen[0] == wakeups:
-                    raise KeyboardInterrupt
-        return local
-
-    def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "call" and frame.f_code.co_name == "_run_once":
-            return local
-        return None
-
-    return tracer
-
-
 def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> None:
     """Issue 11's Ctrl-C run: main cancelled, a short run, loop.close(), with the wake-up lost every time."""
     outcomes: List[str] = []
@@ -277,30 +244,6 @@ def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -
         assert not monitor.running
     finally:
         loop.close()
-
-
-def interrupting_the_sampler_after_its_sleep(wakeups: int) -> Callable[..., Any]:
-    """A trace function that raises KeyboardInterrupt in the sampler's own code as it wakes for the ``wakeups``-th time.
-
-    SIGINT's handler raises at the next bytecode boundary, wherever that is:
-    here, in loopstat's coroutine rather than the application's.
-    """
-    code = _lag.Sleep.overshoot.__code__
-    lines, first = inspect.getsourcelines(_lag.Sleep.overshoot)
-    after_the_sleep = first + next(i for i, line in enumerate(lines) if "if self._revived:" in line)
-    seen = [0]
-
-    def local(frame: FrameType, event: str, arg: object) -> Any:
-        if event == "line" and frame.f_lineno == after_the_sleep:
-            seen[0] += 1
-            if seen[0] == wakeups:
-                raise KeyboardInterrupt
-        return local
-
-    def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        return local if event == "call" and frame.f_code is code else None
-
-    return tracer
 
 
 def interrupted_in_the_sampler(loop: asyncio.AbstractEventLoop, port: int, then: str) -> None:
