@@ -7,10 +7,12 @@ Adding a metric is one row here plus the probe that measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Tuple, Union
+from typing import Dict, FrozenSet, Literal, Tuple, Union
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
 Kind = Literal["g", "ms", "c"]
+#: What a line's type becomes on the wire: a timing may go out as a DogStatsD distribution ``d``.
+WireKind = Literal["g", "ms", "c", "d"]
 #: Tags of one line of its own, ``(key, value)`` pairs: ``(("call", "time.sleep"),)``.
 LineTags = Tuple[Tuple[str, str], ...]
 # One line of a sample: (name after the prefix, StatsD type, value), optionally with tags of its own;
@@ -32,11 +34,26 @@ class Metric:
     #: How dashboards combine it across services and workers: summed, or the worst of them.
     across: Literal["sum", "max"]
     doc: str
+    #: A timing whose samples go out as a distribution ``d`` with ``distributions=True``: the Agent
+    #: forwards each sample and Datadog computes percentiles over every pod, not per host.
+    distribution: bool = False
+
+    def wire_type(self, distributions: bool) -> WireKind:
+        """The type this metric's lines carry, with or without ``distributions``."""
+        return "d" if distributions and self.distribution else self.type
 
 
 METRICS: Tuple[Metric, ...] = (
     Metric("lag", "g", "ms", "lag", "max", "latest sleep overshoot (float, µs precision)"),
-    Metric("lag", "ms", "ms", "lag", "max", "every sample, so the agent keeps max and percentiles per flush"),
+    Metric(
+        "lag",
+        "ms",
+        "ms",
+        "lag",
+        "max",
+        "every sample, so the agent keeps max and percentiles per flush",
+        distribution=True,
+    ),
     Metric(
         "tasks",
         "g",
@@ -71,7 +88,7 @@ METRICS: Tuple[Metric, ...] = (
         "sum",
         "1 for each stall: the loop made no progress for longer than `stall_threshold`",
     ),
-    Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends"),
+    Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends", distribution=True),
     Metric(
         "executor.queue",
         "g",
@@ -107,6 +124,7 @@ METRICS: Tuple[Metric, ...] = (
         "blocking",
         "max",
         "time the loop's thread spent in those calls since the previous sample, tagged `call:…` (`blocking_calls`)",
+        distribution=True,
     ),
     Metric(
         "busy",
@@ -125,6 +143,8 @@ PROBES: Tuple[str, ...] = tuple(dict.fromkeys(metric.probe for metric in METRICS
 ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
 #: Each metric name once, with its unit.
 UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}
+#: Names of the metrics sent as distributions ``d`` with ``distributions=True``.
+DISTRIBUTED: FrozenSet[str] = frozenset(metric.name for metric in METRICS if metric.distribution)
 #: The longest name after the prefix, with its dot: it bounds the prefix and the line overhead.
 LONGEST_SUFFIX = max(len("." + metric.name) for metric in METRICS)
 #: Room kept in every line for tags of its own (``,call:subprocess.Popen.communicate``), after the monitor's.
@@ -134,8 +154,12 @@ _TYPES = {"g": "gauge `g`", "ms": "timing `ms`", "c": "counter `c`"}
 _UNITS = {"ms": "ms", "ratio": "ratio 0\N{EN DASH}1", "count": "count"}
 
 
+def _type(metric: Metric) -> str:
+    return _TYPES[metric.type] + (" (distribution `d` with `distributions=True`)" if metric.distribution else "")
+
+
 def markdown_table() -> str:
     """The README's metrics table."""
     rows = ["| name | StatsD type | unit | value |", "|---|---|---|---|"]
-    rows += [f"| `P.{m.name}` | {_TYPES[m.type]} | {_UNITS[m.unit]} | {m.doc} |" for m in METRICS]
+    rows += [f"| `P.{m.name}` | {_type(m)} | {_UNITS[m.unit]} | {m.doc} |" for m in METRICS]
     return "\n".join(rows) + "\n"

@@ -39,6 +39,11 @@ MAX_SOCKET_PATH = 107
 # metric name, ":", a value of up to 24 characters, "|ms|#", the line's own
 # tags, and room to spare.
 _LINE_OVERHEAD = LONGEST_SUFFIX + 1 + 24 + len("|ms|#") + LINE_TAG_ROOM + 16
+# DogStatsD's origin fields: "|c:" and a container ID (64 hex digits at most,
+# or "in-" and a cgroup inode), then "|e:" and the external environment.
+MAX_CONTAINER_FIELD = len("|c:") + 64
+MAX_EXTERNAL_ENV = 256
+ORIGIN_VARIABLE = "DD_ORIGIN_DETECTION_ENABLED"
 # Datadog metric names are at most 200 characters.
 MAX_PREFIX_LENGTH = 200 - LONGEST_SUFFIX
 Flavor = Literal["dogstatsd", "statsd"]
@@ -336,6 +341,30 @@ class SocketPath(Kind[Optional[str]]):
         return value
 
 
+class ExternalEnv(Kind[Optional[str]]):
+    """The external environment Datadog's admission controller injects (``it-false,cn-web,pu-<pod uid>``)."""
+
+    type_doc = "str or None"
+    # Printable ASCII but "|" (which ends a DogStatsD field) and spaces: the characters the admission controller writes.
+    _FORM = re.compile(rf"[!-{{}}~]{{1,{MAX_EXTERNAL_ENV}}}")
+
+    def accepted(self) -> str:
+        return "None, or " + self.accepted_text()
+
+    def accepted_text(self) -> str:
+        return (
+            f"up to {MAX_EXTERNAL_ENV} printable ASCII characters without '|' or spaces "
+            "(as Datadog's admission controller writes it: it-false,cn-web,pu-<pod uid>)"
+        )
+
+    def check(self, value: object, source: str) -> Optional[str]:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not self._FORM.fullmatch(value):
+            raise self._bad(value, source)
+        return value
+
+
 HOST = Host()
 PORT = Port()
 SOCKET_PATH = SocketPath()
@@ -412,6 +441,27 @@ class Settings:
         Switch(auto=True),
         "blocking calls on the loop's thread counted and named (auto: on uvloop)",
         run="LOOPSTAT_BLOCKING_CALLS",
+    )
+    #: Send lag, stall and blocking-time samples as distributions (``d``), not timings (``ms``).
+    distributions: bool = _row(
+        False,
+        Switch(),
+        "lag, stall and blocking-time samples as distributions `d`, for percentiles across every pod (dogstatsd only)",
+        run="LOOPSTAT_DISTRIBUTIONS",
+    )
+    #: Append the container ID (``|c:``) and external environment (``|e:``) that tell the Agent the sender's pod.
+    origin_detection: bool = _row(
+        True,
+        Switch(),
+        "origin detection: the container ID from `/proc/self/cgroup` as `|c:`, and `DD_EXTERNAL_ENV` as `|e:`, "
+        "after the tags of every line (dogstatsd only)",
+        (ORIGIN_VARIABLE,),
+    )
+    external_env: Optional[str] = _row(
+        None,
+        ExternalEnv(),
+        "external environment sent as `|e:` with origin detection, set by Datadog's admission controller",
+        ("DD_EXTERNAL_ENV",),
     )
 
     @property
@@ -535,10 +585,18 @@ def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Set
             )
         values["socket_path"] = None
 
+    if values["distributions"] and values["flavor"] != "dogstatsd":
+        raise ValueError(
+            "distributions: True needs flavor='dogstatsd' (StatsD has no distribution type); "
+            "expected distributions=False with flavor='statsd'"
+        )
     if values["flavor"] == "dogstatsd":
         budget = MAX_DATAGRAM - len(values["prefix"]) - _LINE_OVERHEAD
         if values["worker_tag"]:
             budget -= len(f",{_worker.TAG}:{_worker.MAX_SLOTS - 1}")
+        # The origin fields follow the tags: their room is kept whatever container ID is found later.
+        if values["origin_detection"]:
+            budget -= MAX_CONTAINER_FIELD + (len("|e:") + len(values["external_env"]) if values["external_env"] else 0)
         values["tags"] = tuple(_tags.render(_tag_sources(values["tags"], environ), budget))
     else:
         if values["tags"]:

@@ -15,7 +15,7 @@ import weakref
 from types import TracebackType
 from typing import Any, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
-from loopstat import _worker
+from loopstat import _origin, _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
 from loopstat._metrics import PROBES, Line
@@ -348,6 +348,7 @@ def _after_fork_in_child() -> None:
     _profile.after_fork_in_child()
     _stalls.after_fork_in_child()
     _worker.after_fork_in_child()
+    _origin.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
     _sink_module.after_fork_in_child()  # first: closing a sink below may take its lock
     for ref in list(_monitors.values()):
@@ -404,6 +405,9 @@ def install(
     profile: bool = False,
     worker_tag: bool = False,
     blocking_calls: Optional[bool] = None,
+    distributions: bool = False,
+    origin_detection: Optional[bool] = None,
+    external_env: Optional[str] = None,
 ) -> Monitor:
     """Start monitoring a loop (the running one unless ``loop`` is given); return its monitor.
 

@@ -40,8 +40,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
-from loopstat import _worker
-from loopstat._metrics import Line, LineTags
+from loopstat import _origin, _worker
+from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined, sanitize
 
@@ -74,6 +74,22 @@ Address = Tuple[int, Tuple[Any, ...]]
 Lookup = Union[Tuple[int, Tuple[Any, ...]], BaseException]
 
 _TYPES = {"g": MType.GAUGE, "ms": MType.TIMING, "c": MType.COUNTER}
+
+
+def origin_fields(settings: Settings) -> bytes:
+    """What DogStatsD lines carry after their tags: ``|c:<container id>`` then ``|e:<external env>``, or nothing.
+
+    The order is the DogStatsD protocol's (``name:value|type|@rate|#tags|c:…|e:…``);
+    neither value holds "|" or a line break (the ID is hex, digits and "-", the
+    environment is checked by the option table). Never with flavor "statsd".
+    """
+    if settings.flavor != "dogstatsd" or not settings.origin_detection:
+        return b""
+    found = _origin.container_id()
+    fields = f"|c:{found}" if found else ""
+    if settings.external_env:
+        fields += f"|e:{settings.external_env}"
+    return fields.encode()
 
 
 def lookup(host: str) -> Tuple[int, Tuple[Any, ...]]:
@@ -193,8 +209,12 @@ class Sink:
         # Tags are written here, not by aiodogstatsd: it cannot write a tag without value.
         # The worker tag is this process's, never part of settings (which a forked child shares).
         pairs = _worker.tags(settings.tags) if settings.worker_tag and settings.flavor == "dogstatsd" else settings.tags
-        tags = f"|#{joined(pairs)}".encode() if pairs else b""
+        # Computed once: every line ends with the same tags and origin fields.
+        self._origin = origin_fields(settings)
+        tags = (f"|#{joined(pairs)}".encode() if pairs else b"") + self._origin
         self._pairs = pairs
+        # Timings of these metrics go out as distributions ("d").
+        self._distributed = DISTRIBUTED if settings.distributions else frozenset()
         self._bare: Callable[[str, MType, float], bytes] = lambda name, kind, value: build(
             name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1
         )
@@ -298,12 +318,14 @@ class Sink:
         out: List[Tuple[bytes, int]] = []
         batch: List[bytes] = []
         size = 0
+        distributed = self._distributed
         for name, kind, value, *extra in lines:
+            mtype = MType.DISTRIBUTION if kind == "ms" and name in distributed else _TYPES[kind]
             if extra:
                 suffix, tags = self._with_line_tags(extra[0])
-                line = self._bare(name + suffix, _TYPES[kind], value) + tags
+                line = self._bare(name + suffix, mtype, value) + tags
             else:
-                line = self._build(name, _TYPES[kind], value)
+                line = self._build(name, mtype, value)
             if batch and size + 1 + len(line) > self._max_datagram:
                 out.append((b"\n".join(batch), len(batch)))
                 batch, size = [], 0
@@ -331,7 +353,7 @@ class Sink:
             own = [sanitize(key, value) for key, value in extra]
             keys = {key.lower() for key, _ in own}
             kept = [(key, value) for key, value in self._pairs if key.lower() not in keys]
-            rendered = ("", f"|#{joined(kept + own)}".encode())
+            rendered = ("", f"|#{joined(kept + own)}".encode() + self._origin)
         if len(self._line_tags) >= _LINE_TAGS_KEPT:
             self._line_tags.clear()
         self._line_tags[extra] = rendered

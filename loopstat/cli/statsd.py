@@ -35,6 +35,9 @@ class Sample:
     tags: Tags = ()
     #: A gauge written as "+3" or "-3" changes the last value instead of replacing it.
     relative: bool = False
+    #: Origin detection: the sender's container ID (``|c:``) and external environment (``|e:``), "" when absent.
+    container: str = ""
+    external: str = ""
 
 
 class Other:
@@ -56,6 +59,7 @@ def parse(line: str) -> Parsed:
         return None
     rate = 1.0
     tags: Tags = ()
+    origin = {"c:": "", "e:": ""}
     for field in fields[1:]:
         if field.startswith("@"):
             parsed_rate = _number(field[1:])
@@ -64,17 +68,27 @@ def parse(line: str) -> Parsed:
             rate = parsed_rate
         elif field.startswith("#"):
             tags = tuple((key, value) for key, _, value in (tag.partition(":") for tag in field[1:].split(",") if tag))
-        elif not field.startswith(("c:", "T", "e:", "card:")):  # container id, timestamp, origin fields
+        elif field.startswith(("c:", "e:")):  # origin detection: container ID, external environment
+            origin[field[:2]] = field[2:]
+        elif not field.startswith(("T", "card:")):  # timestamp, tag cardinality
             return None
     if kind == "s":
         # A set counts distinct members; the view shows how often it was updated.
-        return Sample(name, kind, 1.0, tags)
+        return Sample(name, kind, 1.0, tags, container=origin["c:"], external=origin["e:"])
     value = _number(text)
     if value is None:
         return None
     if kind == "c":
         value /= rate  # a sampled counter stands for 1/rate increments
-    return Sample(name, kind, value, tags, relative=kind == "g" and text[0] in "+-")
+    return Sample(
+        name,
+        kind,
+        value,
+        tags,
+        relative=kind == "g" and text[0] in "+-",
+        container=origin["c:"],
+        external=origin["e:"],
+    )
 
 
 def _number(text: str) -> Optional[float]:
@@ -87,12 +101,16 @@ def _number(text: str) -> Optional[float]:
 
 # A tag as loopstat writes it: "key:value" (the value may hold ":") or a bare "key", no part empty.
 _TAG = r"[^|#,\s:]+(?::[^|#,\s]+)?"
-# A line as loopstat writes it: a dotted name, a non-negative decimal, g/ms/c, then optional tags.
+# A line as loopstat writes it: a dotted name, a non-negative decimal, g/ms/c/d, then optional tags,
+# then the origin fields in the protocol's order: a container ID (hex and "-", or "in-" and an inode),
+# and the external environment (printable ASCII but "|" and spaces).
 _WRITTEN = re.compile(
     r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
     r":[0-9]+(?:\.[0-9]+)?"
-    r"\|(?:g|ms|c)"
+    r"\|(?:g|ms|c|d)"
     rf"(?:\|#{_TAG}(?:,{_TAG})*)?"
+    r"(?:\|c:(?:[0-9a-f_-]{1,64}|in-[0-9]{1,20}))?"
+    r"(?:\|e:[!-{}~]{1,256})?"
 )
 
 
