@@ -364,6 +364,11 @@ class ExternalEnv(Kind[Optional[str]]):
             raise self._bad(value, source)
         return value
 
+    def parse(self, text: str, source: str) -> str:
+        if not self._FORM.fullmatch(text):
+            raise self._bad(text, source, text=True)
+        return text
+
 
 HOST = Host()
 PORT = Port()

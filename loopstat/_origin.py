@@ -139,8 +139,15 @@ def container_id() -> Optional[str]:
         return _container_id
 
 
+def forget() -> None:
+    """Read the ID afresh on the next call (for tests, and after a fork)."""
+    global _container_id, _known
+    with _lock:
+        _container_id, _known = None, False
+
+
 def after_fork_in_child() -> None:
     """Read the ID again in a forked child (called by the monitor's fork hook): it may run in another cgroup."""
-    global _lock, _container_id, _known
+    global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
-    _container_id, _known = None, False
+    forget()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
+from loopstat import _origin
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests.receiver import Receiver
 
@@ -22,6 +24,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     forget()  # settings resolved (and warned about) by an earlier test
+
+
+@pytest.fixture(autouse=True)
+def no_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as outside any container wherever the suite runs (tests/test_origin.py gives them one)."""
+    for name in ("CGROUP_PATH", "MOUNTINFO_PATH", "NAMESPACE_PATH"):
+        monkeypatch.setattr(_origin, name, os.devnull)
+    _origin.forget()
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,431 @@
+"""Origin detection: the container ID and external environment on every DogStatsD line, and never elsewhere.
+
+The ID is read the way the Datadog clients read it; the real-process tests put
+an application in a real cgroup named as Kubernetes names them (cgroup v1,
+which needs root), the others read files shaped like a real host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from loopstat import _origin
+from loopstat._metrics import DISTRIBUTED, METRICS, Line
+from loopstat._options import MAX_DATAGRAM, MAX_EXTERNAL_ENV, run_arguments
+from loopstat.cli.statsd import parse_strict
+from loopstat.settings import Settings, resolve
+from loopstat.sink import Sink
+from tests.receiver import Receiver
+
+ID = "3f4c0b1e8a5d" + "7" * 52
+ASSERTED_IDS = {
+    # cgroup v1, Docker
+    "12:memory:/docker/" + ID: ID,
+    # cgroup v1, Kubernetes with the cgroupfs driver (Docker, containerd or CRI-O below it)
+    "4:cpu,cpuacct:/kubepods/besteffort/pod6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50/" + ID: ID,
+    "9:pids:/kubepods/burstable/pod6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50/" + ID + "/": ID,
+    # cgroup v1 or v2 in the host's namespace, Kubernetes with the systemd driver: containerd, CRI-O, Docker
+    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod6b8e4a7c_1f0d_4d2e_9a57_0c1b2d3e4f50.slice/"
+    "cri-containerd-" + ID + ".scope": ID,
+    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6b8e4a7c_1f0d.slice/crio-" + ID + ".scope": ID,
+    "0::/system.slice/docker-" + ID + ".scope": ID,
+    # ECS on EC2 and Fargate: a task's 32 hex digits and a number
+    "11:devices:/ecs/5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e/5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e-4263785942": (
+        "5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e-4263785942"
+    ),
+    # Cloud Foundry's Garden: a UUID
+    "1:name=systemd:/garden/6f1d7a8e-0c2b-4b3a-9d4e-5f6a7b8c9d0e": "6f1d7a8e-0c2b-4b3a-9d4e-5f6a7b8c9d0e",
+}
+HOST_CGROUP = """12:memory:/user.slice/user-1000.slice/session-3.scope
+4:cpu,cpuacct:/user.slice
+1:name=systemd:/user.slice/user-1000.slice/session-3.scope
+0::/user.slice/user-1000.slice/session-3.scope
+"""
+# cgroup v2 with a private cgroup namespace (Docker's default since 20.10): the path says nothing.
+PRIVATE_V2_CGROUP = "0::/\n"
+DOCKER_V2_MOUNTINFO = f"""1432 1347 0:151 / / rw,relatime master:611 - overlay overlay rw,lowerdir=/var/lib/docker/l/X
+1436 1432 0:154 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate
+1437 1432 254:1 /docker/containers/{ID}/resolv.conf /etc/resolv.conf rw,relatime - ext4 /dev/vda1 rw
+1438 1432 254:1 /docker/containers/{ID}/hostname /etc/hostname rw,relatime - ext4 /dev/vda1 rw
+1439 1432 254:1 /docker/containers/{ID}/hosts /etc/hosts rw,relatime - ext4 /dev/vda1 rw
+"""
+SANDBOX = "a" * 64
+CONTAINERD_V2_MOUNTINFO = f"""2202 2101 0:300 / / rw,relatime - overlay overlay rw
+2210 2202 0:310 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+2215 2202 259:1 /var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{SANDBOX}/hostname /etc/hostname rw - ext4 a rw
+"""
+
+
+@pytest.mark.parametrize(("line", "expected"), list(ASSERTED_IDS.items()), ids=lambda x: x[:40])
+def test_the_container_id_is_read_from_every_runtime_s_cgroup_path(line: str, expected: str) -> None:
+    text = HOST_CGROUP.replace("4:cpu,cpuacct:/user.slice", line)
+    assert _origin.from_cgroup(text) == expected
+
+
+def test_a_process_outside_containers_has_no_container_id() -> None:
+    assert _origin.from_cgroup(HOST_CGROUP) is None
+    assert _origin.from_cgroup("9:pids:/kubepods/besteffort/pod6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50\n") is None
+    assert _origin.from_cgroup("4:memory:/process_api/83271653e5b3122ad9aa0d64c0c79db3\n") is None
+    assert _origin.from_cgroup("garbage\n\n::\nx:y:/docker/" + ID) is None
+
+
+def test_cgroup_v2_in_a_private_namespace_finds_the_id_in_the_mounted_hostname_file() -> None:
+    assert _origin.from_cgroup(PRIVATE_V2_CGROUP) is None
+    assert _origin.from_mountinfo(DOCKER_V2_MOUNTINFO) == ID
+
+
+def test_containerd_s_sandbox_is_not_taken_for_the_container() -> None:
+    assert _origin.from_mountinfo(CONTAINERD_V2_MOUNTINFO) is None
+
+
+def test_without_an_id_the_cgroup_v2_folder_s_inode_is_sent(tmp_path: Path) -> None:
+    folder = tmp_path / "kubepods.slice" / "kubepods-pod1.slice" / "cri-containerd-x.scope"
+    folder.mkdir(parents=True)
+    cgroup = "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-x.scope\n"
+    mountinfo = f"30 23 0:26 / {tmp_path} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert _origin.from_mountinfo(mountinfo) is None
+    assert _origin.from_inode(cgroup, mountinfo) == f"in-{folder.stat().st_ino}"
+
+
+def test_the_root_cgroup_s_inode_says_nothing_and_is_not_sent(tmp_path: Path) -> None:
+    mountinfo = f"30 23 0:26 / {tmp_path} rw - cgroup2 cgroup2 rw\n"
+    root = dataclasses.make_dataclass("Stat", [("st_ino", int)])(1)
+    assert _origin.from_inode("0::/\n", mountinfo, stat=lambda path: root) is None
+    assert _origin.from_inode("0::/\n", "no cgroup2 mount here\n") is None
+    assert _origin.from_inode("1:cpu:/\n", mountinfo) is None
+
+
+def _files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroup: str, mountinfo: str = "") -> None:
+    """Make this process read ``cgroup`` and ``mountinfo`` as its own, from real files."""
+    for name, text in (("CGROUP_PATH", cgroup), ("MOUNTINFO_PATH", mountinfo)):
+        path = tmp_path / name.lower()
+        path.write_text(text)
+        monkeypatch.setattr(_origin, name, str(path))
+    _origin.forget()
+
+
+def test_unreadable_or_missing_proc_files_mean_no_id_and_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_origin, "CGROUP_PATH", str(tmp_path))  # a folder: open() fails
+    monkeypatch.setattr(_origin, "MOUNTINFO_PATH", str(tmp_path / "absent"))
+    monkeypatch.setattr(_origin, "NAMESPACE_PATH", str(tmp_path / "absent"))
+    assert _origin.detect() is None
+
+
+def test_a_failing_inode_lookup_means_no_id_and_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cgroup2 mount whose folder is gone (a later kernel's layout, a race): stat() raises inside detect().
+    _files(tmp_path, monkeypatch, "0::/gone\n", f"30 23 0:26 / {tmp_path / 'absent'} rw - cgroup2 cgroup2 rw\n")
+    monkeypatch.setattr(_origin, "NAMESPACE_PATH", str(tmp_path / "absent"))
+    assert _origin.detect() is None
+
+
+def test_the_id_is_read_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    assert _origin.container_id() == ID
+    (tmp_path / "cgroup_path").write_text("1:cpu:/\n")
+    assert _origin.container_id() == ID
+    _origin.after_fork_in_child()
+    assert _origin.container_id() is None
+
+
+LINES: List[Line] = [
+    ("lag", "g", 1.5),
+    ("lag", "ms", 1.5),
+    ("stall", "ms", 150.0),
+    ("blocking_time", "ms", 3.0, (("call", "time.sleep"),)),
+    ("tasks", "g", 3),
+]
+
+
+def _lines(settings: Settings) -> List[bytes]:
+    sink = Sink(settings)
+    return [line for data, _ in sink.datagrams(LINES) for line in data.split(b"\n")]
+
+
+def _settings(environ: Optional[Dict[str, str]] = None, **arguments: Any) -> Settings:
+    arguments.setdefault("tags", {"env": "prod"})
+    arguments.setdefault("prefix", "app")
+    return resolve("127.0.0.1", 8125, environ=environ or {}, **arguments)
+
+
+def test_every_dogstatsd_line_ends_with_the_container_id_then_the_external_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    lines = _lines(_settings({"DD_EXTERNAL_ENV": "it-false,cn-web,pu-6b8e4a7c"}, worker_tag=True))
+    assert len(lines) == len(LINES)
+    for line in lines:
+        assert line.endswith(f"|c:{ID}|e:it-false,cn-web,pu-6b8e4a7c".encode()), line
+        sample = parse_strict(line.decode())
+        assert sample is not None
+        assert (sample.container, sample.external) == (ID, "it-false,cn-web,pu-6b8e4a7c")
+        assert ("env", "prod") in sample.tags
+
+
+def test_origin_detection_off_sends_neither_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    external = {"DD_EXTERNAL_ENV": "it-false,cn-web,pu-6b8e4a7c"}
+    for settings in (
+        _settings({**external, "DD_ORIGIN_DETECTION_ENABLED": "false"}),
+        _settings(external, origin_detection=False),
+    ):
+        assert not settings.origin_detection
+        assert all(b"|c:" not in line and b"|e:" not in line for line in _lines(settings))
+    # The argument wins over the variable, both ways.
+    assert _settings({"DD_ORIGIN_DETECTION_ENABLED": "false"}, origin_detection=True).origin_detection
+
+
+def test_the_statsd_flavor_never_carries_origin_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    settings = _settings({"DD_EXTERNAL_ENV": "it-false"}, flavor="statsd", tags=None, origin_detection=True)
+    assert all(b"|" not in line.split(b"|", 1)[1] for line in _lines(settings))
+
+
+def test_without_a_container_id_only_the_external_environment_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path, monkeypatch, HOST_CGROUP)
+    lines = _lines(_settings({"DD_EXTERNAL_ENV": "cn-web"}))
+    assert all(line.endswith(b"|e:cn-web") and b"|c:" not in line for line in lines)
+
+
+@pytest.mark.parametrize("value", ["it-false|c:spoofed", "cn-web pu-1", "é", "a\nb", "x" * (MAX_EXTERNAL_ENV + 1)])
+def test_an_external_environment_that_could_break_the_line_is_refused_by_name(value: str) -> None:
+    with pytest.raises(ValueError, match=r"^DD_EXTERNAL_ENV: .* expected up to 256 printable ASCII"):
+        _settings({"DD_EXTERNAL_ENV": value})
+    with pytest.raises(ValueError, match=r"^external_env: "):
+        _settings(external_env=value)
+
+
+def test_a_bad_origin_detection_variable_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^DD_ORIGIN_DETECTION_ENABLED: 'maybe' is not valid; expected 1 or 0"):
+        _settings({"DD_ORIGIN_DETECTION_ENABLED": "maybe"})
+
+
+def test_the_longest_origin_fields_keep_every_line_within_a_datagram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    tags = {f"key{index}": "v" * 150 for index in range(20)}
+    settings = _settings({"DD_EXTERNAL_ENV": "x" * MAX_EXTERNAL_ENV}, tags=tags, prefix="p" * 150)
+    sink = Sink(settings)
+    longest: List[Line] = [(metric.name, metric.type, 1e15) for metric in METRICS]
+    for data, _ in sink.datagrams(longest):
+        for line in data.split(b"\n"):
+            assert len(line) <= MAX_DATAGRAM
+            assert parse_strict(line.decode()) is not None, line
+
+
+def test_distributions_send_only_the_catalogue_s_timings_as_d() -> None:
+    sent = {
+        (line.split(b":")[0].decode(), line.split(b"|")[1].decode()) for line in _lines(_settings(distributions=True))
+    }
+    assert sent == {
+        ("app.lag", "g"),
+        ("app.lag", "d"),
+        ("app.stall", "d"),
+        ("app.blocking_time", "d"),
+        ("app.tasks", "g"),
+    }
+    assert {"lag", "stall", "blocking_time"} == DISTRIBUTED
+    assert {metric.wire_type(True) for metric in METRICS if metric.name in DISTRIBUTED and metric.type == "ms"} == {"d"}
+    plain = {line.split(b"|")[1] for line in _lines(_settings())}
+    assert b"d" not in plain
+
+
+def test_distributions_with_the_statsd_flavor_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^distributions: True needs flavor='dogstatsd'"):
+        _settings(flavor="statsd", tags=None, distributions=True)
+    assert run_arguments({"LOOPSTAT_DISTRIBUTIONS": "1"}) == {"distributions": True}
+
+
+# --- real processes in a real cgroup ---------------------------------------------------------------------------
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+# The application: waits to be moved, sends ``count`` lines, and, with ``fork``, forks a child that moves
+# itself into another cgroup and sends again under the prefix "forked".
+APP = r"""
+import asyncio, json, os, sys
+import loopstat
+
+port, count, loop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+arguments, fork_into = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+if loop == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def main(prefix):
+    monitor = loopstat.install("127.0.0.1", port, prefix=prefix, interval=0.01, **arguments)
+    while monitor.sent < count:
+        await asyncio.sleep(0.01)
+    await monitor.stop()
+
+
+sys.stdin.readline()  # moved into the cgroup by now
+asyncio.run(main("app"))
+if fork_into:
+    pid = os.fork()
+    if pid == 0:
+        for procs in fork_into:
+            with open(procs, "w") as file:
+                file.write(str(os.getpid()))
+        asyncio.run(main("forked"))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _v1_hierarchies() -> List[str]:
+    """The mount points of cgroup v1 hierarchies this process may create groups in and move processes into."""
+    if os.geteuid() != 0:
+        return []
+    found = []
+    with open("/proc/self/mountinfo") as file:
+        for line in file:
+            before, _, after = line.partition(" - ")
+            fields, kind = before.split(" "), after.split(" ")
+            # cpuset needs cpus and mems set before a process may join: the others need nothing.
+            v1 = kind[0] == "cgroup" and fields[4].startswith(CGROUP_ROOT + "/") and "cpuset" not in kind[-1]
+            if v1 and os.access(fields[4], os.W_OK):
+                found.append(fields[4])
+    return found
+
+
+@contextlib.contextmanager
+def kubernetes_cgroup(hierarchies: List[str], container_id: str) -> Iterator[List[str]]:
+    """``kubepods/besteffort/pod<uid>/<id>`` in each hierarchy; yields their ``cgroup.procs``; removes what it made."""
+    relative = ["kubepods", "besteffort", f"pod{uuid.uuid4()}", container_id]
+    made: List[str] = []
+    try:
+        for root in hierarchies:
+            path = root
+            for part in relative:
+                path = os.path.join(path, part)
+                if not os.path.isdir(path):
+                    os.mkdir(path)
+                    made.append(path)
+        yield [os.path.join(root, *relative, "cgroup.procs") for root in hierarchies]
+    finally:
+        for path in reversed(made):  # the leaf first: a group with children cannot go
+            with contextlib.suppress(OSError):
+                with open(os.path.join(path, "cgroup.procs")) as file:
+                    pids = file.read().split()
+                for pid in pids:  # a process left behind goes back to the root group
+                    with open(os.path.join(path.split("/kubepods")[0], "cgroup.procs"), "w") as file:
+                        file.write(pid)
+            os.rmdir(path)
+
+
+needs_cgroup_v1 = pytest.mark.skipif(
+    not _v1_hierarchies(),
+    reason="needs root and a writable cgroup v1 hierarchy under /sys/fs/cgroup to place a process in a Kubernetes-"
+    "named cgroup",
+)
+
+
+def _run_app(
+    receiver: Receiver,
+    procs: List[str],
+    loop: str,
+    environ: Dict[str, str],
+    arguments: Optional[Dict[str, Any]] = None,
+    fork_into: Tuple[str, ...] = (),
+    count: int = 30,
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
+    command = [sys.executable, "-c", APP, str(receiver.port), str(count), loop]
+    command += [json.dumps(arguments or {}), json.dumps(list(fork_into))]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **environ}
+    ) as app:
+        assert app.stdin is not None
+        try:
+            for path in procs:
+                with open(path, "w") as file:
+                    file.write(str(app.pid))
+            app.stdin.write("go\n")
+            app.stdin.flush()
+            _, errors = app.communicate(timeout=120)
+        finally:
+            if app.poll() is None:
+                app.kill()
+    assert app.returncode == 0, errors
+    receiver.quiet()
+    assert not receiver.bad, receiver.bad[:3]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@needs_cgroup_v1
+def test_an_app_in_a_kubernetes_cgroup_sends_exactly_its_container_id_on_every_line(
+    receiver: Receiver, loop_name: str
+) -> None:
+    container_id = secrets.token_hex(32)
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+        _run_app(receiver, procs, loop_name, {})
+    lines = receiver.snapshot()
+    assert len(lines) >= 30
+    assert {line.container for line in lines} == {container_id}
+    assert {line.external for line in lines} == {""}
+    assert all(data.endswith(f"|c:{container_id}".encode()) for raw in receiver.datagrams for data in raw.split(b"\n"))
+
+
+@needs_cgroup_v1
+def test_the_external_environment_follows_the_container_id(receiver: Receiver) -> None:
+    container_id, pod = secrets.token_hex(32), str(uuid.uuid4())
+    external = f"it-false,cn-web,pu-{pod}"
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+        _run_app(receiver, procs, "asyncio", {"DD_EXTERNAL_ENV": external}, {"tags": {"team": "a"}})
+    suffix = f"|c:{container_id}|e:{external}".encode()
+    assert all(data.endswith(suffix) for raw in receiver.datagrams for data in raw.split(b"\n"))
+    assert {(line.container, line.external) for line in receiver.snapshot()} == {(container_id, external)}
+    assert all(("team", "a") in line.tags for line in receiver.snapshot())
+
+
+@needs_cgroup_v1
+def test_origin_detection_off_sends_no_container_id_from_a_kubernetes_cgroup(receiver: Receiver) -> None:
+    with kubernetes_cgroup(_v1_hierarchies(), secrets.token_hex(32)) as procs:
+        _run_app(receiver, procs, "asyncio", {"DD_ORIGIN_DETECTION_ENABLED": "false", "DD_EXTERNAL_ENV": "cn-web"})
+    assert receiver.snapshot()
+    assert not any(b"|c:" in raw or b"|e:" in raw for raw in receiver.datagrams)
+
+
+@needs_cgroup_v1
+def test_distributions_from_a_kubernetes_cgroup_send_lag_as_d_with_the_container_id(receiver: Receiver) -> None:
+    container_id = secrets.token_hex(32)
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+        _run_app(receiver, procs, "asyncio", {}, {"distributions": True})
+    lines = receiver.snapshot()
+    assert {line.type for line in lines if line.name == "app.lag"} == {"g", "d"}
+    assert "ms" not in {line.type for line in lines}
+    assert {line.container for line in lines} == {container_id}
+
+
+@needs_cgroup_v1
+def test_a_forked_child_moved_to_another_container_sends_its_own_id(receiver: Receiver) -> None:
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+    hierarchies = _v1_hierarchies()
+    with kubernetes_cgroup(hierarchies, first) as procs, kubernetes_cgroup(hierarchies, second) as other:
+        _run_app(receiver, procs, "asyncio", {}, fork_into=tuple(other))
+    lines = receiver.snapshot()
+    assert {line.container for line in lines if line.name.startswith("app.")} == {first}
+    assert {line.container for line in lines if line.name.startswith("forked.")} == {second}
