@@ -7,7 +7,7 @@ Adding a metric is one row here plus the probe that measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Literal, Tuple, Union
+from typing import Dict, Literal, Tuple, Union
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
 Kind = Literal["g", "ms", "c"]
@@ -34,13 +34,16 @@ class Metric:
     #: How dashboards combine it across services and workers: summed, or the worst of them.
     across: Literal["sum", "max"]
     doc: str
-    #: A timing whose samples go out as a distribution ``d`` with ``distributions=True``: the Agent
-    #: forwards each sample and Datadog computes percentiles over every pod, not per host.
-    distribution: bool = False
+    #: For a timing: the name its samples take as a distribution ``d`` with ``distributions=True``,
+    #: whose percentiles Datadog computes over every pod rather than per host. Datadog keeps one type
+    #: per name, so a name a gauge already holds gets a suffix ("lag" is also a gauge).
+    distribution: str = ""
 
-    def wire_type(self, distributions: bool) -> WireKind:
-        """The type this metric's lines carry, with or without ``distributions``."""
-        return "d" if distributions and self.distribution else self.type
+    def wire(self, distributions: bool) -> Tuple[str, WireKind]:
+        """The name after the prefix and the type this metric's lines carry, with or without ``distributions``."""
+        if distributions and self.distribution:
+            return self.distribution, "d"
+        return self.name, self.type
 
 
 METRICS: Tuple[Metric, ...] = (
@@ -52,7 +55,7 @@ METRICS: Tuple[Metric, ...] = (
         "lag",
         "max",
         "every sample, so the agent keeps max and percentiles per flush",
-        distribution=True,
+        distribution="lag.distribution",
     ),
     Metric(
         "tasks",
@@ -88,7 +91,7 @@ METRICS: Tuple[Metric, ...] = (
         "sum",
         "1 for each stall: the loop made no progress for longer than `stall_threshold`",
     ),
-    Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends", distribution=True),
+    Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends", distribution="stall"),
     Metric(
         "executor.queue",
         "g",
@@ -124,7 +127,7 @@ METRICS: Tuple[Metric, ...] = (
         "blocking",
         "max",
         "time the loop's thread spent in those calls since the previous sample, tagged `call:…` (`blocking_calls`)",
-        distribution=True,
+        distribution="blocking_time",
     ),
     Metric(
         "busy",
@@ -143,10 +146,10 @@ PROBES: Tuple[str, ...] = tuple(dict.fromkeys(metric.probe for metric in METRICS
 ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
 #: Each metric name once, with its unit.
 UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}
-#: Names of the metrics sent as distributions ``d`` with ``distributions=True``.
-DISTRIBUTED: FrozenSet[str] = frozenset(metric.name for metric in METRICS if metric.distribution)
+#: Timings sent as distributions ``d`` with ``distributions=True``: each name with the name it then takes.
+DISTRIBUTED: Dict[str, str] = {metric.name: metric.distribution for metric in METRICS if metric.distribution}
 #: The longest name after the prefix, with its dot: it bounds the prefix and the line overhead.
-LONGEST_SUFFIX = max(len("." + metric.name) for metric in METRICS)
+LONGEST_SUFFIX = max(len("." + name) for metric in METRICS for name in (metric.name, metric.distribution))
 #: Room kept in every line for tags of its own (``,call:subprocess.Popen.communicate``), after the monitor's.
 LINE_TAG_ROOM = 48
 
@@ -155,7 +158,10 @@ _UNITS = {"ms": "ms", "ratio": "ratio 0\N{EN DASH}1", "count": "count"}
 
 
 def _type(metric: Metric) -> str:
-    return _TYPES[metric.type] + (" (distribution `d` with `distributions=True`)" if metric.distribution else "")
+    if not metric.distribution:
+        return _TYPES[metric.type]
+    named = "" if metric.distribution == metric.name else f" `P.{metric.distribution}`"
+    return f"{_TYPES[metric.type]} (distribution{named} `d` with `distributions=True`)"
 
 
 def markdown_table() -> str:

@@ -213,8 +213,8 @@ class Sink:
         self._origin = origin_fields(settings)
         tags = (f"|#{joined(pairs)}".encode() if pairs else b"") + self._origin
         self._pairs = pairs
-        # Timings of these metrics go out as distributions ("d").
-        self._distributed = DISTRIBUTED if settings.distributions else frozenset()
+        # Timings of these metrics go out as distributions ("d"), under these names.
+        self._distributed: Dict[str, str] = DISTRIBUTED if settings.distributions else {}
         self._bare: Callable[[str, MType, float], bytes] = lambda name, kind, value: build(
             name=name, namespace=namespace, value=value, type_=kind, tags={}, sample_rate=1
         )
@@ -320,7 +320,9 @@ class Sink:
         size = 0
         distributed = self._distributed
         for name, kind, value, *extra in lines:
-            mtype = MType.DISTRIBUTION if kind == "ms" and name in distributed else _TYPES[kind]
+            mtype = _TYPES[kind]
+            if kind == "ms" and name in distributed:
+                name, mtype = distributed[name], MType.DISTRIBUTION
             if extra:
                 suffix, tags = self._with_line_tags(extra[0])
                 line = self._bare(name + suffix, mtype, value) + tags

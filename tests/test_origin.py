@@ -229,21 +229,28 @@ def test_the_longest_origin_fields_keep_every_line_within_a_datagram(
             assert parse_strict(line.decode()) is not None, line
 
 
-def test_distributions_send_only_the_catalogue_s_timings_as_d() -> None:
-    sent = {
-        (line.split(b":")[0].decode(), line.split(b"|")[1].decode()) for line in _lines(_settings(distributions=True))
-    }
-    assert sent == {
+def test_distributions_send_only_the_catalogue_s_timings_as_d_under_names_no_gauge_holds() -> None:
+    lines = _lines(_settings(distributions=True))
+    sent = [(line.split(b":")[0].decode(), line.split(b"|")[1].decode()) for line in lines]
+    assert sent == [
         ("app.lag", "g"),
-        ("app.lag", "d"),
+        ("app.lag.distribution", "d"),
         ("app.stall", "d"),
         ("app.blocking_time", "d"),
         ("app.tasks", "g"),
-    }
-    assert {"lag", "stall", "blocking_time"} == DISTRIBUTED
-    assert {metric.wire_type(True) for metric in METRICS if metric.name in DISTRIBUTED and metric.type == "ms"} == {"d"}
-    plain = {line.split(b"|")[1] for line in _lines(_settings())}
-    assert b"d" not in plain
+    ]
+    assert DISTRIBUTED == {"lag": "lag.distribution", "stall": "stall", "blocking_time": "blocking_time"}
+    # Datadog keeps one type per name: no distribution takes a name another metric is sent under.
+    others = {metric.name for metric in METRICS if not metric.distribution}
+    assert not others & {metric.wire(True)[0] for metric in METRICS if metric.distribution}
+    plain = [(line.split(b":")[0], line.split(b"|")[1]) for line in _lines(_settings())]
+    assert plain == [
+        (b"app.lag", b"g"),
+        (b"app.lag", b"ms"),
+        (b"app.stall", b"ms"),
+        (b"app.blocking_time", b"ms"),
+        (b"app.tasks", b"g"),
+    ]
 
 
 def test_distributions_with_the_statsd_flavor_are_refused_by_name() -> None:
@@ -415,7 +422,8 @@ def test_distributions_from_a_kubernetes_cgroup_send_lag_as_d_with_the_container
     with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
         _run_app(receiver, procs, "asyncio", {}, {"distributions": True})
     lines = receiver.snapshot()
-    assert {line.type for line in lines if line.name == "app.lag"} == {"g", "d"}
+    assert {line.type for line in lines if line.name == "app.lag"} == {"g"}
+    assert {line.type for line in lines if line.name == "app.lag.distribution"} == {"d"}
     assert "ms" not in {line.type for line in lines}
     assert {line.container for line in lines} == {container_id}
 
