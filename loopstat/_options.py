@@ -353,8 +353,8 @@ class ExternalEnv(Kind[Optional[str]]):
 
     def accepted_text(self) -> str:
         return (
-            f"up to {MAX_EXTERNAL_ENV} printable ASCII characters without '|' or spaces "
-            "(as Datadog's admission controller writes it: it-false,cn-web,pu-<pod uid>)"
+            f"up to {MAX_EXTERNAL_ENV} printable ASCII characters but pipes and spaces "
+            "(as Datadog's admission controller writes it: it-false,cn-web,pu-{pod UID})"
         )
 
     def check(self, value: object, source: str) -> Optional[str]:
@@ -458,14 +458,14 @@ class Settings:
     origin_detection: bool = _row(
         True,
         Switch(),
-        "origin detection: the container ID from `/proc/self/cgroup` as `|c:`, and `DD_EXTERNAL_ENV` as `|e:`, "
-        "after the tags of every line (dogstatsd only)",
+        "origin detection: the container ID (from `/proc/self/cgroup`) and the external environment in "
+        "DogStatsD's `c:` and `e:` fields, after the tags (dogstatsd only)",
         (ORIGIN_VARIABLE,),
     )
     external_env: Optional[str] = _row(
         None,
         ExternalEnv(),
-        "external environment sent as `|e:` with origin detection, set by Datadog's admission controller",
+        "external environment, sent in the `e:` field with origin detection (Datadog's admission controller sets it)",
         ("DD_EXTERNAL_ENV",),
     )
 

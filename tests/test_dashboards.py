@@ -14,7 +14,7 @@ from datadog_api_client import ApiClient, Configuration
 from datadog_api_client.model_utils import OpenApiModel, UnparsedObject
 from datadog_api_client.v1.model.dashboard import Dashboard
 
-from loopstat._metrics import ACROSS, METRICS, UNITS
+from loopstat._metrics import ACROSS, DISTRIBUTED, METRICS, UNITS
 
 DASHBOARDS = Path(__file__).parent.parent / "dashboards"
 PREFIX = "loopstat"  # the dashboards are written for the default prefix
@@ -24,6 +24,10 @@ DATADOG_TIMING_SUFFIXES = ("avg", "max", "median", "95percentile", "count")
 STATSD_TIMER_STATS = ("upper", "lower", "mean", "count", "sum", "upper_90", "upper_95", "upper_99", "mean_90")
 
 Metric = Tuple[str, str]  # name without the prefix, StatsD type
+# Datadog's percentiles of a distribution: over every sample of every pod.
+PERCENTILES = ("p50", "p75", "p90", "p95", "p99")
+# The metric of each name loopstat sends as a distribution with distributions=True.
+DISTRIBUTION_OF = {name: metric for metric, name in DISTRIBUTED.items()}
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +100,43 @@ def datadog_queries(data: Any) -> List[str]:
     return found
 
 
+def datadog_metric(query: str) -> Tuple[str, str, str]:
+    """(metric, how it is aggregated, the form it reads: "timing", "distribution" or "") of one Datadog query.
+
+    ``p95:loopstat.lag.distribution{…}`` is ``("lag", "p95", "distribution")``;
+    ``max:loopstat.lag.95percentile{…}`` is ``("lag", "max", "timing")``.
+    """
+    (how, name) = re.findall(rf"^(\w+):{PREFIX}\.([\w.]+)\{{", query)[0]
+    base, _, suffix = name.rpartition(".")
+    if name in DISTRIBUTION_OF and (how in PERCENTILES or how in ("max", "avg", "min")):
+        timing_form = suffix in DATADOG_TIMING_SUFFIXES and base in DISTRIBUTED
+        if not timing_form:
+            return DISTRIBUTION_OF[name], how, "distribution"
+    if suffix in DATADOG_TIMING_SUFFIXES and any(m.name == base and m.type == "ms" for m in METRICS):
+        return base, how, "timing"
+    return name, how, ""
+
+
 def test_every_datadog_query_names_a_metric_loopstat_sends(sent: Set[Metric]) -> None:
     data = json.loads((DASHBOARDS / "datadog.json").read_text())
     for query in datadog_queries(data):
-        (name,) = re.findall(rf"^\w+:{PREFIX}\.([\w.]+)\{{", query)
-        base, _, suffix = name.rpartition(".")
-        is_timing_aggregate = suffix in DATADOG_TIMING_SUFFIXES and (base, "ms") in sent
-        assert is_timing_aggregate or (name, "g") in sent or (name, "c") in sent, query
+        name, how, form = datadog_metric(query)
+        if form:
+            assert (name, "ms") in sent, query
+        else:
+            assert how not in PERCENTILES, query
+            assert (name, "g") in sent or (name, "c") in sent, query
+
+
+def test_every_timing_reads_as_a_distribution_across_pods_and_as_the_agent_s_per_host_timing() -> None:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    for widget in data["widgets"]:
+        forms = {datadog_metric(query)[::2] for query in datadog_queries(widget)}
+        for metric, form in forms:
+            if form:
+                assert {(metric, "distribution"), (metric, "timing")} <= forms, (widget["definition"]["title"], metric)
+    lag = {datadog_metric(query)[:2] for query in datadog_queries(data) if "lag.distribution" in query}
+    assert ("lag", "p95") in lag, "lag's p95 over every pod"
 
 
 def test_datadog_dashboard_shows_every_metric_loopstat_sends(sent: Set[Metric]) -> None:
@@ -189,10 +223,14 @@ def datadog_combinations() -> Set[Combination]:
     for query in datadog_queries(data):
         match = re.fullmatch(rf"(\w+):{PREFIX}\.([\w.]+)\{{[^}}]*\}}(?: by \{{([\w,]+)\}})?(\.as_count\(\))?", query)
         assert match, query
-        how, name, by, _ = match.groups()
-        assert (by or "") in BREAKDOWNS, query
-        base, _, suffix = name.rpartition(".")
-        found.add((base if suffix in DATADOG_TIMING_SUFFIXES else name, how, by or ""))
+        by = match.group(3) or ""
+        assert by in BREAKDOWNS, query
+        name, how, form = datadog_metric(query)
+        if how in PERCENTILES:
+            # A percentile over every pod's samples combines services by itself: only where the worst counts.
+            assert (form, ACROSS[name]) == ("distribution", "max"), query
+            continue
+        found.add((name, how, by))
     return found
 
 
@@ -250,3 +288,32 @@ def test_every_grafana_panel_has_the_unit_of_what_it_shows() -> None:
         shown = {statsd_path(path) for target in panel["targets"] for path in graphite_paths(target["target"])}
         units = {GRAFANA_UNITS["ms" if kind == "ms" else UNITS[name]] for name, kind, _ in shown}
         assert units == {panel["fieldConfig"]["defaults"].get("unit")}, panel["title"]
+
+
+# The Datadog unit of a formula by what its queries read, as a canonical unit or a label.
+DATADOG_UNITS = {"ms": ("canonical_unit", "millisecond"), "ratio": ("canonical_unit", "percent")}
+
+
+def test_every_datadog_graph_has_the_unit_of_what_it_shows() -> None:
+    data = json.loads((DASHBOARDS / "datadog.json").read_text())
+    graphs = [widget["definition"] for widget in data["widgets"] if widget["definition"]["type"] != "note"]
+    assert graphs
+    for graph in graphs:
+        for request in graph["requests"]:
+            metrics = {query["name"]: datadog_metric(query["query"])[0] for query in request["queries"]}
+            for formula in request["formulas"]:
+                used = {metrics[name] for name in re.findall(r"\w+", formula["formula"]) if name in metrics}
+                units = {UNITS[name] for name in used}
+                assert len(units) == 1, (graph["title"], formula)
+                unit = formula.get("number_format", {}).get("unit", {})
+                (expected,) = units
+                if expected == "count":
+                    assert unit.get("type") == "custom_unit_label", (graph["title"], formula)
+                    assert unit.get("label"), (graph["title"], formula)
+                else:
+                    assert (unit.get("type"), unit.get("unit_name")) == DATADOG_UNITS[expected], (
+                        graph["title"],
+                        formula,
+                    )
+                # A ratio (0 to 1) is shown in percent: multiplied by 100.
+                assert (expected == "ratio") == formula["formula"].endswith("* 100"), formula

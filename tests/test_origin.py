@@ -204,7 +204,9 @@ def test_without_a_container_id_only_the_external_environment_is_sent(
 
 @pytest.mark.parametrize("value", ["it-false|c:spoofed", "cn-web pu-1", "é", "a\nb", "x" * (MAX_EXTERNAL_ENV + 1)])
 def test_an_external_environment_that_could_break_the_line_is_refused_by_name(value: str) -> None:
-    with pytest.raises(ValueError, match=r"^DD_EXTERNAL_ENV: .* expected up to 256 printable ASCII"):
+    with pytest.raises(
+        ValueError, match=r"^DD_EXTERNAL_ENV: .* expected up to 256 printable ASCII characters but pipes"
+    ):
         _settings({"DD_EXTERNAL_ENV": value})
     with pytest.raises(ValueError, match=r"^external_env: "):
         _settings(external_env=value)
