@@ -321,7 +321,7 @@ class Sink:
         distributed = self._distributed
         for name, kind, value, *extra in lines:
             mtype = _TYPES[kind]
-            if kind == "ms" and name in distributed:
+            if distributed and kind == "ms" and name in distributed:  # the first test: all it costs when off
                 name, mtype = distributed[name], MType.DISTRIBUTION
             if extra:
                 suffix, tags = self._with_line_tags(extra[0])
