@@ -8,10 +8,11 @@ import socket
 from typing import Dict, Tuple, Union
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import loopstat
+from loopstat import _origin
 from loopstat._metrics import METRICS, Kind
 from loopstat.cli.statsd import parse_strict
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
@@ -140,3 +141,47 @@ def test_over_long_tag_sets_never_make_a_line_longer_than_a_datagram(count: int)
     tags = {f"k{i}": "v" * 190 for i in range(count)}
     settings = resolve(prefix="a" * 183, tags=tags, environ={})
     assert all(len(line) <= MAX_DATAGRAM for line in lines_for(settings, 1e7))
+
+
+# What a container ID field may hold: hex digits, "-" and "_" (never "|", "#", "," or a line break).
+CONTAINER_ID = re.compile(r"[0-9a-f_-]{1,64}|in-[0-9]{1,20}")
+hostile_proc = st.lists(
+    st.one_of(
+        hostile_text,
+        st.builds(lambda n, path: f"{n}:cpu:{path}", st.integers(0, 20), hostile_text),
+        st.builds(lambda path: f"1 2 0:3 {path} /etc/hostname rw - ext4 x rw", hostile_text),
+    ),
+    max_size=8,
+).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=hostile_proc, tail=st.sampled_from(["", "/", ".scope", "|c:x\n", "\nmore"]))
+def test_no_cgroup_or_mountinfo_text_yields_an_id_that_could_alter_a_line(text: str, tail: str) -> None:
+    for found in (_origin.from_cgroup(text + tail), _origin.from_mountinfo(text + tail)):
+        assert found is None or CONTAINER_ID.fullmatch(found), found
+
+
+@settings(max_examples=200, deadline=None)
+@given(external=hostile_text | st.text(st.sampled_from("|#,:@ab-"), max_size=20), tags=tag_maps)
+@example(external="it-false|c:spoofed", tags={})
+@example(external="it-false,cn-web,pu-1", tags={"env": "prod"})
+def test_any_external_environment_is_refused_by_name_or_sent_intact_in_its_field(
+    external: str, tags: TagArg, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cgroup = tmp_path_factory.mktemp("proc") / "cgroup"
+    cgroup.write_text("1:cpu:/kubepods/besteffort/pod1/" + "0f" * 32 + "\n")
+    _origin.CGROUP_PATH = str(cgroup)  # the conftest fixture restores it after the test
+    _origin.forget()
+    try:
+        settings = resolve("127.0.0.1", 8125, prefix="app", tags=tags, environ={"DD_EXTERNAL_ENV": external})
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith(("DD_EXTERNAL_ENV: ", "tags: ")), message
+        return
+    lines = lines_for(settings, 12.5)
+    expected = external.strip()  # as every variable: surrounding spaces do not count
+    for data in lines:
+        line = parse_strict(data.decode())
+        assert line is not None, data
+        assert (line.container, line.external, line.tags) == ("0f" * 32, expected, settings.tags)
