@@ -144,8 +144,8 @@ METRICS: Tuple[Metric, ...] = (
 PROBES: Tuple[str, ...] = tuple(dict.fromkeys(metric.probe for metric in METRICS))
 #: Each metric name once, with how dashboards combine it across services.
 ACROSS: Dict[str, str] = {metric.name: metric.across for metric in METRICS}
-#: Each metric name once, with its unit.
-UNITS: Dict[str, str] = {metric.name: metric.unit for metric in METRICS}
+#: Each metric name once, with its unit; a distribution's name too.
+UNITS: Dict[str, str] = {name: m.unit for m in METRICS for name in (m.name, m.distribution) if name}
 #: Timings sent as distributions ``d`` with ``distributions=True``: each name with the name it then takes.
 DISTRIBUTED: Dict[str, str] = {metric.name: metric.distribution for metric in METRICS if metric.distribution}
 #: The longest name after the prefix, with its dot: it bounds the prefix and the line overhead.

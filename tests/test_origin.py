@@ -21,9 +21,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+import loopstat
 from loopstat import _origin
 from loopstat._metrics import DISTRIBUTED, METRICS, Line
 from loopstat._options import MAX_DATAGRAM, MAX_EXTERNAL_ENV, run_arguments
+from loopstat.cli import fmt
 from loopstat.cli.statsd import parse_strict
 from loopstat.settings import Settings, resolve
 from loopstat.sink import Sink
@@ -259,6 +261,25 @@ def test_distributions_with_the_statsd_flavor_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"^distributions: True needs flavor='dogstatsd'"):
         _settings(flavor="statsd", tags=None, distributions=True)
     assert run_arguments({"LOOPSTAT_DISTRIBUTIONS": "1"}) == {"distributions": True}
+
+
+async def test_over_the_agent_s_unix_socket_lines_carry_the_origin_fields_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over a socket the Agent may also read the sender's credentials; the fields cost nothing and work everywhere.
+    _files(tmp_path, monkeypatch, "0::/system.slice/docker-" + ID + ".scope\n")
+    monkeypatch.setenv("DD_EXTERNAL_ENV", "cn-web")
+    path = str(tmp_path / "dsd.socket")
+    with Receiver(path=path) as agent:
+        async with loopstat.install(socket_path=path, interval=0.01, stall_threshold=None, distributions=True):
+            lines = await agent.wait_for(lambda lines: len(lines) >= 8)
+        assert agent.bad == []
+    assert {(line.container, line.external) for line in lines} == {(ID, "cn-web")}
+    assert "d" in {line.type for line in lines if line.name == "loopstat.lag.distribution"}
+
+
+def test_loopstat_watch_shows_distributions_in_milliseconds() -> None:
+    assert fmt.unit("app.lag.distribution", "d") == fmt.unit("app.stall", "d") == "ms"
 
 
 # --- real processes in a real cgroup ---------------------------------------------------------------------------
