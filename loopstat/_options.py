@@ -459,7 +459,8 @@ class Settings:
         True,
         Switch(),
         "origin detection: the container ID (from `/proc/self/cgroup`) and the external environment in "
-        "DogStatsD's `c:` and `e:` fields, after the tags (dogstatsd only)",
+        "DogStatsD's `c:` and `e:` fields, after the tags (dogstatsd only; off for servers other than the "
+        "Datadog Agent, such as Etsy statsd)",
         (ORIGIN_VARIABLE,),
     )
     external_env: Optional[str] = _row(
