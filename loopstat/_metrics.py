@@ -11,8 +11,6 @@ from typing import Dict, Literal, Tuple, Union
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
 Kind = Literal["g", "ms", "c"]
-#: What a line's type becomes on the wire: a timing may go out as a DogStatsD distribution ``d``.
-WireKind = Literal["g", "ms", "c", "d"]
 #: Tags of one line of its own, ``(key, value)`` pairs: ``(("call", "time.sleep"),)``.
 LineTags = Tuple[Tuple[str, str], ...]
 # One line of a sample: (name after the prefix, StatsD type, value), optionally with tags of its own;
@@ -38,12 +36,6 @@ class Metric:
     #: whose percentiles Datadog computes over every pod rather than per host. Datadog keeps one type
     #: per name, so a name a gauge already holds gets a suffix ("lag" is also a gauge).
     distribution: str = ""
-
-    def wire(self, distributions: bool) -> Tuple[str, WireKind]:
-        """The name after the prefix and the type this metric's lines carry, with or without ``distributions``."""
-        if distributions and self.distribution:
-            return self.distribution, "d"
-        return self.name, self.type
 
 
 METRICS: Tuple[Metric, ...] = (
