@@ -134,6 +134,32 @@ def test_a_failing_inode_lookup_means_no_id_and_no_error(tmp_path: Path, monkeyp
     assert _origin.detect() is None
 
 
+def test_detection_tries_the_cgroup_path_then_mountinfo_then_the_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_origin, "NAMESPACE_PATH", str(tmp_path))  # a private cgroup namespace (not the host's inode)
+    _files(tmp_path, monkeypatch, "0::/docker/" + ID + "\n", DOCKER_V2_MOUNTINFO.replace(ID, SANDBOX))
+    assert _origin.detect() == ID, "the cgroup path first"
+    _files(tmp_path, monkeypatch, PRIVATE_V2_CGROUP, DOCKER_V2_MOUNTINFO)
+    assert _origin.detect() == ID, "then the hostname file's folder"
+    folder = tmp_path / "pod.slice"
+    folder.mkdir()
+    _files(tmp_path, monkeypatch, "0::/pod.slice\n", f"30 23 0:26 / {tmp_path} rw - cgroup2 cgroup2 rw\n")
+    assert _origin.detect() == f"in-{folder.stat().st_ino}", "then the inode"
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/ns/cgroup") or os.stat("/proc/self/ns/cgroup").st_ino != 0xEFFFFFFB,
+    reason="needs a process in the host's cgroup namespace",
+)
+def test_in_the_host_s_cgroup_namespace_no_inode_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # There the cgroup path is the host's: a folder that is no container's, which the Agent could not resolve.
+    monkeypatch.setattr(_origin, "NAMESPACE_PATH", "/proc/self/ns/cgroup")
+    (tmp_path / "user.slice").mkdir()
+    _files(tmp_path, monkeypatch, "0::/user.slice\n", f"30 23 0:26 / {tmp_path} rw - cgroup2 cgroup2 rw\n")
+    assert _origin.detect() is None
+
+
 def test_the_id_is_read_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
     assert _origin.container_id() == ID
