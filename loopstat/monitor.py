@@ -13,15 +13,16 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Coroutine, List, Literal, Optional, Set, Tuple, Type, Union, cast
+from typing import Any, Coroutine, Dict, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
 from loopstat import _origin, _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
-from loopstat._metrics import PROBES, Line
+from loopstat._metrics import METRICS, PROBES, Line
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
 from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import blocking as _blocking
+from loopstat.probes import frames as _frames
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
 from loopstat.probes import profile as _profile
@@ -41,9 +42,14 @@ FAULT_LOG_SECONDS = 60.0
 # released; a task that lost its wake-up to Ctrl-C would never end.
 STOP_WAIT_SECONDS = 1.0
 
-# Each probe the metric catalogue names: its module's attach().
-_ATTACH: Tuple[Attach, ...] = tuple(
-    cast(Attach, importlib.import_module(f"loopstat.probes.{name}").attach) for name in PROBES
+# A probe whose read fails this many samples in a row is closed; one or two failures may be passing.
+READ_FAILURES = 3
+# The exception's text in the warning about a lost probe is cut to this many characters.
+REASON_CHARS = 200
+
+# Each probe the metric catalogue names, with its module's attach().
+_ATTACH: Tuple[Tuple[str, Attach], ...] = tuple(
+    (name, cast(Attach, importlib.import_module(f"loopstat.probes.{name}").attach)) for name in PROBES
 )
 
 # Values are weak: a running sampler keeps its monitor alive, and a loop that
@@ -99,7 +105,9 @@ class Monitor:
         self._generation = 0
         # Every sampler task not yet collected, given up on or not: none is the application's.
         self._samplers: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
-        self._probes: List[Probe] = []
+        # The probes running, by name, in the catalogue's order; and how many reads in a row each one failed.
+        self._probes: Dict[str, Probe] = {}
+        self._failing: Dict[str, int] = {}
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -109,6 +117,12 @@ class Monitor:
     def running(self) -> bool:
         """True until ``stop()`` is called, the loop closes or the loop shuts the sampler down."""
         return not self._stopped and not self._loop.is_closed()
+
+    @property
+    def probes(self) -> Tuple[str, ...]:
+        """The probes running, by the names of ``loopstat/probes`` (``("lag", "tasks", …)``): not those turned off,
+        nor one that failed, which logs a warning; empty until the sampler first runs and after ``stop()``."""
+        return tuple(self._probes)
 
     def top(self) -> List[Tuple[str, float]]:
         """Where the loop's busy time went in the last profile window: (``file:line in function``, share of
@@ -146,7 +160,9 @@ class Monitor:
         # sampler with them: that is the application's choice, and the
         # sampler's resources are already released (see _shutdown), so it is
         # no error worth a log line. asyncio has no public way to say so.
-        self._task._log_destroy_pending = False  # type: ignore[attr-defined]
+        # A later Python's task, or a task factory's, may not let it be set: then it logs, as the app's would.
+        with contextlib.suppress(Exception):
+            self._task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     async def _run(self, resumed: bool = False) -> None:
         """The sampler; ``resumed`` when it goes on for one that a signal's exception ended."""
@@ -228,17 +244,33 @@ class Monitor:
             task.exception()
 
     def _attach_probes(self) -> None:
-        for attach in _ATTACH:
-            probe = attach(self._watched)
+        """Attach each probe on; one that fails is left out, with a warning, and the others go on."""
+        for name, attach in _ATTACH:
+            try:
+                probe = attach(self._watched)
+            except Exception as exc:
+                _lost(name, self.settings.prefix, exc)
+                continue
             if probe is not None:
-                self._probes.append(probe)
+                self._probes[name] = probe
 
     def _detach_probes(self) -> None:
-        probes, self._probes = self._probes, []
+        probes, self._probes = self._probes, {}
+        self._failing.clear()
         with contextlib.ExitStack() as later:
             later.callback(self._watched.close)  # last: the probes may still use what it shares
-            for probe in reversed(probes):
-                later.callback(probe.close)
+            for name, probe in reversed(probes.items()):
+                later.callback(_close, name, probe)
+
+    def _read_failed(self, name: str, exc: Exception) -> None:
+        """A probe's read raised: after READ_FAILURES in a row it is closed, with a warning."""
+        failures = self._failing[name] = self._failing.get(name, 0) + 1
+        if failures < READ_FAILURES:
+            log.debug("loopstat: the %s probe failed to read (%d in a row)", name, failures, exc_info=exc)
+            return
+        del self._failing[name]
+        _close(name, self._probes.pop(name))
+        _lost(name, self.settings.prefix, exc, failures)
 
     def _guard_close(self) -> None:
         """Make ``loop.close()`` release the monitor first, so nothing is left open.
@@ -289,8 +321,19 @@ class Monitor:
     def _sample(self) -> None:
         self._watched.sample()
         lines: List[Line] = []
-        for probe in self._probes:
-            probe.read(lines)
+        failed: List[Tuple[str, Exception]] = []
+        for name, probe in self._probes.items():
+            start = len(lines)
+            try:
+                probe.read(lines)
+            except Exception as exc:
+                del lines[start:]  # what a failed read added may be half of its lines
+                failed.append((name, exc))
+            else:
+                if self._failing:
+                    self._failing.pop(name, None)
+        for name, error in failed:
+            self._read_failed(name, error)
         self._sink.send(lines)
 
     def _fault(self) -> None:
@@ -332,6 +375,42 @@ class Monitor:
         await self.stop()
 
 
+def _stopped_metrics(probe: str, prefix: str) -> str:
+    """The metrics a probe sends, from the catalogue, named as they go on the wire, with their verb."""
+    names = list(dict.fromkeys(f"{prefix}.{m.name}" if prefix else m.name for m in METRICS if m.probe == probe))
+    return f"{names[0]} is" if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} are"
+
+
+def _lost(probe: str, prefix: str, exc: Exception, failures: int = 0) -> None:
+    """The one warning about a probe left out at start, or closed after ``failures`` failed reads."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if len(reason) > REASON_CHARS:
+        reason = reason[: REASON_CHARS - 3] + "..."
+    metrics = _stopped_metrics(probe, prefix)
+    if failures:
+        log.warning(
+            "loopstat: the %s probe failed %d samples in a row (%s) and is closed: %s no longer sent; "
+            "the other metrics go on",
+            probe,
+            failures,
+            reason,
+            metrics,
+        )
+    else:
+        log.warning(
+            "loopstat: the %s probe could not start (%s): %s not sent; the other metrics are", probe, reason, metrics
+        )
+    log.debug("loopstat: how the %s probe failed", probe, exc_info=exc)
+
+
+def _close(name: str, probe: Probe) -> None:
+    # A probe's close() must not raise; if one does, the rest of the shutdown still runs.
+    try:
+        probe.close()
+    except Exception:
+        log.debug("loopstat: the %s probe failed to close", name, exc_info=True)
+
+
 def _forget(monitor: Monitor) -> None:
     with _monitors_lock:
         ref = _monitors.get(monitor._loop)
@@ -343,6 +422,7 @@ def _after_fork_in_child() -> None:
     # The child gets copies of the parent's monitors; they must neither send
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
+    _frames.after_fork_in_child()
     _gc.after_fork_in_child()
     _blocking.after_fork_in_child()
     _profile.after_fork_in_child()
@@ -418,6 +498,11 @@ def install(
     # Every argument but the loop is a row of the option table, checked there by name.
     arguments = {name: value for name, value in locals().items() if name != "loop"}
     settings = _settings.resolve(**arguments, environ=os.environ)
+    if settings.profile and _frames.free_threaded():
+        raise ValueError(
+            "profile: not available on a free-threaded Python running without the GIL, where reading the loop "
+            "thread's stack from another thread may crash the process; expected False"
+        )
     target = _target_loop(loop)
     with _monitors_lock:
         ref = _monitors.get(target)

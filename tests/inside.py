@@ -17,7 +17,7 @@ def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
 
 def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
     """The watch the stall watchdog keeps on the monitor's loop, or None when stalls are off."""
-    return next((probe.watch for probe in monitor._probes if isinstance(probe, Stalls)), None)
+    return next((probe.watch for probe in monitor._probes.values() if isinstance(probe, Stalls)), None)
 
 
 def watchdog_looks() -> int:

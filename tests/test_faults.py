@@ -9,7 +9,7 @@ import time
 import pytest
 
 import loopstat
-from loopstat.probes import tasks as tasks_probe
+from loopstat.probes import Watched
 from tests.receiver import Receiver
 
 
@@ -87,17 +87,18 @@ async def test_agent_restart_resumes_sending_with_one_warning_per_outage(
 async def test_a_failing_sample_is_logged_and_sampling_goes_on(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_alive = tasks_probe.alive
+    # A fault of the sample as a whole; one probe's fault is tests/test_never_the_cause.py's.
+    real_sample = Watched.sample
     failures = 0
 
-    def alive_failing_thrice(*args: object, **kwargs: object) -> int:
+    def sample_failing_thrice(watched: Watched) -> None:
         nonlocal failures
         if failures < 3:
             failures += 1
-            raise OSError("probe broke")
-        return real_alive(*args, **kwargs)  # type: ignore[arg-type]
+            raise OSError("sample broke")
+        real_sample(watched)
 
-    monkeypatch.setattr(tasks_probe, "alive", alive_failing_thrice)
+    monkeypatch.setattr(Watched, "sample", sample_failing_thrice)
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
         await receiver.wait_for(lambda lines: len(lines) >= 3)
         assert monitor.running
@@ -105,4 +106,4 @@ async def test_a_failing_sample_is_logged_and_sampling_goes_on(
     # One report with the traceback; the repeats within a minute are only counted.
     assert len(records) == 1
     assert records[0].exc_info is not None
-    assert "probe broke" in loopstat_log.text
+    assert "sample broke" in loopstat_log.text

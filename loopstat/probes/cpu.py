@@ -21,6 +21,7 @@ class Cpu:
         self._watched = watched
 
     def read(self, lines: List[Line]) -> None:
+        self._watched.thread.check()  # a CPU clock that stopped working closes the probe
         share = self._watched.monitor.cpu = self._watched.cpu_share
         if share is not None:
             lines.append(("cpu", "g", round(share, 4)))
@@ -30,4 +31,5 @@ class Cpu:
 
 
 def attach(watched: Watched) -> Cpu:
+    watched.thread.check()  # no CPU clock for the thread on this platform: the probe is left out
     return Cpu(watched)

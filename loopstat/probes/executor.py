@@ -25,6 +25,8 @@ def load(loop: asyncio.AbstractEventLoop) -> Optional[Tuple[int, int]]:
     executor = default_executor(loop)
     if executor is None:
         return None
+    # ThreadPoolExecutor's private fields: a pool without them (its own subclass, a later Python)
+    # fails the read with AttributeError, and the monitor closes this probe alone.
     return executor._work_queue.qsize(), len(executor._threads)
 
 

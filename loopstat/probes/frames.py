@@ -1,16 +1,23 @@
 """Frames: a loop thread's stack, read and told apart (Python's own code, loopstat's, a package's, yours).
 
 Shared by the stall watchdog, the blocking-call probe and the profile: each
-names the innermost frame of the application's code, the same way.
+names the innermost frame of the application's code, the same way. The
+watchdog and the profile read the loop thread's stack from threads of their
+own, through ``sys._current_frames()``, a private function, called here only:
+never on a free-threaded Python without the GIL (where that read may crash
+the process), and never again in a process where it once failed.
 """
 
 from __future__ import annotations
 
 import functools
 import linecache
+import logging
 import os
 import stat
+import sys
 import sysconfig
+import threading
 from types import FrameType
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -28,10 +35,80 @@ LINE_CHARS = 240
 # Source lines are read only from regular files up to this size.
 SOURCE_BYTES = 4 * 1024 * 1024
 
+log = logging.getLogger(__name__)
+
 # filename, line number, function
 Frame = Tuple[str, int, str]
 # (filename, function) of the frames around a callback, outermost first.
 Outer = Tuple[Tuple[str, str], ...]
+
+
+def free_threaded() -> bool:
+    """True on a free-threaded Python build (3.13t and later) running without the GIL."""
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if gil_enabled is not None:
+        return not gil_enabled()
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+class StacksUnreadable(RuntimeError):
+    """Other threads' stacks cannot be read in this process; the message says why."""
+
+
+FREE_THREADED = "free-threaded Python without the GIL, where reading another thread's stack may crash the process"
+# Why sys._current_frames() failed in this process (None while it has not): it is not called again.
+_failed: Optional[str] = None
+# Set once the stall watch has said that stalls go unlocated: said once per process.
+_said = False
+_lock = threading.Lock()
+
+
+def current_frames() -> Dict[int, FrameType]:
+    """Every thread's innermost frame, by thread id; StacksUnreadable where they cannot be read."""
+    global _failed
+    if free_threaded():
+        raise StacksUnreadable(FREE_THREADED)
+    if _failed is not None:
+        raise StacksUnreadable(_failed)
+    try:
+        return sys._current_frames()
+    except Exception as exc:  # a later Python or another implementation may lack it, or refuse
+        _failed = f"sys._current_frames() failed: {type(exc).__name__}: {exc}"
+        raise StacksUnreadable(_failed) from exc
+
+
+def stall_stacks_readable() -> bool:
+    """For the stall watch as it starts: False on a free-threaded build, said once per process at INFO."""
+    if free_threaded():
+        _unlocated(FREE_THREADED, logging.INFO)
+        return False
+    return True
+
+
+def thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
+    """For the stall watchdog: the stack of another thread, as ``walk`` gives it; ([], True) where it
+    cannot be read, which is said once per process."""
+    try:
+        frames = current_frames()
+    except StacksUnreadable as exc:
+        _unlocated(str(exc), logging.WARNING)
+        return [], True
+    return walk(frames.get(thread_id))
+
+
+def _unlocated(why: str, level: int) -> None:
+    global _said
+    with _lock:
+        if _said:
+            return
+        _said = True
+    log.log(level, "loopstat: stalls are counted and timed without their location (%s)", why)
+
+
+def after_fork_in_child() -> None:
+    """Called in the child (loopstat/monitor.py holds the one fork hook)."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork
 
 
 def walk(frame: Optional[FrameType]) -> Tuple[List[Frame], bool]:

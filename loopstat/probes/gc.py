@@ -58,13 +58,14 @@ def _on_gc(phase: str, info: Dict[str, Any]) -> None:
 
 
 def watch() -> Pauses:
-    """Start counting pauses for one monitor."""
+    """Start counting pauses for one monitor; raises (AttributeError) where ``gc.callbacks`` is absent."""
     global _readers
     pauses = Pauses()
     with _lock:
+        callbacks = gc.callbacks  # first: without it, nothing is changed
+        if _on_gc not in callbacks:
+            callbacks.append(_on_gc)
         _readers = (*_readers, pauses)
-        if _on_gc not in gc.callbacks:
-            gc.callbacks.append(_on_gc)
     return pauses
 
 
@@ -73,8 +74,9 @@ def unwatch(pauses: Pauses) -> None:
     global _readers
     with _lock:
         _readers = tuple(r for r in _readers if r is not pauses)
-        if not _readers and _on_gc in gc.callbacks:
-            gc.callbacks.remove(_on_gc)
+        callbacks = getattr(gc, "callbacks", None)
+        if not _readers and callbacks is not None and _on_gc in callbacks:
+            callbacks.remove(_on_gc)
 
 
 def attach(watched: Watched) -> Optional[Pauses]:

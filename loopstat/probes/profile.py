@@ -23,7 +23,8 @@ from weakref import WeakSet
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
-from loopstat.probes.frames import Outer, locate, outer_of, walk
+from loopstat.probes import frames as _frames
+from loopstat.probes.frames import Outer, StacksUnreadable, locate, outer_of, walk
 from loopstat.probes.selector_clock import SelectorClock
 
 # About 50 looks a second: 500 in a 10 s window, a site's share to within a few points.
@@ -55,6 +56,8 @@ class Profile:
         self._samples = 0
         self._sent: Dict[str, None] = {}
         self._lock = threading.Lock()
+        #: Set by the sampler thread when the stacks could no longer be read: the next read raises it.
+        self.failed: Optional[StacksUnreadable] = None
         watched.loop.call_soon(self._learn)
         _sampler.watch(self)
 
@@ -102,6 +105,8 @@ class Profile:
         return top
 
     def read(self, lines: List[Line]) -> None:
+        if self.failed is not None:
+            raise self.failed
         self._samples += 1
         if self._samples < WINDOW_SAMPLES:
             return
@@ -141,7 +146,12 @@ class _Sampler:
                 if not profiles:
                     self._thread = None
                     return
-            frames = sys._current_frames()
+            try:
+                frames = _frames.current_frames()
+            except StacksUnreadable as exc:
+                for profile in profiles:
+                    profile.failed = exc  # the monitor closes them, and then this thread ends
+                frames = {}
             for profile in profiles:
                 # A loop torn down under us: it will unwatch itself.
                 with contextlib.suppress(Exception):
@@ -161,4 +171,7 @@ def after_fork_in_child() -> None:
 
 
 def attach(watched: Watched) -> Optional[Profile]:
-    return Profile(watched) if watched.settings.profile else None
+    if not watched.settings.profile:
+        return None
+    _frames.current_frames()  # StacksUnreadable here leaves the profile out
+    return Profile(watched)

@@ -34,6 +34,7 @@ from weakref import WeakSet
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
+from loopstat.probes import frames as _frames
 from loopstat.probes.frames import (
     LOOPSTAT_CODE,
     PYTHON,
@@ -44,7 +45,6 @@ from loopstat.probes.frames import (
     format_stack,
     kind,
     outer_of,
-    walk,
     where,
 )
 from loopstat.probes.gc import _on_gc
@@ -554,7 +554,7 @@ def after_fork_in_child() -> None:
 def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
     # The frames are dropped before anything slow: held, they would keep the
     # loop's locals alive and make a deep stack slower to unwind.
-    return walk(sys._current_frames().get(thread_id))
+    return _frames.thread_stack(thread_id)
 
 
 def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Outer) -> Capture:
@@ -614,7 +614,10 @@ class Stalls:
 
 def attach(watched: Watched) -> Optional[Stalls]:
     threshold = watched.settings.stall_threshold
-    return None if threshold is None else Stalls(watched, threshold)
+    if threshold is None:
+        return None
+    _frames.stall_stacks_readable()  # on a free-threaded build, says once that stalls go unlocated
+    return Stalls(watched, threshold)
 
 
 class StallLog:

@@ -40,11 +40,13 @@ class BusyTime:
     """Busy share where no selector can be timed: CPU time plus time in watched blocking calls, over wall time."""
 
     def __init__(self, watched: Watched) -> None:
+        watched.thread.check()  # it needs the thread's CPU clock
         self._watched = watched
 
     def __call__(self) -> Optional[float]:
         """None for the first window after the loop moved to another thread."""
         watched = self._watched
+        watched.thread.check()
         busy, wall = watched.busy_since(), watched.thread.wall
         if busy is None or wall <= 0:
             return None
