@@ -175,7 +175,12 @@ class StallProbe:
         self._closed = False
         if clock is not None:
             clock.on_wake = self._woke
-        _watchdog.watch(self)
+        try:
+            _watchdog.watch(self)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close()  # nothing of a watch that could not start may stay on the loop
+            raise
 
     def _arm(self, now: float) -> None:
         """Schedule the next beat, ``period`` after ``now``."""
