@@ -244,7 +244,7 @@ class Monitor:
             task.exception()
 
     def _attach_probes(self) -> None:
-        """Attach each probe on; one that fails is left out, with a warning, and the others go on."""
+        """Attach each probe; one that fails is left out, with a warning, and the others go on."""
         for name, attach in _ATTACH:
             try:
                 probe = attach(self._watched)
