@@ -249,7 +249,7 @@ class Monitor:
             try:
                 probe = attach(self._watched)
             except Exception as exc:
-                _lost(name, self.settings.prefix, exc)
+                _lost(name, self.settings, exc)
                 continue
             if probe is not None:
                 self._probes[name] = probe
@@ -270,7 +270,7 @@ class Monitor:
             return
         del self._failing[name]
         _close(name, self._probes.pop(name))
-        _lost(name, self.settings.prefix, exc, failures)
+        _lost(name, self.settings, exc, failures)
 
     def _guard_close(self) -> None:
         """Make ``loop.close()`` release the monitor first, so nothing is left open.
@@ -375,18 +375,20 @@ class Monitor:
         await self.stop()
 
 
-def _stopped_metrics(probe: str, prefix: str) -> str:
+def _stopped_metrics(probe: str, settings: _settings.Settings) -> str:
     """The metrics a probe sends, from the catalogue, named as they go on the wire, with their verb."""
-    names = list(dict.fromkeys(f"{prefix}.{m.name}" if prefix else m.name for m in METRICS if m.probe == probe))
+    on = settings.distributions
+    wire = (m.distribution if on and m.distribution else m.name for m in METRICS if m.probe == probe)
+    names = list(dict.fromkeys(f"{settings.prefix}.{name}" if settings.prefix else name for name in wire))
     return f"{names[0]} is" if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} are"
 
 
-def _lost(probe: str, prefix: str, exc: Exception, failures: int = 0) -> None:
+def _lost(probe: str, settings: _settings.Settings, exc: Exception, failures: int = 0) -> None:
     """The one warning about a probe left out at start, or closed after ``failures`` failed reads."""
     reason = f"{type(exc).__name__}: {exc}"
     if len(reason) > REASON_CHARS:
         reason = reason[: REASON_CHARS - 3] + "..."
-    metrics = _stopped_metrics(probe, prefix)
+    metrics = _stopped_metrics(probe, settings)
     if failures:
         log.warning(
             "loopstat: the %s probe failed %d samples in a row (%s) and is closed: %s no longer sent; "

@@ -33,6 +33,7 @@ import pytest
 
 import loopstat
 from loopstat import monitor as monitor_module
+from loopstat._options import resolve
 from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames
 from loopstat.probes import gc as gc_probe
@@ -617,3 +618,13 @@ async def test_a_stall_watch_that_cannot_start_leaves_nothing_on_the_loop(
         assert watch.beat == beat
     (warning,) = probe_warnings(loopstat_log, "stalls")
     assert "could not start (RuntimeError: cannot release un-acquired lock)" in warning
+
+
+def test_the_warning_names_the_metrics_from_the_catalogue_as_they_go_on_the_wire() -> None:
+    def named(probe: str, **options: Any) -> str:
+        return monitor_module._stopped_metrics(probe, resolve(environ={}, **options))
+
+    assert named("cpu") == "loopstat.cpu is"
+    assert named("lag", prefix="") == "lag is"
+    assert named("lag", prefix="app", distributions=True) == "app.lag and app.lag.distribution are"
+    assert named("executor") == "loopstat.executor.queue and loopstat.executor.threads are"
