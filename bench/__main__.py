@@ -1,9 +1,10 @@
-"""``python -m bench [overhead|fidelity|all|instructions|idle] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
+"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
 
 Runs the variants side by side and prints markdown tables on stdout; progress
 goes to stderr. Installs nothing: the peers come from the ``bench`` extra
 (monitored-ioloop, for ``instructions`` only, from ``pip install monitored-ioloop``).
-``instructions`` counts instructions under valgrind (deterministic); ``idle``
+``instructions`` counts instructions under valgrind (deterministic), and so does
+``launcher`` (what ``loopstat-run`` adds to start-up and to ``asyncio.run()``); ``idle``
 measures CPU and wake-ups of idle loops over a long window; the others time
 wall-clock runs, whose ratios come with 95 % confidence intervals.
 """
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from bench import fidelity, idle, instructions, loops, precise, report, variants, web, workloads
+from bench import fidelity, idle, instructions, launcher, loops, precise, report, variants, web, workloads
 from bench.precise import emit, progress
 from bench.udp import Receiver
 
@@ -52,7 +53,7 @@ QUICK = Plan(1, 0.1, 0.02, 1, 0.2, 0.05, 1, 0.2, 0.3, 2, 1, 0.3, (0.08, 0.12), F
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument(
-        "what", nargs="?", default="all", choices=("overhead", "fidelity", "all", "instructions", "idle")
+        "what", nargs="?", default="all", choices=("overhead", "fidelity", "all", "instructions", "idle", "launcher")
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--loop", default="asyncio,uvloop", help="comma-separated loops (asyncio, uvloop)")
@@ -71,8 +72,8 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--loop: name at least one loop")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: at least 1")
-    if args.what == "instructions" and instructions.valgrind() is None:
-        parser.error("instructions: valgrind is not installed (apt-get install valgrind)")
+    if args.what in ("instructions", "launcher") and instructions.valgrind() is None:
+        parser.error(f"{args.what}: valgrind is not installed (apt-get install valgrind)")
     return args
 
 
@@ -84,6 +85,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     variants.quiet_loopstat()
     if args.what == "instructions":
         return precise.main(args.quick, args.loops)
+    if args.what == "launcher":
+        receiver = Receiver()
+        try:
+            emit(launcher.main(receiver.port))
+        finally:
+            receiver.close()
+        return 0
     if args.what == "idle":
         return precise.idle_main(args.quick, args.loops, args.repeats or 1)
     started = time.perf_counter()

@@ -152,7 +152,6 @@ def test_an_existing_sitecustomize_still_runs(tmp_path: Path, receiver: Receiver
         ("LOOPSTAT_STALL_THRESHOLD", "-1"),
         ("LOOPSTAT_TAGS", "team:"),
         ("LOOPSTAT_PREFIX", "9lives"),
-        ("STATSD_PORT", "eighty"),
     ],
 )
 def test_a_bad_variable_is_named_in_one_line_and_the_command_does_not_run(

@@ -1,20 +1,20 @@
-"""Bootstrap of ``loopstat-run``: settings from ``LOOPSTAT_*`` variables, and the hook that
-installs loopstat on every event loop a program runs.
+"""Bootstrap of ``loopstat-run``: settings from ``LOOPSTAT_*`` variables, and what installs
+loopstat on every event loop a program runs.
 
 ``loopstat-run`` puts ``pythonpath/`` (beside this file) first on the child's
-``PYTHONPATH``; its ``sitecustomize.py`` calls ``activate()`` as Python starts.
+``PYTHONPATH``; its ``sitecustomize.py`` imports nothing as Python starts and
+calls ``on_run()`` (importing this module) when the first event loop runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.events
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from loopstat import _options
 
@@ -39,59 +39,56 @@ def options(environ: Mapping[str, str]) -> Dict[str, Any]:
 
 
 def check(environ: Mapping[str, str]) -> Dict[str, Any]:
-    """Validate every variable loopstat reads, as install() will; return the install() arguments."""
+    """Validate loopstat-run's own ``LOOPSTAT_*`` variables as install() will; return the install() arguments.
+
+    Shared variables (``DD_*``, ``STATSD_*``) are left out: other clients read
+    them too, so a value loopstat cannot use only makes install() warn and
+    fall back, it never stops the program.
+    """
     kwargs = options(environ)
-    _options.resolve(**kwargs, environ=environ)
+    own = {name: value for name, value in environ.items() if name.startswith("LOOPSTAT_")}
+    _options.resolve(**kwargs, environ=own)
     return kwargs
 
 
 _lock = threading.Lock()
 _seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-_active = False
+# install() arguments from the environment, read at the first loop; None: loopstat is off.
+_arguments: Optional[Dict[str, Any]] = None
+_read = False
 
 
-def activate(environ: Mapping[str, str] = os.environ) -> bool:
-    """Install loopstat on every event loop that starts running from now on; False if the settings are bad.
-
-    Every asyncio loop, stdlib or uvloop, however it was made (asyncio.run,
-    a policy, a ``loop_factory``, ``uvloop.run``), announces itself through
-    ``asyncio._set_running_loop`` when it starts running, so that is the one
-    place hooked; loop classes and policies are left alone. A loop is
-    instrumented on its first run only: ``asyncio.run()`` runs its loop again
-    to shut down, after it cancelled the monitor.
-    """
-    global _active
-    try:
-        # loopstat-run's own defaults (the worker tag on), then what the variables say.
-        kwargs = {**_options.run_defaults(), **check(environ)}
-    except ValueError as exc:
-        log.warning("loopstat-run: loopstat is off: %s", exc)
-        return False
-    if _active:
-        return True
-    original: Callable[[Optional[asyncio.AbstractEventLoop]], None] = asyncio.events._set_running_loop
-
-    def _set_running_loop(loop: Optional[asyncio.AbstractEventLoop]) -> None:
-        original(loop)
-        if loop is not None:
-            _on_run(loop, kwargs)
-
-    asyncio.events._set_running_loop = _set_running_loop
-    # uvloop reads asyncio._set_running_loop once, when it is imported (after this runs).
-    asyncio._set_running_loop = _set_running_loop
-    _active = True
-    return True
-
-
-def _on_run(loop: asyncio.AbstractEventLoop, kwargs: Dict[str, Any]) -> None:
+def arguments(environ: Mapping[str, str] = os.environ) -> Optional[Dict[str, Any]]:
+    """loopstat-run's install() arguments, read once; None, with one warning, if a variable is bad."""
+    global _arguments, _read
     with _lock:
-        try:
-            if loop in _seen:
-                return
-            _seen.add(loop)
-        except TypeError:  # a loop class without weak references: instrument each run
-            pass
+        if not _read:
+            _read = True
+            try:
+                # loopstat-run's own defaults (the worker tag on), then what the variables say.
+                _arguments = {**_options.run_defaults(), **check(environ)}
+            except ValueError as exc:
+                log.warning("loopstat-run: loopstat is off: %s", exc)
+        return _arguments
+
+
+def on_run(loop: asyncio.AbstractEventLoop) -> None:
+    """Install loopstat on ``loop``, which starts running (called by the sitecustomize's hook); never raises.
+
+    A loop is instrumented on its first run only: ``asyncio.run()`` runs its
+    loop again to shut down, after it cancelled the monitor.
+    """
     try:
+        kwargs = arguments()
+        if kwargs is None:
+            return
+        with _lock:
+            try:
+                if loop in _seen:
+                    return
+                _seen.add(loop)
+            except TypeError:  # a loop class without weak references: instrument each run
+                pass
         import loopstat
 
         loopstat.install(loop=loop, **kwargs)
