@@ -1,4 +1,4 @@
-"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop asyncio,uvloop] [--repeats N]``.
+"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop …] [--repeats N]``.
 
 Runs the variants side by side and prints markdown tables on stdout; progress
 goes to stderr. Installs nothing: the peers come from the ``bench`` extra

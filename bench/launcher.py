@@ -77,11 +77,11 @@ def measure(port: int, small: int = 20, big: int = 120) -> Figures:
 def table(figures: Figures) -> str:
     """The figures as a markdown table."""
     return (
-        "| | plain | under `loopstat-run` | ratio |\n|---|---|---|---|\n"
+        "| | plain | under `loopstat-run` | ratio, times |\n|---|---|---|---|\n"
         f"| `python -c pass`, instructions | {figures.start_plain:,} | {figures.start_run:,} | "
-        f"{figures.start_ratio:.3f}× |\n"
+        f"{figures.start_ratio:.3f} |\n"
         f"| `asyncio.run()` of an empty coroutine, instructions per call | {figures.call_plain:,.0f} | "
-        f"{figures.call_run:,.0f} | {figures.call_run / figures.call_plain:.2f}× |\n"
+        f"{figures.call_run:,.0f} | {figures.call_run / figures.call_plain:.2f} |\n"
     )
 
 

@@ -217,3 +217,118 @@ def test_aiohttp_run_app_is_monitored_without_code_changes(
     check_serves_and_sends(port, b"ok", receiver, "loopstat.lag")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+# What start-up must not import: loopstat waits for the program's first running loop.
+HEAVY = ("asyncio", "ssl", "subprocess", "loopstat", "logging", "threading")
+
+MODULES_THEN_A_BLOCK = """
+    import sys
+    print(sorted(m for m in sys.modules if m.split(".")[0] in %r))
+    import asyncio, time
+
+    async def main():
+        await asyncio.sleep(0.2)
+        time.sleep(0.25)   # blocks the loop: loopstat has to see it
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+"""
+
+
+def test_start_up_imports_nothing_heavy_and_the_first_loop_is_monitored(tmp_path: Path, receiver: Receiver) -> None:
+    app = program(tmp_path, MODULES_THEN_A_BLOCK % (HEAVY,))
+    env = environment(receiver)
+    done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    receiver.settle(lambda lines: any(x.name == "loopstat.stall" and x.value >= 200 for x in lines))
+
+
+def test_a_process_that_never_runs_a_loop_never_imports_loopstat(tmp_path: Path) -> None:
+    source = "import asyncio, sys\nprint(sorted(m for m in sys.modules if m.startswith('loopstat')))\n"
+    done = subprocess.run(
+        [LOOPSTAT_RUN, sys.executable, "-c", source], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert (done.stdout, done.stderr) == ("[]\n", "")
+
+
+# A hidden sitecustomize runs before loopstat's hook and plays a later Python's asyncio.
+LATER_PYTHONS = {
+    "set_running_loop_missing": """
+        import asyncio.base_events, asyncio.events, types
+        # The loop sets itself running through a function asyncio.events no longer has under this name.
+        asyncio.base_events.events = types.SimpleNamespace(**vars(asyncio.events))
+        del asyncio.events._set_running_loop, asyncio._set_running_loop
+    """,
+    "loop_calls_another_function": """
+        import asyncio.base_events, asyncio.events, types
+        # The loop class calls its own copy: asyncio.events._set_running_loop (hooked next) is never called.
+        asyncio.base_events.events = types.SimpleNamespace(**vars(asyncio.events))
+    """,
+}
+APP_WITH_OUTPUT = """
+    import asyncio, sys, time
+
+    async def main():
+        await asyncio.sleep(0.1)
+        time.sleep(0.25)
+        await asyncio.sleep(0.1)
+        return "finished"
+
+    print(asyncio.run(main()))
+    sys.exit(4)
+"""
+
+
+@pytest.mark.parametrize("later", sorted(LATER_PYTHONS))
+def test_an_asyncio_whose_loops_do_not_call_the_hook_runs_the_program_unmonitored_with_one_warning(
+    tmp_path: Path, receiver: Receiver, later: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(LATER_PYTHONS[later]))
+    app = program(tmp_path, APP_WITH_OUTPUT)
+    env = environment(receiver, PYTHONPATH=str(site))
+    plain = subprocess.run([sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (4, "finished\n", "")
+    done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (plain.returncode, plain.stdout)
+    assert done.stderr.startswith("loopstat-run: ")
+    assert done.stderr.endswith("; the program runs unmonitored\n")
+    assert done.stderr.count("\n") == 1
+    assert receiver.quiet(0.3) == 0
+
+
+GEVENT_APP = """
+    from gevent import monkey; monkey.patch_all()
+    import asyncio, gc, time
+
+    async def main():
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.01)
+        await asyncio.sleep(0.3)
+        gc.collect()
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:  # a 300 ms block no greenlet can interrupt
+            pass
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    print("done")
+"""
+
+
+def test_gevent_patching_first_sees_a_clean_process_every_probe_runs_and_the_block_counts_a_stall(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    pytest.importorskip("gevent", reason="gevent is not installed for this Python")
+    app = program(tmp_path, GEVENT_APP)
+    env = environment(receiver, LOOPSTAT_GC="1", LOOPSTAT_PROFILE="1", LOOPSTAT_BLOCKING_CALLS="1")
+    done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "failed" not in done.stderr, done.stderr
+    wanted = {"loopstat.stalls", "loopstat.executor.threads", "loopstat.gc.collections", "loopstat.utilization"}
+    lines = receiver.settle(lambda lines: wanted <= {x.name for x in lines})
+    assert [x.value for x in lines if x.name == "loopstat.stalls"] == [1.0]
+    assert all(x.value >= 250 for x in lines if x.name == "loopstat.stall")

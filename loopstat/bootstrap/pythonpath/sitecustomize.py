@@ -61,7 +61,7 @@ class _Loader:
 
     def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
         create = getattr(self.loader, "create_module", None)
-        return None if create is None else create(spec)  # type: ignore[no-any-return]
+        return None if create is None else create(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         try:
@@ -70,7 +70,7 @@ class _Loader:
             module.__loader__ = self.loader
             if module.__spec__ is not None:
                 module.__spec__.loader = self.loader
-        _hook()
+        _safely_hook()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
@@ -105,9 +105,18 @@ def _forget_finder() -> None:
 def _arm() -> None:
     """Wait for asyncio, or hook it now if a hidden sitecustomize imported it already."""
     if "asyncio" in sys.modules:
-        _hook()
+        _safely_hook()
     else:
         sys.meta_path.insert(0, _AsyncioFinder)
+
+
+def _safely_hook() -> None:
+    """``_hook()``, which must never fail asyncio's import."""
+    try:
+        _hook()
+    except Exception as exc:
+        _unhook(get_only=False)
+        _warn(f"asyncio cannot be hooked ({type(exc).__name__}: {exc})")
 
 
 def _hook() -> None:
@@ -129,10 +138,13 @@ def _hook() -> None:
         if loop is not None and _state != "off":
             _on_run(loop)
 
-    for name, stand_in in (("_set_running_loop", _set_running_loop),) + tuple(
-        (name, _checked(getattr(events, name))) for name in ("get_running_loop", "_get_running_loop")
-    ):
-        real = getattr(events, name)
+    stand_ins: List[Tuple[str, Callable[..., Any]]] = [("_set_running_loop", _set_running_loop)]
+    for name in ("get_running_loop", "_get_running_loop"):
+        get = getattr(events, name, None)
+        if callable(get):
+            stand_ins.append((name, _checked(get)))
+    for name, stand_in in stand_ins:
+        real: Callable[..., Any] = getattr(events, name)
         # asyncio re-exports these; uvloop reads asyncio._set_running_loop when it is imported.
         for module in (events, asyncio):
             if getattr(module, name, None) is real:
