@@ -11,6 +11,7 @@ here plus the code that uses it (and its ``install()`` parameter).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import socket
 import threading
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
+from typing import Any, Callable, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, get_args
 
 from loopstat import _worker
 from loopstat import tags as _tags
@@ -26,6 +27,7 @@ from loopstat._metrics import LINE_TAG_ROOM, LONGEST_SUFFIX
 from loopstat.tags import show
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # DogStatsD's guidance for UDP: larger datagrams may be fragmented or dropped.
 MAX_DATAGRAM = 1432
@@ -308,16 +310,36 @@ class TagList(Kind[_tags.Tags]):
         return _tags.split_env(text, source)
 
 
+#: Unix socket schemes, as Datadog's clients read them: the socket type each asks for.
+UNIX_SCHEMES = {"unix": "auto", "unixgram": "datagram", "unixstream": "stream"}
+SocketKind = Literal["auto", "datagram", "stream"]
+
+
+def socket_kind(socket_path: str) -> Tuple[SocketKind, str]:
+    """The socket type and file of a checked ``socket_path``: a bare path or ``unix://`` is ``auto``.
+
+    ``auto`` (as datadogpy and datadog-go do): a datagram socket, or a stream
+    one if the file is a stream socket.
+    """
+    scheme, sep, rest = socket_path.partition("://")
+    if sep and scheme in UNIX_SCHEMES:
+        return UNIX_SCHEMES[scheme], rest  # type: ignore[return-value]
+    return "auto", socket_path
+
+
 class SocketPath(Kind[Optional[str]]):
-    """The path of the Agent's Unix datagram socket; None: send over UDP to host and port."""
+    """The Agent's Unix socket: an absolute path, or ``unix://``, ``unixgram://``, ``unixstream://`` and the path."""
 
     type_doc = "str or None"
 
     def accepted(self) -> str:
-        return f"None, or the absolute path of a Unix socket (at most {MAX_SOCKET_PATH} bytes)"
+        return f"None, or {self.accepted_text()}"
 
     def accepted_text(self) -> str:
-        return f"the absolute path of a Unix socket (at most {MAX_SOCKET_PATH} bytes)"
+        return (
+            f"the absolute path of a Unix socket (at most {MAX_SOCKET_PATH} bytes), "
+            "or unix://, unixgram:// or unixstream:// and that path"
+        )
 
     def check(self, value: object, source: str) -> Optional[str]:
         if value is None:
@@ -328,6 +350,21 @@ class SocketPath(Kind[Optional[str]]):
         return self._path(text, source, text=True)
 
     def _path(self, value: object, source: str, text: bool) -> str:
+        if isinstance(value, str):
+            scheme, sep, rest = value.partition("://")
+            if sep and scheme.lower() in UNIX_SCHEMES:
+                if not rest.startswith("/"):
+                    raise self._bad(value, source, f"has no absolute path (three slashes: {scheme}:///path)", text)
+                kind = UNIX_SCHEMES[scheme.lower()]
+                try:
+                    path = self._file(rest, "", text)
+                except ValueError as exc:
+                    raise self._bad(value, source, _why(exc, rest), text) from None
+                # A bare path means the same as unix://; the other two keep their scheme.
+                return path if kind == "auto" else f"{scheme.lower()}://{path}"
+        return self._file(value, source, text)
+
+    def _file(self, value: object, source: str, text: bool) -> str:
         if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
             raise self._bad(value, source, "is not an absolute path", text)
         try:
@@ -474,7 +511,7 @@ class Settings:
     def address(self) -> str:
         """Where metrics go, for messages: ``host:port``, ``[v6]:port`` or ``unix:///path``."""
         if self.socket_path is not None:
-            return f"unix://{self.socket_path}"
+            return self.socket_path if "://" in self.socket_path else f"unix://{self.socket_path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -493,26 +530,37 @@ def _env(environ: Mapping[str, str], name: str) -> Optional[str]:
     return value or None
 
 
-_URL_FORM = "udp://host:port, udp://host (IPv6 in brackets: udp://[::1]:8125) or unix:///path/to/dsd.socket"
+_URL_FORM = (
+    "udp://host:port, udp://host (IPv6 in brackets: udp://[::1]:8125), host:port, "
+    "unix://, unixgram:// or unixstream:// and an absolute path, or an absolute path"
+)
 
 
 def _url(text: str) -> Dict[str, Any]:
-    """Host, port and socket path (each None when left out) from DD_DOGSTATSD_URL."""
+    """Host, port and socket path (each None when left out) from DD_DOGSTATSD_URL, in every form Datadog's clients read.
+
+    ValueError quotes the whole value, whatever part of it is wrong.
+    """
     name = URL_VARIABLE
 
     def bad(why: str = "is not valid") -> ValueError:
         return ValueError(f"{name}: {show(text)} {why}; expected {_URL_FORM}")
 
     scheme, sep, rest = text.partition("://")
-    if sep and scheme.lower() == "unix":
-        # The path as written: a socket file may hold any byte but NUL ("%" and "#" too).
-        if not rest.startswith("/"):
-            raise bad("has no absolute path (three slashes: unix:///path)")
-        return {"host": None, "port": None, "socket_path": SOCKET_PATH.parse(rest, name)}
-    if not sep or scheme.lower() != "udp":
+    if text.startswith("/") or (sep and scheme.lower() in UNIX_SCHEMES):
+        try:
+            # The path as written: a socket file may hold any byte but NUL ("%" and "#" too).
+            return {"host": None, "port": None, "socket_path": SOCKET_PATH.parse(text, "")}
+        except ValueError as exc:
+            raise bad(_why(exc, text)) from None
+    if sep and scheme.lower() == "udp":
+        netloc = rest
+    elif not sep and ":" in text and "/" not in text:
+        netloc = text  # host:port, as datadog-go reads it
+    else:
         raise bad()
-    netloc, _, path = rest.partition("/")
-    if path or any(char in netloc for char in "@?#"):
+    netloc, slash, _ = netloc.partition("/")
+    if slash or any(char in netloc for char in "@?#"):
         raise bad("has a path, user, query or fragment")
     port_text: Optional[str] = None
     if netloc.startswith("["):
@@ -536,33 +584,70 @@ def _url(text: str) -> Dict[str, Any]:
             port_text = port_text_or_host
         if ":" in host:
             raise bad("has an IPv6 address without brackets")
-    port = None if port_text is None else PORT.parse(port_text, name)
-    return {"host": HOST.check(host, name), "port": port, "socket_path": None}
+    # The part named, the whole value quoted: 'udp://agent:81250' has port '81250', which is out of range.
+    try:
+        port = None if port_text is None else PORT.parse(port_text, "")
+    except ValueError as exc:
+        raise bad(f"has port {show(port_text)}, which {_why(exc, port_text)}") from None
+    try:
+        checked = HOST.check(host, "")
+    except ValueError as exc:
+        raise bad(f"has host {show(host)}, which {_why(exc, host)}") from None
+    if not sep and port is None:
+        raise bad("has no port (host:port)")
+    return {"host": checked, "port": port, "socket_path": None}
 
 
-def _from_environment(option: Option, environ: Mapping[str, str]) -> Any:
-    """The checked value the first variable that is set gives ``option``, or its default."""
+def _why(exc: ValueError, value: object) -> str:
+    """What a Kind's error says is wrong with ``value``: its message without the value and the accepted form."""
+    message = str(exc).split("; expected")[0]
+    quoted = show(value) + " "
+    return message[len(quoted) :] if message.startswith(quoted) else message
+
+
+def _shared(variable: str, read: Callable[[], T]) -> Optional[T]:
+    """``read()``; None, with one warning, if a shared variable holds what loopstat cannot use.
+
+    Other clients in the process read DD_* and STATSD_* too: a value they take
+    and loopstat does not must never stop the application, so loopstat goes
+    on with the next source (the next variable, or the default).
+    """
+    try:
+        return read()
+    except ValueError as exc:
+        log.warning("loopstat: %s; %s is not used", exc, variable)
+        return None
+
+
+def _from_environment(option: Option, environ: Mapping[str, str], url: Optional[Dict[str, Any]]) -> Any:
+    """The checked value the first usable variable gives ``option``, or its default."""
     for variable in option.env:
-        text = _env(environ, variable)
-        if text is None:
-            continue
         if variable == URL_VARIABLE:
-            value = _url(text)[option.name]
+            value = None if url is None else url[option.name]
             if value is not None:
                 return value
             continue
-        return option.kind.check(option.kind.parse(text, variable), variable)
+        text = _env(environ, variable)
+        if text is None:
+            continue
+        kind = option.kind
+        value = _shared(variable, lambda: kind.check(kind.parse(text, variable), variable))  # noqa: B023
+        if value is not None:
+            return value
     return option.default
 
 
 def _tag_sources(explicit: _tags.Tags, environ: Mapping[str, str]) -> List[_tags.Tags]:
-    """Explicit tags, then each tag variable's, strongest first."""
+    """Explicit tags, then each usable tag variable's, strongest first."""
     option = _BY_NAME["tags"]
     sources = [explicit]
     for variable in option.env:
         text = _env(environ, variable)
         if text is not None:
-            sources.append(option.kind.check(option.kind.parse(text, variable), variable))
+            kind = option.kind
+            tags = _shared(variable, lambda: kind.check(kind.parse(text, variable), variable))  # noqa: B023
+            if tags is not None:
+                sources.append(tags)
     return sources
 
 
@@ -571,12 +656,14 @@ _UNSET: Any = object()
 
 def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
     values: Dict[str, Any] = {}
+    url_text = _env(environ, URL_VARIABLE)
+    url = None if url_text is None else _shared(URL_VARIABLE, lambda: _url(url_text))
     for option in OPTIONS:
         given = arguments.get(option.name, _UNSET)
         if option.name == "tags":
             values["tags"] = [] if given is _UNSET else option.kind.check(given, "tags")
         elif given is _UNSET or (given is None and option.env):
-            values[option.name] = _from_environment(option, environ)
+            values[option.name] = _from_environment(option, environ, url)
         else:
             values[option.name] = option.kind.check(given, option.name)
 
@@ -681,7 +768,10 @@ def resolve(host: object = None, port: object = None, *, environ: Mapping[str, s
 
 # What the docs add after a variable's name.
 _NOTES = {
-    URL_VARIABLE: "(`udp://host:port`, `udp://[v6]:port`, `unix:///path`)",
+    URL_VARIABLE: (
+        "(`udp://host:port`, `udp://[v6]:port`, `host:port`, `unix:///path`, `unixgram:///path`, "
+        "`unixstream:///path`, `/path`)"
+    ),
     "DD_VERSION": "(as `service`, `env`, `version`)",
     "DD_ENTITY_ID": "(as `dd.internal.entity_id`)",
 }

@@ -23,6 +23,14 @@ writable, and ``send()`` fails once the Agent has closed its end. A restarted
 Agent binds a new socket under the same name, which an old connection never
 reaches, so a failed send closes the socket and it is connected again on the
 retry schedule.
+
+``unixstream://`` (or a ``unix://`` path whose file turns out to be a stream
+socket, as Datadog's clients find out) is the Agent's stream socket: each
+datagram's payload goes out after its length, 4 bytes little-endian. A stream
+may take part of a payload: the rest waits in a small buffer and goes first on
+the next send, so a frame is never cut; what does not fit there is dropped
+(counted). A failed send or a closed connection means a new connection on the
+retry schedule; nothing ever waits for the Agent.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import ipaddress
 import logging
 import re
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -42,6 +51,7 @@ from aiodogstatsd.typedefs import MType
 
 from loopstat import _origin, _worker
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
+from loopstat._options import socket_kind
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined, sanitize
 
@@ -64,6 +74,10 @@ EARLY_LINES = 200
 MIN_UNIX_SEND_BUFFER = 32 * 1024
 # Send errors that mean a full buffer, not an absent Agent: drop and go on.
 _FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+# Bytes of frames a stream socket has not taken yet, at most: a few samples' worth.
+MAX_STREAM_BACKLOG = 64 * 1024
+# A stream frame's length prefix, as the Agent reads it.
+_FRAME_LENGTH = struct.Struct("<I")
 # Line tags rendered, kept: probes send a small fixed set (one per blocking call).
 _LINE_TAGS_KEPT = 256
 # A line tag's value as a name component (flavor "statsd", which has no tags).
@@ -162,7 +176,7 @@ def after_fork_in_child() -> None:
 def _fixed_address(settings: Settings) -> Optional[Address]:
     """The address of a Unix socket or an IP address, which need no lookup; None for a host name."""
     if settings.socket_path is not None:
-        return socket.AF_UNIX, (settings.socket_path,)
+        return socket.AF_UNIX, (socket_kind(settings.socket_path)[1],)
     try:
         ip = ipaddress.ip_address(settings.host)
     except ValueError:
@@ -189,6 +203,11 @@ class Sink:
         self._clock = clock
         self._fixed = _fixed_address(settings)
         self._unix = settings.socket_path is not None
+        self._kind = socket_kind(settings.socket_path)[0] if settings.socket_path is not None else "datagram"
+        # On a stream socket: frames (or their rest) not taken yet, and the lines of each, oldest first.
+        self._stream = False
+        self._backlog = bytearray()
+        self._backlog_lines: Deque[Tuple[int, int]] = deque()
         self._max_datagram = MAX_UNIX_DATAGRAM if self._unix else MAX_DATAGRAM
         self._recovery_seconds = 0.0 if self._unix else RECOVERY_SECONDS
         self._sock: Optional[socket.socket] = None
@@ -260,22 +279,20 @@ class Sink:
         address: Any = found_address[0]
         if family != socket.AF_UNIX:
             address = (address, self.settings.port, *found_address[2:])
-        try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as exc:
-            self._fail(f"cannot open a socket to {self.settings.address} ({exc})")
-            return
-        try:
-            sock.setblocking(False)
-            if family == socket.AF_UNIX and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MIN_UNIX_SEND_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MIN_UNIX_SEND_BUFFER)
-            # UDP: no packet leaves. Unix: the file is checked and the Agent's
-            # socket found at once. Nothing waits either way.
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
-            return
+        types = {"datagram": [socket.SOCK_DGRAM], "stream": [socket.SOCK_STREAM]}.get(
+            self._kind, [socket.SOCK_DGRAM, socket.SOCK_STREAM]
+        )
+        for kind in types:
+            try:
+                sock = self._open(family, kind, address)
+            except OSError as exc:
+                if exc.errno == errno.EPROTOTYPE and kind != types[-1]:
+                    continue  # unix://: the file is the other type of socket
+                self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
+                return
+            break
+        self._stream = sock.type == socket.SOCK_STREAM
+        self._drop_backlog()  # a new connection starts with a whole frame
         old, self._sock, self._address = self._sock, sock, found
         if old is not None:
             old.close()
@@ -285,6 +302,46 @@ class Sink:
         early, self._early = self._early, None
         if early:
             self.send(early)
+
+    @staticmethod
+    def _open(family: int, kind: int, address: Any) -> socket.socket:
+        """A connected non-blocking socket; OSError if it cannot be had now (nothing waits)."""
+        sock = socket.socket(family, kind)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_UNIX and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MIN_UNIX_SEND_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MIN_UNIX_SEND_BUFFER)
+            # UDP: no packet leaves. Unix: the file is checked and the Agent's
+            # socket found at once (a full backlog refuses with EAGAIN).
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _drop_backlog(self) -> None:
+        self.dropped += sum(count for _, count in self._backlog_lines)
+        self._backlog.clear()
+        self._backlog_lines.clear()
+
+    def _send_stream(self, sock: socket.socket, data: bytes, count: int) -> None:
+        """Queue one frame behind what the stream has not taken, then give the stream what it takes now."""
+        frame = _FRAME_LENGTH.pack(len(data)) + data
+        if len(self._backlog) + len(frame) > MAX_STREAM_BACKLOG:
+            self.dropped += count  # the Agent reads too slowly: drop whole frames, never part of one
+        else:
+            self._backlog += frame
+            self._backlog_lines.append((len(frame), count))
+        taken = sock.send(self._backlog)
+        del self._backlog[:taken]
+        # Lines count as sent once their whole frame is taken.
+        while self._backlog_lines and taken >= self._backlog_lines[0][0]:
+            size, lines = self._backlog_lines.popleft()
+            taken -= size
+            self._went_out(lines)
+        if taken and self._backlog_lines:
+            size, lines = self._backlog_lines[0]
+            self._backlog_lines[0] = (size - taken, lines)
 
     def _fail(self, reason: str) -> None:
         early, self._early = self._early, None
@@ -374,17 +431,23 @@ class Sink:
         datagrams = self.datagrams(lines)
         for index, (data, count) in enumerate(datagrams):
             try:
+                if self._stream:
+                    self._send_stream(sock, data, count)
+                    continue
                 sock.send(data)
             except OSError as exc:
-                self.dropped += count
                 if exc.errno in _FULL:
+                    if not self._stream:
+                        self.dropped += count
                     continue  # the socket's buffer (or the Agent's queue) is full: a burst, not an outage
+                self.dropped += 0 if self._stream else count
                 self.errors += 1
                 self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
                 if self._unix:
                     # The Agent closed its end: only a new connection reaches the socket it binds next.
                     self._sock = None
                     sock.close()
+                    self._drop_backlog()
                     self.dropped += sum(rest for _, rest in datagrams[index + 1 :])
                     return
             else:
@@ -402,6 +465,7 @@ class Sink:
         self.dropped += len(early or ())
         if self._looking_up:
             _lookups.cancel(self.settings.host, self._lookups)
+        self._drop_backlog()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -89,11 +90,11 @@ async def test_dogstatsd_url_unix_sends_to_the_socket_tagged_with_dd_entity_id(
     assert dict(lines[0].tags) == {"env": "prod", "dd.internal.entity_id": "9c4f2f3e-1b2a-4d5e-8f90-0123456789ab"}
 
 
-def test_loopstat_run_accepts_a_unix_dogstatsd_url_and_names_dd_entity_id() -> None:
+def test_loopstat_run_accepts_any_dogstatsd_url_and_names_dd_entity_id() -> None:
     assert bootstrap.check({"DD_DOGSTATSD_URL": "unix:///var/run/datadog/dsd.socket"}) == {}
     assert "DD_ENTITY_ID" in bootstrap.INSTALL_VARIABLES
-    with pytest.raises(ValueError, match=r"^DD_DOGSTATSD_URL: 'unix://dsd.socket' has no absolute path"):
-        bootstrap.check({"DD_DOGSTATSD_URL": "unix://dsd.socket"})
+    # A shared variable is install()'s to warn about; it never stops loopstat-run.
+    assert bootstrap.check({"DD_DOGSTATSD_URL": "unix://dsd.socket"}) == {}
 
 
 # Datagrams up to the Agent's 8192-byte buffer.
@@ -344,11 +345,39 @@ def test_a_bad_socket_path_is_named(arguments: dict[str, object], message: str) 
     [
         ("unix://dsd.socket", r"'unix://dsd.socket' has no absolute path \(three slashes: unix:///path\)"),
         ("unix://", r"'unix://' has no absolute path"),
-        ("unix:///" + "s" * 200, r"is too long \(201 bytes\); expected the absolute path of a Unix socket"),
-        ("unixstream:///run/dsd.socket", r"is not valid; expected udp://host:port, .* or unix:///path/to/dsd.socket"),
+        ("unixstream://dsd.socket", r"has no absolute path \(three slashes: unixstream:///path\)"),
+        ("unixgram:///" + "s" * 200, r"'unixgram:///s.* is too long \(201 bytes\); expected udp://host:port, "),
+        ("dsd.socket", r"'dsd.socket' is not valid; expected .*an absolute path"),
     ],
 )
-def test_a_bad_unix_dogstatsd_url_is_named(monkeypatch: pytest.MonkeyPatch, url: str, message: str) -> None:
-    monkeypatch.setenv("DD_DOGSTATSD_URL", url)
-    with pytest.raises(ValueError, match=r"^DD_DOGSTATSD_URL: .*" + message):
-        loopstat.install()
+def test_a_bad_unix_dogstatsd_url_is_named_in_one_warning_and_the_next_source_is_used(
+    loopstat_log: pytest.LogCaptureFixture, url: str, message: str
+) -> None:
+    settings = resolve(environ={"DD_DOGSTATSD_URL": url, "DD_AGENT_HOST": "127.0.0.1"})
+    assert (settings.socket_path, settings.host, settings.port) == (None, "127.0.0.1", 8125)
+    warnings = [record.getMessage() for record in loopstat_log.records]
+    assert len(warnings) == 1, warnings
+    assert re.search(r"^loopstat: DD_DOGSTATSD_URL: .*" + message, warnings[0]), warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("udp://127.0.0.1:9000", (None, "127.0.0.1", 9000)),
+        ("localhost:9000", (None, "localhost", 9000)),
+        ("unix:///var/run/datadog/dsd.socket", ("/var/run/datadog/dsd.socket", "localhost", 8125)),
+        ("/var/run/datadog/dsd.socket", ("/var/run/datadog/dsd.socket", "localhost", 8125)),
+        ("unixgram:///var/run/datadog/dsd.socket", ("unixgram:///var/run/datadog/dsd.socket", "localhost", 8125)),
+        ("unixstream:///var/run/datadog/dsd.socket", ("unixstream:///var/run/datadog/dsd.socket", "localhost", 8125)),
+    ],
+)
+def test_every_dogstatsd_url_form_datadog_clients_read_is_read(url: str, expected: tuple[object, ...]) -> None:
+    settings = resolve(environ={"DD_DOGSTATSD_URL": url})
+    assert (settings.socket_path, settings.host, settings.port) == expected
+
+
+def test_a_bad_port_in_the_dogstatsd_url_quotes_the_whole_url(loopstat_log: pytest.LogCaptureFixture) -> None:
+    settings = resolve(environ={"DD_DOGSTATSD_URL": "udp://agent:81250", "DD_DOGSTATSD_PORT": "9125"})
+    assert (settings.host, settings.port) == ("localhost", 9125)
+    [warning] = [record.getMessage() for record in loopstat_log.records]
+    assert warning.startswith("loopstat: DD_DOGSTATSD_URL: 'udp://agent:81250' has port '81250', which is out of range")

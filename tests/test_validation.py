@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 import pytest
 
@@ -118,23 +119,31 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
             "tcp://agent:8125",
             r"DD_DOGSTATSD_URL: 'tcp://agent:8125' is not valid; expected udp://host:port",
         ),
-        ("DD_DOGSTATSD_URL", "udp://agent:notaport", r"DD_DOGSTATSD_URL: 'notaport' is not a port"),
-        ("DD_DOGSTATSD_URL", "agent:8125", r"DD_DOGSTATSD_URL: .* expected udp://host:port"),
+        (
+            "DD_DOGSTATSD_URL",
+            "udp://agent:notaport",
+            r"DD_DOGSTATSD_URL: 'udp://agent:notaport' has port 'notaport', which is not a port",
+        ),
+        ("DD_DOGSTATSD_URL", "agent", r"DD_DOGSTATSD_URL: 'agent' is not valid; expected udp://host:port"),
         ("DD_DOGSTATSD_URL", "udp://[::1:8125", r"DD_DOGSTATSD_URL: .* has an unclosed '\['; expected udp://host:port"),
         ("DD_DOGSTATSD_URL", "udp://::1:8125", r"DD_DOGSTATSD_URL: .* has an IPv6 address without brackets"),
         ("DD_DOGSTATSD_URL", "udp://[agent]:8125", r"DD_DOGSTATSD_URL: .* has no IPv6 address in brackets"),
-        ("DD_DOGSTATSD_URL", "udp://127.0.0.1:99999", r"DD_DOGSTATSD_URL: '99999' is out of range; expected .*65535"),
-        ("DD_DOGSTATSD_URL", "udp://127.0.0.1:\u00b2", r"DD_DOGSTATSD_URL: '\u00b2' is not a port"),
+        (
+            "DD_DOGSTATSD_URL",
+            "udp://127.0.0.1:99999",
+            r"DD_DOGSTATSD_URL: 'udp://127.0.0.1:99999' has port '99999', which is out of range; expected udp://",
+        ),
+        ("DD_DOGSTATSD_URL", "udp://127.0.0.1:\u00b2", r"DD_DOGSTATSD_URL: .* has port '\u00b2', which is not a port"),
         ("DD_DOGSTATSD_URL", "udp://user:pw@agent:8125", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
         ("DD_DOGSTATSD_URL", "udp://agent:8125?q=1#f", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
         ("DD_DOGSTATSD_URL", "udp://agent:8125/path", r"DD_DOGSTATSD_URL: .* has a path, user, query or fragment"),
-        ("DD_DOGSTATSD_URL", "udp://my agent:8125", r"DD_DOGSTATSD_URL: 'my agent' is not a host"),
+        ("DD_DOGSTATSD_URL", "udp://my agent:8125", r"DD_DOGSTATSD_URL: .* has host 'my agent', which is not a host"),
         (
             "DD_DOGSTATSD_URL",
             f"udp://{'a' * 5000}:8125",
-            r"DD_DOGSTATSD_URL: 'aaa.*… \(5000 characters\) is not a host",
+            r"DD_DOGSTATSD_URL: 'udp://aaa.*… \(5011 characters\) has host 'aaa.*… \(5000 characters\), which is not",
         ),
-        ("DD_DOGSTATSD_URL", "udp://[::1%lo]:8125", r"DD_DOGSTATSD_URL: '::1%lo' is a scoped IPv6 address"),
+        ("DD_DOGSTATSD_URL", "udp://[::1%lo]:8125", r"DD_DOGSTATSD_URL: .* has host '::1%lo', which is a scoped IPv6"),
         ("DD_AGENT_HOST", "::1%lo", r"DD_AGENT_HOST: '::1%lo' is a scoped IPv6 address, which loopstat cannot send to"),
         ("DD_AGENT_HOST", "user:pw@agent", r"DD_AGENT_HOST: 'user:pw@agent' is not a host"),
         (
@@ -146,12 +155,16 @@ def test_tags_must_be_a_mapping_or_key_value_strings(tags: object, message: str)
         ("DATADOG_TAGS", ":x", r"DATADOG_TAGS: tag ':x' needs a non-empty key and value"),
     ],
 )
-def test_malformed_environment_variable_is_named(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+def test_a_malformed_shared_variable_is_named_in_one_warning_and_not_used(
+    loopstat_log: pytest.LogCaptureFixture, name: str, value: str, message: str
 ) -> None:
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=message):
-        loopstat.install()
+    # Other clients read DD_* and STATSD_* too: a value loopstat cannot use never stops the application.
+    settings = loopstat.settings.resolve(environ={name: value})
+    warnings = [record.getMessage() for record in loopstat_log.records]
+    assert len(warnings) == 1, warnings
+    assert re.search(message, warnings[0]), warnings[0]
+    assert warnings[0].endswith(f"; {name} is not used")
+    assert settings == loopstat.settings.resolve(environ={})
 
 
 def test_install_without_a_running_loop_or_loop_argument_says_how_to_call_it() -> None:
