@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
+from loopstat import _options
 from tests.receiver import Line, Receiver
 from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, http_get, start_server
 
@@ -332,3 +334,53 @@ def test_gevent_patching_first_sees_a_clean_process_every_probe_runs_and_the_blo
     lines = receiver.settle(lambda lines: wanted <= {x.name for x in lines})
     assert [x.value for x in lines if x.name == "loopstat.stalls"] == [1.0]
     assert all(x.value >= 250 for x in lines if x.name == "loopstat.stall")
+
+
+@pytest.mark.parametrize(
+    "form", ["udp://127.0.0.1:{port}", "127.0.0.1:{port}", "unix://{path}", "unixgram://{path}", "{path}"]
+)
+def test_loopstat_run_runs_the_command_and_sends_for_each_dogstatsd_url_form(tmp_path: Path, form: str) -> None:
+    path = str(tmp_path / "dsd.socket")
+    receiver = Receiver(path=path) if "{path}" in form else Receiver()
+    try:
+        env = dict(os.environ, DD_DOGSTATSD_URL=form.format(port=receiver.port, path=path), LOOPSTAT_INTERVAL="0.05")
+        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+        done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
+        receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
+    finally:
+        receiver.close()
+
+
+def test_loopstat_run_sends_over_a_unixstream_dogstatsd_url(tmp_path: Path) -> None:
+    from tests.test_unix_socket import StreamAgent
+
+    path = str(tmp_path / "dsd.socket")
+    agent = StreamAgent(path)
+    try:
+        env = dict(os.environ, DD_DOGSTATSD_URL=f"unixstream://{path}", LOOPSTAT_INTERVAL="0.05")
+        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+        done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("loopstat.lag:") for line in agent.lines()):
+            assert time.monotonic() < deadline, "lag over the stream socket"
+            time.sleep(0.02)
+    finally:
+        agent.close()
+
+
+def test_a_dogstatsd_url_loopstat_cannot_use_warns_once_and_the_command_runs(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    env = environment(receiver, DD_DOGSTATSD_URL="udp://agent:81250", DD_AGENT_HOST="127.0.0.1")
+    env["DD_DOGSTATSD_PORT"] = env.pop("STATSD_PORT")
+    app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+    done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "ran\n")
+    assert done.stderr == (
+        "loopstat: DD_DOGSTATSD_URL: 'udp://agent:81250' has port '81250', which is out of range; expected "
+        + _options._URL_FORM
+        + "; DD_DOGSTATSD_URL is not used\n"
+    )
+    receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -381,3 +382,117 @@ def test_a_bad_port_in_the_dogstatsd_url_quotes_the_whole_url(loopstat_log: pyte
     assert (settings.host, settings.port) == ("localhost", 9125)
     [warning] = [record.getMessage() for record in loopstat_log.records]
     assert warning.startswith("loopstat: DD_DOGSTATSD_URL: 'udp://agent:81250' has port '81250', which is out of range")
+
+
+# The Agent's Unix stream socket: each payload after its length, 4 bytes little-endian.
+
+
+class StreamAgent:
+    """A Unix stream socket read as the Agent reads it: frames of a 4-byte little-endian length and a payload."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.payloads: List[bytes] = []
+        self.connections = 0
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(8)
+        self._listener.settimeout(0.05)
+        self._open = True
+        self._current: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self._open:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            self._current = conn
+            with conn:
+                conn.settimeout(0.05)
+                buffer = b""
+                while self._open:
+                    try:
+                        chunk = conn.recv(65536)
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack("<I", buffer[:4])[0]:
+                        size = struct.unpack("<I", buffer[:4])[0]
+                        self.payloads.append(buffer[4 : 4 + size])
+                        buffer = buffer[4 + size :]
+
+    def lines(self) -> List[str]:
+        return [line for payload in list(self.payloads) for line in payload.decode().split("\n")]
+
+    def drop_connection(self) -> None:
+        """The Agent restarts: the connection it had ends."""
+        conn = self._current
+        if conn is not None:
+            conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join()
+        self._listener.close()
+
+
+@pytest.fixture
+def stream_agent(path: str) -> Iterator[StreamAgent]:
+    agent = StreamAgent(path)
+    yield agent
+    agent.close()
+
+
+def well_formed(lines: List[str]) -> bool:
+    return all(re.fullmatch(r"loopstat\.[a-z_.]+:[-0-9.e]+\|(g|ms|c)(\|#.*)?", line) for line in lines)
+
+
+@pytest.mark.parametrize("form", ["unixstream://{}", "unix://{}", "{}"])
+async def test_metrics_reach_a_unix_stream_socket_in_length_prefixed_frames(
+    monkeypatch: pytest.MonkeyPatch, path: str, stream_agent: StreamAgent, form: str
+) -> None:
+    # unixstream:// asks for a stream; unix:// and a bare path find that the file is one, as Datadog's clients do.
+    monkeypatch.setenv("DD_DOGSTATSD_URL", form.format(path))
+    async with loopstat.install(interval=0.02, stall_threshold=None) as monitor:
+        await wait_until(lambda: len(stream_agent.lines()) >= 6, "six lines through the stream")
+    lines = stream_agent.lines()
+    assert well_formed(lines), lines
+    assert {line.split(":")[0] for line in lines} >= {"loopstat.lag", "loopstat.tasks"}
+    assert monitor.errors == 0
+    assert monitor.sent >= 6
+
+
+async def test_a_stream_the_agent_closes_is_connected_again_and_metrics_flow(
+    path: str, stream_agent: StreamAgent, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    async with loopstat.install(socket_path=f"unixstream://{path}", interval=0.02, stall_threshold=None) as monitor:
+        await wait_until(lambda: len(stream_agent.payloads) >= 3, "first frames")
+        stream_agent.drop_connection()
+        await wait_until(lambda: stream_agent.connections >= 2, "a new connection", timeout=30)
+        before = len(stream_agent.payloads)
+        await wait_until(lambda: len(stream_agent.payloads) >= before + 3, "frames on the new connection")
+    assert well_formed(stream_agent.lines())
+    assert monitor.errors >= 1
+    assert len(records_of(loopstat_log, logging.WARNING)) == 1
+
+
+async def test_a_stream_agent_that_reads_nothing_never_blocks_the_loop_and_drops_counted(path: str) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)  # accepts into the backlog, never reads
+    try:
+        async with loopstat.install(socket_path=f"unixstream://{path}", interval=0.001, stall_threshold=None) as m:
+            await wait_until(lambda: m.dropped > 0, "lines dropped once the stream is full", timeout=60)
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)
+            assert time.perf_counter() - started < 5  # the loop still turns
+    finally:
+        listener.close()
