@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -126,18 +127,87 @@ def own_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         os.close(_worker._held[1])
 
 
-def test_a_temporary_folder_that_is_a_file_gives_no_tag_and_one_warning(
-    own_temp: Path, loopstat_log: pytest.LogCaptureFixture
+def test_a_temporary_folder_that_is_a_file_is_passed_over(
+    own_temp: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     blocker = own_temp / "file"
     blocker.write_text("")
     tempfile.tempdir = str(blocker)
-    assert _worker.slot() is None
+    fallback = tmp_path_factory.mktemp("fallback")
+    monkeypatch.setenv("TMPDIR", str(fallback))
+    assert _worker.slot() == 0
+    assert (fallback / f"loopstat-{os.getuid()}" / str(os.getppid()) / "slot-0.lock").exists()
+
+
+def test_no_usable_temporary_folder_gives_no_slot_one_debug_line_and_nothing_in_the_working_directory(
+    own_temp: Path, monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    work = own_temp / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # Every candidate unusable: a file, a folder that is not there, and the working directory itself.
+    (own_temp / "file").write_text("")
+    tempfile.tempdir = str(own_temp / "file")
+    monkeypatch.setenv("TMPDIR", str(own_temp / "absent"))
+    monkeypatch.setenv("TEMP", str(work))
+    monkeypatch.delenv("TMP", raising=False)
+    monkeypatch.setattr(_worker, "_TEMPORARY", (str(work),))
     assert _worker.slot() is None
     assert _worker.tags((("service", "a"),)) == (("service", "a"),)
-    [record] = loopstat_log.records
-    assert record.levelname == "WARNING"
-    assert "no worker tag: cannot hold a slot" in record.getMessage()
+    assert [(r.levelname, "no worker tag" in r.getMessage()) for r in loopstat_log.records] == [("DEBUG", True)]
+    assert list(work.iterdir()) == []
+
+
+def test_a_link_planted_at_the_group_folder_is_refused_and_nothing_is_made_through_it(
+    own_temp: Path, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    ours = own_temp / f"loopstat-{os.getuid()}"
+    ours.mkdir(mode=0o700)
+    elsewhere = own_temp / "elsewhere"
+    elsewhere.mkdir()
+    (ours / str(os.getppid())).symlink_to(elsewhere)
+    assert _worker.slot() is None
+    assert list(elsewhere.iterdir()) == []
+    assert "is not a folder of this user's alone" in loopstat_log.text
+
+
+def test_another_users_folder_is_refused_and_nothing_is_made_inside_it(
+    own_temp: Path, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    if os.getuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    nobody = pwd.getpwnam("nobody")
+    ours = own_temp / f"loopstat-{os.getuid()}"
+    ours.mkdir(mode=0o700)
+    os.chown(ours, nobody.pw_uid, nobody.pw_gid)
+    assert _worker.slot() is None
+    assert list(ours.iterdir()) == [], "nothing made inside another user's folder"
+    assert "is not a folder of this user's alone" in loopstat_log.text
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_folders_of_dead_parents_are_removed_but_a_slot_still_held_stays(
+    own_temp: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    ours = own_temp / f"loopstat-{os.getuid()}"
+    ours.mkdir(mode=0o700)
+    gone, orphaned = ours / str(dead_pid()), ours / str(dead_pid())
+    for folder in (gone, orphaned):
+        folder.mkdir(mode=0o700)
+        (folder / "slot-0.lock").write_text("")
+        (folder / "slot-1.lock").write_text("")
+    # A worker whose parent died still holds slot 0 there.
+    assert hold(holders, orphaned)[1] == "0"
+    assert _worker.slot() == 0
+    assert not gone.exists()
+    assert sorted(path.name for path in orphaned.iterdir()) == ["slot-0.lock"]
+    assert (ours / str(os.getppid())).is_dir()
 
 
 @pytest.mark.parametrize("how", ["other user", "writable by all", "symlink"])
