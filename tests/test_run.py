@@ -384,3 +384,32 @@ def test_a_dogstatsd_url_loopstat_cannot_use_warns_once_and_the_command_runs(
         + "; DD_DOGSTATSD_URL is not used\n"
     )
     receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
+
+
+def test_asyncio_looks_as_without_loopstat_run_apart_from_the_hook(tmp_path: Path, receiver: Receiver) -> None:
+    source = """
+        import asyncio, asyncio.events, _asyncio
+
+        def originals():
+            return (
+                asyncio.get_running_loop is _asyncio.get_running_loop,
+                asyncio.events.get_running_loop is _asyncio.get_running_loop,
+                asyncio.events._get_running_loop is _asyncio._get_running_loop,
+                type(asyncio.__loader__).__name__,
+                type(asyncio.__spec__.loader).__name__,
+            )
+
+        print(originals())
+        asyncio.run(asyncio.sleep(0.1))
+        print(originals())
+    """
+    app = program(tmp_path, source)
+    plain = subprocess.run([sys.executable, app], capture_output=True, text=True, timeout=30, check=True)
+    assert plain.stdout.splitlines()[0] == "(True, True, True, 'SourceFileLoader', 'SourceFileLoader')"
+    env = environment(receiver)
+    done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
+    # Until the first loop runs, asyncio.events checks that the hook sees it; afterwards all is as plain.
+    first, after = done.stdout.splitlines()
+    assert first == "(True, False, False, 'SourceFileLoader', 'SourceFileLoader')"
+    assert after == plain.stdout.splitlines()[1]
+    receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))

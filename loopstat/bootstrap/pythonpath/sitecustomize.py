@@ -9,8 +9,10 @@ is imported on the first call, so early patchers such as gevent's
 ``monkey.patch_all()`` see a clean process.
 
 The assumption is checked: if ``_set_running_loop`` is missing, or a loop runs
-without calling it (``get_running_loop()`` finds a loop the wrapper never saw),
-everything is put back and the program runs unmonitored, with one warning.
+without calling it (asyncio's own ``events.get_running_loop()``, as
+``asyncio.sleep`` and ``create_task`` call it, finds a loop the wrapper never
+saw), everything is put back and the program runs unmonitored, with one
+warning. The checks go once the wrapper has been called.
 """
 
 from __future__ import annotations
@@ -145,8 +147,10 @@ def _hook() -> None:
             stand_ins.append((name, _checked(get)))
     for name, stand_in in stand_ins:
         real: Callable[..., Any] = getattr(events, name)
-        # asyncio re-exports these; uvloop reads asyncio._set_running_loop when it is imported.
-        for module in (events, asyncio):
+        # uvloop reads asyncio._set_running_loop when it is imported; the checks stay in
+        # asyncio.events, where asyncio's own code looks them up, and the public names
+        # (which libraries copy) stay the originals.
+        for module in (events, asyncio) if name == "_set_running_loop" else (events,):
             if getattr(module, name, None) is real:
                 setattr(module, name, stand_in)
                 _replaced.append((module, name, real, stand_in))
