@@ -496,3 +496,28 @@ async def test_a_stream_agent_that_reads_nothing_never_blocks_the_loop_and_drops
             assert time.perf_counter() - started < 5  # the loop still turns
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("given", ["argument", "variable"])
+@pytest.mark.parametrize("form", ["unix://{}", "unixgram://{}", "{}"])
+async def test_install_sends_to_a_datagram_socket_in_each_form(
+    monkeypatch: pytest.MonkeyPatch, path: str, agent: Receiver, form: str, given: str
+) -> None:
+    if given == "variable":
+        monkeypatch.setenv("DD_DOGSTATSD_URL", form.format(path))
+        arguments: dict[str, object] = {}
+    else:
+        arguments = {"socket_path": form.format(path)}
+    async with loopstat.install(interval=0.02, stall_threshold=None, **arguments) as monitor:  # type: ignore[arg-type]
+        await agent.wait_for(lambda lines: len(lines) >= 3)
+    assert monitor.errors == 0
+
+
+async def test_a_unixgram_url_never_speaks_stream_to_a_stream_socket(
+    path: str, stream_agent: StreamAgent, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    async with loopstat.install(socket_path=f"unixgram://{path}", interval=0.02, stall_threshold=None) as monitor:
+        await wait_until(lambda: monitor.dropped > 0, "lines dropped")
+    assert stream_agent.connections == 0
+    [warning] = records_of(loopstat_log, logging.WARNING)
+    assert "cannot open a socket to unixgram://" in warning
