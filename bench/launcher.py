@@ -4,8 +4,9 @@
   command (the bootstrap folder first on ``PYTHONPATH``) against the same
   interpreter without it.
 - Per ``asyncio.run()`` of an empty coroutine: the slope between a program
-  making ``small`` and ``big`` calls, so start-up and loopstat's one-time
-  import cancel out; with and without the bootstrap, loopstat-run's defaults.
+  making ``small`` and ``big`` calls (each the least of a few runs), so
+  start-up and loopstat's one-time import cancel out; with and without the
+  bootstrap, loopstat-run's defaults.
 
 Each figure is one child under ``valgrind --tool=cachegrind --cache-sim=no``,
 PYTHONHASHSEED=0; bytecode is written first, as an installed package has it.
@@ -61,7 +62,12 @@ def count(argv: Sequence[str], env: Dict[str, str]) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def measure(port: int, small: int = 20, big: int = 120) -> Figures:
+def least(argv: Sequence[str], env: Dict[str, str], runs: int) -> int:
+    """The fewest instructions of ``runs`` runs: a run's count varies by a few million (the kernel's answers)."""
+    return min(count(argv, env) for _ in range(runs))
+
+
+def measure(port: int, small: int = 20, big: int = 220, runs: int = 3) -> Figures:
     """Every figure, the bytecode of the bootstrap and of loopstat written first."""
     for folder in (PYTHONPATH_DIR, os.path.dirname(os.path.dirname(PYTHONPATH_DIR))):
         compileall.compile_dir(folder, quiet=1)
@@ -69,7 +75,7 @@ def measure(port: int, small: int = 20, big: int = 120) -> Figures:
     start = [count(["-c", "pass"], env) for env in (plain, launched)]
     calls: List[float] = []
     for env in (plain, launched):
-        few, many = (count(["-c", RUNS, str(n)], env) for n in (small, big))
+        few, many = (least(["-c", RUNS, str(n)], env, runs) for n in (small, big))
         calls.append((many - few) / (big - small))
     return Figures(start[0], start[1], calls[0], calls[1])
 
