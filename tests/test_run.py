@@ -332,8 +332,9 @@ def test_gevent_patching_first_sees_a_clean_process_every_probe_runs_and_the_blo
     assert "failed" not in done.stderr, done.stderr
     wanted = {"loopstat.stalls", "loopstat.executor.threads", "loopstat.gc.collections", "loopstat.utilization"}
     lines = receiver.settle(lambda lines: wanted <= {x.name for x in lines})
-    assert [x.value for x in lines if x.name == "loopstat.stalls"] == [1.0]
-    assert all(x.value >= 250 for x in lines if x.name == "loopstat.stall")
+    # The block is a stall of its full length (a loaded machine may add short ones of its own).
+    assert sum(x.value for x in lines if x.name == "loopstat.stalls") >= 1
+    receiver.settle(lambda lines: any(x.name == "loopstat.stall" and x.value >= 250 for x in lines))
 
 
 @pytest.mark.parametrize(
