@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
 import logging
 import math
 import os
@@ -13,9 +12,9 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Coroutine, Dict, List, Literal, Optional, Set, Tuple, Type, Union, cast
+from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union, cast
 
-from loopstat import _origin, _worker
+from loopstat import _origin, _threads, _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
 from loopstat._metrics import METRICS, PROBES, Line
@@ -38,9 +37,6 @@ log = logging.getLogger(__name__)
 ASKED_MAX = 8
 # A failing sample is logged at most this often; the rest are counted.
 FAULT_LOG_SECONDS = 60.0
-# stop() waits at most this long for the sampler task to end once everything is
-# released; a task that lost its wake-up to Ctrl-C would never end.
-STOP_WAIT_SECONDS = 1.0
 
 # A probe whose read fails this many samples in a row is closed; one or two failures may be passing.
 READ_FAILURES = 3
@@ -52,7 +48,7 @@ _ATTACH: Tuple[Tuple[str, Attach], ...] = tuple(
     (name, cast(Attach, importlib.import_module(f"loopstat.probes.{name}").attach)) for name in PROBES
 )
 
-# Values are weak: a running sampler keeps its monitor alive, and a loop that
+# Values are weak: the sampler's timers keep a running monitor alive, and a loop that
 # is dropped without being stopped must not be kept alive by the registry.
 _monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
 # Reentrant: the collector may end a dropped loop's monitor (which forgets it)
@@ -65,9 +61,9 @@ class Monitor:
 
     def __init__(self, settings: _settings.Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        #: Milliseconds the latest sampler sleep overshot its deadline.
+        #: Milliseconds the latest sampler timer fired after its deadline.
         self.lag = 0.0
-        #: Tasks alive on the loop at the latest sample, loopstat's own excluded.
+        #: Tasks alive on the loop at the latest sample (loopstat runs none).
         self.tasks = 0
         #: Share of the last sampling interval the loop spent running callbacks,
         #: 0 to 1; None on loops whose waits loopstat cannot time (uvloop) or when off.
@@ -78,17 +74,20 @@ class Monitor:
         self.stalls = 0
         #: The latest of them, for a health page.
         self.last_stall: Optional[Stall] = None
+        #: Share of the last profile window the loop spent in loopstat's own code (its samples
+        #: and sends), counted apart from ``top()``; None without ``profile=True`` or before a window ends.
+        self.own: Optional[float] = None
         self._loop = loop
         self._sink = Sink(settings)
-        # A loop dropped without close() is collected with its sampler; the
-        # collector may finalize the socket before the sampler's cleanup runs,
-        # and warn about it. Weak-reference callbacks run before finalizers, so
-        # this one closes the socket first. It holds the sink, never the loop.
+        # A loop dropped without close() is collected with the sampler's timers
+        # and this monitor; the collector may finalize the socket before the
+        # monitor's own cleanup (__del__) runs, and warn about it. Weak-reference
+        # callbacks run before finalizers, so this one closes the socket first.
+        # It holds the sink, never the loop.
         self._loop_gone = weakref.finalize(loop, self._sink.close)
-        self._task: Optional[asyncio.Task[None]] = None
-        self._coro: Optional[Coroutine[Any, Any, None]] = None
-        # The sampler task a signal's exception ended, until its exception is marked seen.
-        self._interrupted: Optional[asyncio.Task[None]] = None
+        self._sampler = _lag.Sampler(loop, settings.interval, self._on_time)
+        # The probes were attached (at the first turn of the loop, or else at the first sample).
+        self._begun = False
         self._close_guard: Union[StandIn, ClassStandIn, None] = None
         self._stopped = False
         self._shut = False
@@ -99,12 +98,8 @@ class Monitor:
         self._asked: Set[_settings.Settings] = set()
         # The latest table of the profile probe (``profile=True``).
         self._top: List[Tuple[str, float]] = []
-        self._watched = Watched(loop, settings, self, self._sink.send, self._fault, self._own_tasks)
-        self._sleep = self._watched.sleep = _lag.Sleep(loop, self._sample_on)
-        # Counts the sampler tasks: one that was given up on must not stop the monitor when it is collected.
-        self._generation = 0
-        # Every sampler task not yet collected, given up on or not: none is the application's.
-        self._samplers: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
+        self._watched = Watched(loop, settings, self, self._sink.send, self._fault)
+        self._watched.sampler = self._sampler
         # The probes running, by name, in the catalogue's order; and how many reads in a row each one failed.
         self._probes: Dict[str, Probe] = {}
         self._failing: Dict[str, int] = {}
@@ -115,7 +110,7 @@ class Monitor:
 
     @property
     def running(self) -> bool:
-        """True until ``stop()`` is called, the loop closes or the loop shuts the sampler down."""
+        """True until ``stop()`` is called or the loop closes."""
         return not self._stopped and not self._loop.is_closed()
 
     @property
@@ -145,78 +140,42 @@ class Monitor:
         return self._sink.errors
 
     def _start(self) -> None:
-        """Create the sampler task; runs on the loop's thread."""
+        """Start sampling at the loop's next turn; runs on the loop's thread.
+
+        One callback, as one task was: in debug mode (``python -X dev``) each
+        handle created records the stack, a cost the caller's step would pay.
+        """
         if self._stopped or self._loop.is_closed():
             return
-        self._sampler(self._run())
+        self._loop.call_soon(self._begin)
 
-    def _sampler(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as the sampler task."""
-        self._generation += 1
-        self._coro = coro
-        self._task = self._loop.create_task(coro)
-        self._samplers.add(self._task)
-        # A loop closed or dropped without cancelling its tasks drops the
-        # sampler with them: that is the application's choice, and the
-        # sampler's resources are already released (see _shutdown), so it is
-        # no error worth a log line. asyncio has no public way to say so.
-        # A later Python's task, or a task factory's, may not let it be set: then it logs, as the app's would.
-        with contextlib.suppress(Exception):
-            self._task._log_destroy_pending = False  # type: ignore[attr-defined]
-
-    async def _run(self, resumed: bool = False) -> None:
-        """The sampler; ``resumed`` when it goes on for one that a signal's exception ended."""
-        sink = self._sink
-        interval = self.settings.interval
-        generation = self._generation
-        handed_on = False
+    def _begin(self) -> None:
+        """Arm the sampler, open the socket, attach the probes (at the first sample if a signal cut this off)."""
+        if self._begun or self._stopped:
+            return
+        self._sampler.start()
+        self._begun = True
         try:
-            if not resumed:
-                try:
-                    sink.start()
-                    self._attach_probes()
-                except Exception:
-                    self._fault()
-            self._let_go_of_interrupted()
-            while True:
-                self._watched.next_sample = self._loop.time() + interval
-                lag = await self._sleep.overshoot(interval)
-                if self._stopped or self._pid != os.getpid():
-                    return  # stopped meanwhile, or inherited by a forked child: the parent's, not ours
-                if lag is None:
-                    continue  # woken by the stall watch after its timer was lost: no lag to tell
-                try:
-                    sink.maintain()
-                    self.lag = lag
-                    self._sample()
-                except Exception:
-                    self._fault()
-        except (KeyboardInterrupt, SystemExit):
-            # A signal's exception landed in the sampler's own code. It is the
-            # application's: the task raises it out of run_until_complete() or
-            # run_forever(), as it would from the application's own code. The
-            # monitor is not stopped by it: a new task samples on.
-            interrupted = self._task
-            if interrupted is asyncio.current_task():
-                handed_on = self._sample_on()
-                if handed_on:
-                    self._interrupted = interrupted
-            raise
-        finally:
-            # Reached by stop(), by asyncio.run() cancelling leftover tasks, and
-            # by the garbage collector closing the sampler of a dropped loop.
-            # Nothing here awaits, so a second cancellation cannot cut it short.
-            # A sampler given up on (see _sample_on) ends only when collected.
-            if not handed_on and generation == self._generation:
-                self._shutdown()
+            self._sink.start()
+            self._attach_probes()
+        except Exception:
+            self._fault()
 
-    def _sample_on(self) -> bool:
-        """The sampler task was ended by a signal's exception, or lost its wake-up to one and
-        waits for good: a new one samples on, unless the monitor stopped. True if one does."""
-        if self._stopped or self._loop.is_closed():
-            return False
-        self._sampler(self._run(resumed=True))
-        return True
+    def _on_time(self, lag: float) -> None:
+        """A sampler timer fired ``lag`` milliseconds late: take a sample."""
+        if self._stopped or self._pid != os.getpid():
+            # Stopped meanwhile, or a forked child's copy of the loop: the parent's monitor, not ours.
+            self._sampler.stop()
+            return
+        if not self._begun:
+            self._begin()  # the probes start measuring now; they have nothing to tell yet
+            return
+        try:
+            self._sink.maintain()
+            self.lag = lag
+            self._sample()
+        except Exception:
+            self._fault()
 
     def _shutdown(self) -> None:
         """Release everything now (close guard, probes, socket); never waits, safe to repeat, on any path.
@@ -226,22 +185,25 @@ class Monitor:
         lock, so a new install() never wraps the close guard of a dying monitor.
         """
         with contextlib.ExitStack() as later:
-            later.callback(self._let_go_of_interrupted)
             later.callback(self._sink.close)
             later.callback(self._loop_gone.detach)
             later.callback(self._detach_probes)
+            later.callback(self._sampler.stop)
             with _monitors_lock:
                 self._stopped = True
                 self._shut = True
                 _forget(self)
                 self._unguard_close()
 
-    def _let_go_of_interrupted(self) -> None:
-        """Mark the exception of a sampler task a signal ended as seen: the
-        application got it, and the task must not log it when collected."""
-        task, self._interrupted = self._interrupted, None
-        if task is not None and task.done() and not task.cancelled():
-            task.exception()
+    def __del__(self) -> None:
+        # A loop dropped without close() is collected with this monitor (its
+        # timers hold it): release what the probes took (hooks, stand-ins).
+        # At interpreter exit even module globals may be gone: whatever fails, nothing is said.
+        try:
+            if not self._shut:
+                self._shutdown()
+        except Exception:
+            pass
 
     def _attach_probes(self) -> None:
         """Attach each probe; one that fails is left out, with a warning, and the others go on."""
@@ -275,12 +237,9 @@ class Monitor:
     def _guard_close(self) -> None:
         """Make ``loop.close()`` release the monitor first, so nothing is left open.
 
-        Code that runs a loop by hand often closes it without cancelling its
-        tasks; without this, the socket would be left for the garbage collector.
-        The guard never runs the loop: after Ctrl-C a task may wait forever on a
-        future that already finished (the signal can land in ``_run_once``
-        between taking a wake-up off the ready queue and running it), so
-        anything that waited for the sampler there could hang ``close()``.
+        Code that runs a loop by hand often closes it without stopping the
+        monitor; without this, the socket would be left for the garbage
+        collector. The guard never runs the loop: it releases everything at once.
         """
         loop = self._loop
         inner = loop.close
@@ -310,13 +269,6 @@ class Monitor:
 
     def _on_loop_close(self) -> None:
         self._shutdown()
-        coro = self._coro
-        if coro is not None and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-            # The loop never ran the sampler: close it, or it warns "never awaited".
-            coro.close()
-
-    def _own_tasks(self) -> Set[asyncio.Future[Any]]:
-        return set(self._samplers)
 
     def _sample(self) -> None:
         self._watched.sample()
@@ -349,19 +301,13 @@ class Monitor:
     async def stop(self) -> None:
         """Stop sampling and close the socket; safe to call twice, or several times at once.
 
-        Everything is released before the first ``await``; then the sampler
-        task is given at most STOP_WAIT_SECONDS to end.
+        Everything is released at once: there is nothing to wait for.
         """
-        task = self._task
-        if self._shut and (task is None or task.done()):
+        if self._shut:
             return
         if _running_loop() is not self._loop:
             raise RuntimeError("Monitor.stop() must be awaited on the event loop the monitor watches")
         self._shutdown()
-        if task is None or task.done() or task is asyncio.current_task():
-            return
-        task.cancel()
-        await asyncio.wait([task], timeout=STOP_WAIT_SECONDS)
 
     async def __aenter__(self) -> Monitor:
         return self
@@ -425,6 +371,7 @@ def _after_fork_in_child() -> None:
     # through the parent's socket nor stop a new install() on their loop.
     global _monitors_lock
     _frames.after_fork_in_child()
+    _threads.after_fork_in_child()
     _gc.after_fork_in_child()
     _blocking.after_fork_in_child()
     _profile.after_fork_in_child()
@@ -524,8 +471,8 @@ def install(
         monitor._start()
         return monitor
     # Not on the loop: it may start or stop in another thread at any moment,
-    # and create_task() is not thread-safe. The loop creates the sampler when
-    # it next runs; if it is closed first, the close guard ends the monitor.
+    # and call_at() is not thread-safe. The loop arms the sampler when it next
+    # runs; if it is closed first, the close guard ends the monitor.
     try:
         target.call_soon_threadsafe(monitor._start)
     except RuntimeError:  # closed meanwhile, by another thread

@@ -49,7 +49,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
-from loopstat import _origin, _worker
+from loopstat import _origin, _threads, _worker
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat._options import socket_kind
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
@@ -134,7 +134,7 @@ class _Lookups:
                 return
             self._waiting[host] = [inbox]
         try:
-            threading.Thread(target=self._work, args=(host,), name="loopstat-lookup", daemon=True).start()
+            _threads.Hidden("loopstat-lookup", self._work, host)
         except RuntimeError as exc:  # no thread to be had (interpreter ending, limits): report, never raise
             self._finish(host, exc)
 

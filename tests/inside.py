@@ -27,4 +27,4 @@ def watchdog_looks() -> int:
 
 def next_sample(monitor: loopstat.Monitor) -> float:
     """``loop.time()`` when the monitor's sampler is next due to wake its loop."""
-    return monitor._watched.next_sample
+    return monitor._sampler.next_sample

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import types
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 from loopstat.probes import lag as _lag
 
@@ -26,31 +25,29 @@ def interrupting_at_the_call_of(code: types.CodeType) -> Callable[..., Any]:
     return tracer
 
 
-def is_wakeup_of(handle: object, task: asyncio.Task[Any]) -> bool:
+def is_sampler_timer(handle: object) -> bool:
+    """A timer of a loopstat sampler that is still to run (not cancelled)."""
     callback = getattr(handle, "_callback", None)
-    return callback is not None and task in gc.get_referents(callback)
+    cancelled = getattr(handle, "cancelled", lambda: True)()
+    return getattr(callback, "__func__", None) is _lag.Sampler._fire and not cancelled
 
 
-def interrupt_after_taking_the_samplers_wakeup(loop: asyncio.AbstractEventLoop, wakeups: int) -> Callable[..., Any]:
+def interrupt_after_taking_the_samplers_timer(wakeups: int) -> Callable[..., Any]:
     """A trace function that raises KeyboardInterrupt where a Ctrl-C can land, at the worst moment.
 
     SIGINT's handler raises at any bytecode boundary; this one picks the line of
-    ``BaseEventLoop._run_once`` right after it took the sampler task's wake-up
-    off the ready queue, before running it. The wake-up is lost: the sampler
-    waits forever on a future that already finished.
+    ``BaseEventLoop._run_once`` right after it took a sampler timer off the
+    ready queue, before running it, at the ``wakeups``-th one: that timer is lost.
     """
+    lines, first = inspect.getsourcelines(asyncio.base_events.BaseEventLoop._run_once)  # type: ignore[attr-defined]
+    taken = first + next(i for i, line in enumerate(lines) if "self._ready.popleft()" in line)
     seen = [0]
-    last: List[object] = [None]
 
     def local(frame: types.FrameType, event: str, arg: object) -> Any:
-        handle = frame.f_locals.get("handle")
-        if event == "line" and handle is not None and handle is not last[0]:
-            last[0] = handle
-            sampler = next((t for t in asyncio.all_tasks(loop) if "Monitor._run" in repr(t.get_coro())), None)
-            if sampler is not None and is_wakeup_of(handle, sampler):
-                seen[0] += 1
-                if seen[0] == wakeups:
-                    raise KeyboardInterrupt
+        if event == "line" and frame.f_lineno == taken + 1 and is_sampler_timer(frame.f_locals.get("handle")):
+            seen[0] += 1
+            if seen[0] == wakeups:
+                raise KeyboardInterrupt
         return local
 
     def tracer(frame: types.FrameType, event: str, arg: object) -> Any:
@@ -61,19 +58,19 @@ def interrupt_after_taking_the_samplers_wakeup(loop: asyncio.AbstractEventLoop, 
     return tracer
 
 
-def interrupting_the_sampler_after_its_sleep(wakeups: int) -> Callable[..., Any]:
-    """A trace function that raises KeyboardInterrupt in the sampler's own code as it wakes for the ``wakeups``-th time.
+def interrupting_the_sampler_as_it_samples(wakeups: int) -> Callable[..., Any]:
+    """A trace function that raises KeyboardInterrupt in the sampler's own code as it fires for the ``wakeups``-th time.
 
     SIGINT's handler raises at the next bytecode boundary, wherever that is:
-    here, in loopstat's coroutine rather than the application's.
+    here, in loopstat's callback rather than the application's, once it armed the next timers.
     """
-    code = _lag.Sleep.overshoot.__code__
-    lines, first = inspect.getsourcelines(_lag.Sleep.overshoot)
-    after_the_sleep = first + next(i for i, line in enumerate(lines) if "if self._revived:" in line)
+    code = _lag.Sampler._fire.__code__
+    lines, first = inspect.getsourcelines(_lag.Sampler._fire)
+    sampling = first + next(i for i, line in enumerate(lines) if "self._on_time(" in line)
     seen = [0]
 
     def local(frame: types.FrameType, event: str, arg: object) -> Any:
-        if event == "line" and frame.f_lineno == after_the_sleep:
+        if event == "line" and frame.f_lineno == sampling:
             seen[0] += 1
             if seen[0] == wakeups:
                 raise KeyboardInterrupt

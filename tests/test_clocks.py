@@ -85,7 +85,7 @@ def test_cpu_share_starts_afresh_when_the_loop_moves_to_another_thread() -> None
 def test_where_no_selector_is_timed_busy_time_is_cpu_time_plus_time_in_watched_blocking_calls() -> None:
     wall, cpu = Clock(), Clock(5.0)
     none: Any = None
-    watched = Watched(none, none, none, none, none, none, thread=ThreadClock(wall=wall, cpu=cpu, thread=lambda: 1))
+    watched = Watched(none, none, none, none, none, thread=ThreadClock(wall=wall, cpu=cpu, thread=lambda: 1))
     watched.blocked = 2.0  # before the first sample: not this window's
     watched.sample()
     busy = BusyTime(watched)

@@ -18,9 +18,9 @@ import loopstat
 from loopstat.probes import lag as _lag
 from tests.inside import send_lines
 from tests.interrupts import (
-    interrupt_after_taking_the_samplers_wakeup,
+    interrupt_after_taking_the_samplers_timer,
     interrupting_at_the_call_of,
-    interrupting_the_sampler_after_its_sleep,
+    interrupting_the_sampler_as_it_samples,
 )
 from tests.receiver import Receiver
 
@@ -188,8 +188,8 @@ async def sending(monitor: loopstat.Monitor) -> None:
         await asyncio.sleep(0.001)
 
 
-def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> None:
-    """Issue 11's Ctrl-C run: main cancelled, a short run, loop.close(), with the wake-up lost every time."""
+def test_loop_close_after_ctrl_c_lost_a_samplers_timer_does_not_hang() -> None:
+    """Ctrl-C, then main cancelled, a short run, loop.close(), with a sampler timer lost every time."""
     outcomes: List[str] = []
 
     def application(wakeups: int) -> None:
@@ -204,7 +204,7 @@ def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> Non
                 assert asyncio.get_running_loop().is_running()
 
         task = loop.create_task(main())
-        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, wakeups))
+        sys.settrace(interrupt_after_taking_the_samplers_timer(wakeups))
         try:
             loop.run_until_complete(task)
         except KeyboardInterrupt:
@@ -226,11 +226,11 @@ def test_loop_close_after_ctrl_c_lost_the_samplers_wakeup_does_not_hang() -> Non
     assert outcomes == ["interrupted", ""] * 3
 
 
-def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -> None:
+def test_stop_after_ctrl_c_lost_a_samplers_timer_returns_at_once() -> None:
     loop = asyncio.new_event_loop()
     try:
         monitor = loopstat.install("127.0.0.1", 9, interval=0.001, loop=loop)
-        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, 5))
+        sys.settrace(interrupt_after_taking_the_samplers_timer(5))
         try:
             loop.run_until_complete(asyncio.sleep(5))
         except KeyboardInterrupt:
@@ -239,7 +239,7 @@ def test_stop_after_ctrl_c_lost_the_samplers_wakeup_returns_within_its_bound() -
             sys.settrace(None)
         started = time.monotonic()
         loop.run_until_complete(asyncio.wait_for(monitor.stop(), 10))
-        # STOP_WAIT_SECONDS, and room for a loaded machine.
+        # Nothing to wait for; room for a loaded machine.
         assert time.monotonic() - started < 5
         assert not monitor.running
     finally:
@@ -250,7 +250,7 @@ def interrupted_in_the_sampler(loop: asyncio.AbstractEventLoop, port: int, then:
     """Ctrl-C lands in the sampler; then the application runs the loop on, or closes it."""
     try:
         monitor = loopstat.install("127.0.0.1", port, interval=0.005, loop=loop)
-        sys.settrace(interrupting_the_sampler_after_its_sleep(5))
+        sys.settrace(interrupting_the_sampler_as_it_samples(5))
         try:
             with pytest.raises(KeyboardInterrupt):
                 loop.run_until_complete(asyncio.sleep(5))
@@ -305,15 +305,17 @@ def samples_go_on(loop: asyncio.AbstractEventLoop, monitor: loopstat.Monitor, bu
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_back_and_sampling_goes_on(
-    kind: str, busy: bool, receiver: Receiver
+@pytest.mark.parametrize("stall_threshold", [0.1, None], ids=["stalls", "no-stalls"])
+def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_over_by_its_spare_and_sampling_goes_on(
+    kind: str, busy: bool, stall_threshold: Optional[float], receiver: Receiver
 ) -> None:
-    # Busy, the stall watch's heartbeat finds the sampler overdue; idle, its watchdog thread does.
     loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
     errors = collect_loop_errors(loop)
     try:
-        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
-        sys.settrace(interrupting_at_the_call_of(_lag._wake_up.__code__))
+        monitor = loopstat.install(
+            "127.0.0.1", receiver.port, interval=0.05, stall_threshold=stall_threshold, loop=loop
+        )
+        sys.settrace(interrupting_at_the_call_of(_lag.Sampler._fire.__code__))
         try:
             with pytest.raises(KeyboardInterrupt):
                 loop.run_until_complete(asyncio.sleep(5))
@@ -328,15 +330,18 @@ def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_back_and_sampling_goes_on(
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
-def test_a_revival_a_ctrl_c_cut_off_in_turn_is_started_again(kind: str, receiver: Receiver) -> None:
+def test_a_link_its_spare_and_a_revival_all_cut_off_are_revived_again_by_the_stall_watch(
+    kind: str, receiver: Receiver
+) -> None:
     loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
     errors = collect_loop_errors(loop)
     try:
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
-        # The sampler's timer is cut off, then the first look of its revival.
+        # The timer, its spare, then the first spare the stall watch armed:
+        # only the stall watch's next revival, a second later, goes on.
         # (A trace function that raises is removed: one for each.)
-        for cut_off in (_lag._wake_up, _lag.Sleep._check):
-            sys.settrace(interrupting_at_the_call_of(cut_off.__code__))
+        for _ in range(3):
+            sys.settrace(interrupting_at_the_call_of(_lag.Sampler._fire.__code__))
             try:
                 with pytest.raises(KeyboardInterrupt):
                     loop.run_until_complete(asyncio.sleep(5))
@@ -350,24 +355,25 @@ def test_a_revival_a_ctrl_c_cut_off_in_turn_is_started_again(kind: str, receiver
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-def test_a_sampler_task_whose_wake_up_a_ctrl_c_cut_off_is_replaced_and_not_counted(
-    busy: bool, receiver: Receiver
+@pytest.mark.parametrize("stall_threshold", [0.1, None], ids=["stalls", "no-stalls"])
+def test_a_sampler_timer_a_ctrl_c_took_off_the_ready_queue_is_taken_over_and_no_task_is_counted(
+    busy: bool, stall_threshold: Optional[float], receiver: Receiver
 ) -> None:
     loop = asyncio.new_event_loop()
     errors = collect_loop_errors(loop)
     try:
-        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
-        sys.settrace(interrupt_after_taking_the_samplers_wakeup(loop, 3))
+        monitor = loopstat.install(
+            "127.0.0.1", receiver.port, interval=0.05, stall_threshold=stall_threshold, loop=loop
+        )
+        sys.settrace(interrupt_after_taking_the_samplers_timer(3))
         try:
-            with pytest.raises(KeyboardInterrupt) as raised:
+            with pytest.raises(KeyboardInterrupt):
                 loop.run_until_complete(asyncio.sleep(5))
         finally:
             sys.settrace(None)
-        del raised  # its frames would keep the task given up on alive
         samples_go_on(loop, monitor, busy)
         assert monitor.running
-        # The sleep the Ctrl-C left pending and the coroutine running the loop
-        # now; not the sampler task given up on, collected or not.
+        # The sleep the Ctrl-C left pending and the coroutine running the loop now: the application's two.
         assert monitor.tasks == 2
         loop.run_until_complete(monitor.stop())
     finally:
@@ -375,48 +381,60 @@ def test_a_sampler_task_whose_wake_up_a_ctrl_c_cut_off_is_replaced_and_not_count
     assert errors == []
 
 
-async def test_overlapping_stops_and_a_cancelled_sampler_leak_nothing_and_raise_nothing(receiver: Receiver) -> None:
+def others() -> List[asyncio.Task[Any]]:
+    """Every task of the running loop but the current one, as an application sees them."""
+    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+
+async def test_overlapping_stops_leak_nothing_and_raise_nothing(receiver: Receiver) -> None:
     loop = asyncio.get_running_loop()
     errors = collect_loop_errors(loop)
     fds = open_sockets()
 
-    async def later(monitor: loopstat.Monitor, yields: int, cancel_sampler: bool) -> None:
+    async def later(monitor: loopstat.Monitor, yields: int) -> None:
         for _ in range(yields):
             await asyncio.sleep(0)
-        if cancel_sampler:
-            for task in asyncio.all_tasks():
-                if "Monitor._run" in repr(task.get_coro()):
-                    task.cancel()
         await monitor.stop()
 
     for yields in range(8):
-        for cancel_sampler in (False, True):
-            monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.001)
-            await sending(monitor)
-            await asyncio.wait_for(asyncio.gather(monitor.stop(), later(monitor, yields, cancel_sampler)), 10)
-            assert not monitor.running
-    gc.collect()
-    await asyncio.sleep(0.01)
-    assert errors == []
-    assert open_sockets() == fds
-
-
-async def test_a_sampler_cancelled_again_and_again_while_it_stops_leaks_nothing(receiver: Receiver) -> None:
-    errors = collect_loop_errors(asyncio.get_running_loop())
-    fds = open_sockets()
-    for _ in range(20):
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.001)
         await sending(monitor)
-        sampler = next(t for t in asyncio.all_tasks() if "Monitor._run" in repr(t.get_coro()))
-        stopping = asyncio.ensure_future(monitor.stop())
-        for _ in range(5):
-            sampler.cancel()
-            await asyncio.sleep(0)
-        await asyncio.wait_for(stopping, 10)
+        await asyncio.wait_for(asyncio.gather(monitor.stop(), later(monitor, yields)), 10)
+        assert not monitor.running
     gc.collect()
     await asyncio.sleep(0.01)
     assert errors == []
     assert open_sockets() == fds
+
+
+async def test_the_monitor_adds_no_task_the_application_can_see(receiver: Receiver) -> None:
+    before = set(asyncio.all_tasks())
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01, gc=True, profile=True) as monitor:
+        await sending(monitor)
+        assert set(asyncio.all_tasks()) == before
+
+
+async def test_the_shutdown_idiom_of_gathering_every_other_task_finishes_under_a_monitor(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
+        await sending(monitor)
+        workers = [asyncio.ensure_future(asyncio.sleep(0.05)) for _ in range(3)]
+        # A generous bound, so that a sampler among the tasks fails the test rather than hanging it.
+        await asyncio.wait_for(asyncio.gather(*others()), 10)
+        assert all(worker.done() for worker in workers)
+        assert monitor.running
+
+
+async def test_monitoring_goes_on_after_the_application_cancels_every_task_it_can_see(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
+        await sending(monitor)
+        for _ in range(5):
+            tasks = others()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert monitor.running
+        sent = len(receiver.values("loopstat.lag", "g"))
+        await receiver.wait_count("loopstat.lag", "g", sent + 5)
 
 
 def test_stop_puts_back_the_wrappers_other_tools_installed_before_it() -> None:

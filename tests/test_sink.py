@@ -16,6 +16,7 @@ from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
 import loopstat
+from loopstat import _threads
 from loopstat import sink as sink_module
 from loopstat._metrics import Line
 from loopstat.cli import statsd
@@ -199,8 +200,8 @@ def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     release.set()
 
 
-def lookup_threads() -> List[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "loopstat-lookup"]
+def lookup_threads() -> List[_threads.Hidden]:
+    return _threads.running("loopstat-lookup")
 
 
 async def test_install_and_stop_cycles_during_a_slow_lookup_leave_one_lookup_thread(

@@ -14,12 +14,13 @@ import time
 import types
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, List, TypeVar
 
 import pytest
 import uvloop
 
 import loopstat
+from loopstat import _threads
 from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
@@ -154,6 +155,23 @@ async def test_a_hot_spot_is_logged_once_a_minute_and_still_counted(
     assert receiver.values("loopstat.stalls", "c") == [1, 1, 1]
 
 
+async def test_loopstats_threads_are_not_the_applications_yet_stalls_are_caught_and_located(receiver: Receiver) -> None:
+    """``threading.enumerate()`` and ``active_count()`` stay as they were, with every probe on."""
+    before, count = threading.enumerate(), threading.active_count()
+    options: Any = {"profile": True, "gc": True, "blocking_calls": True, "executor": True}
+    # A host name: its lookup runs in a thread too.
+    async with loopstat.install("localhost", receiver.port, interval=0.02, **options) as monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 2)
+        blocking_function(0.3)
+        await wait_for_stalls(monitor, 1)
+        assert watchdogs(), "the watchdog runs, out of sight"
+        assert _threads.running("loopstat-profiler"), "the profiler runs, out of sight"
+        assert (threading.enumerate(), threading.active_count()) == (before, count)
+    assert monitor.last_stall is not None
+    assert monitor.last_stall.location is not None
+    assert monitor.last_stall.location.endswith(WHERE)
+
+
 async def test_stall_threshold_none_reports_no_stall_and_starts_no_watchdog(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
@@ -161,7 +179,7 @@ async def test_stall_threshold_none_reports_no_stall_and_starts_no_watchdog(
         await asyncio.sleep(0.1)
         blocking_function(0.3)
         await receiver.wait_count("loopstat.tasks", "g", 4)
-        watchdogs = [t for t in threading.enumerate() if t.name == "loopstat-watchdog"]
+        watchdogs = _threads.running("loopstat-watchdog")
         own_probe = inside.stall_watch(monitor)
     assert (monitor.stalls, monitor.last_stall, own_probe) == (0, None, None)
     assert stall_warnings(loopstat_log) == []
@@ -269,8 +287,8 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
 
 
-def watchdogs() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "loopstat-watchdog"]
+def watchdogs() -> List[_threads.Hidden]:
+    return _threads.running("loopstat-watchdog")
 
 
 def no_watchdog_soon(timeout: float = 3.0) -> bool:

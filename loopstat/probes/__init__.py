@@ -11,7 +11,7 @@ in the catalogue.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Set
+from typing import TYPE_CHECKING, Callable, List, Optional, Protocol
 
 from loopstat._metrics import Line
 from loopstat.probes.selector_clock import SelectorClock
@@ -20,7 +20,7 @@ from loopstat.settings import Settings
 
 if TYPE_CHECKING:
     from loopstat.monitor import Monitor
-    from loopstat.probes.lag import Sleep
+    from loopstat.probes.lag import Sampler
 
 
 class Probe(Protocol):
@@ -43,7 +43,6 @@ class Watched:
         monitor: Monitor,
         send: Callable[[List[Line]], None],
         fault: Callable[[], None],
-        own_tasks: Callable[[], Set[asyncio.Future[Any]]],
         thread: Optional[ThreadClock] = None,
     ) -> None:
         self.loop = loop
@@ -54,8 +53,6 @@ class Watched:
         self.send = send
         #: Called from an ``except`` block: logs the fault, at most once a minute.
         self.fault = fault
-        #: loopstat's own tasks on the loop, which no count includes.
-        self.own_tasks = own_tasks
         #: Seconds the loop's thread has spent blocked in the calls the blocking-call
         #: probe watches, since the monitor started (0 while that probe is off).
         self.blocked = 0.0
@@ -66,10 +63,8 @@ class Watched:
         self.cpu_share: Optional[float] = None
         self.blocked_since = 0.0
         self._blocked_at_sample = 0.0
-        #: ``loop.time()`` when the sampler is next due to wake the loop (its timer's deadline or just before).
-        self.next_sample = 0.0
-        #: The sampler's sleep, set by the monitor; the stall watch revives it when it is overdue.
-        self.sleep: Optional[Sleep] = None
+        #: The sampler's timers, set by the monitor; the stall watch revives them when they are overdue.
+        self.sampler: Optional[Sampler] = None
         self._clock: Optional[SelectorClock] = None
         self._clock_tried = False
 

@@ -21,6 +21,8 @@ import threading
 from types import FrameType
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from loopstat.probes.gc import _on_gc
+
 # The watchdog walks at most this many frames from the innermost: it holds the
 # GIL while it walks, and the loop may want it back, whatever the depth.
 STACK_WALK = 1000
@@ -140,6 +142,8 @@ _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 # The stand-ins for blocking functions (blocking_calls=True) pass the application's
 # calls on: in a stack they count as the function they stand for, Python's own.
 _STAND_INS = os.path.join(_LOOPSTAT, "probes", "blocking.py")
+# (file, function) of loopstat's GC hook (gc=True), which runs inside whatever allocates.
+_GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -191,6 +195,27 @@ def culprit(frames: Sequence[Frame]) -> Optional[Frame]:
         if whose == PACKAGE and package is None:
             package = frame
     return package or (frames[-1] if frames else None)
+
+
+def blame(frames: Sequence[Frame], whole: bool, outer: Outer) -> Tuple[Optional[Frame], bool]:
+    """The frame to name for what a loop's thread is doing, and True if that is loopstat's own doing.
+
+    (None, False) in the loop itself, between callbacks. loopstat's own: its
+    code is the innermost that is not Python's (what it called in Python runs
+    for it), or the callback has its code and none of the application's (what
+    it called in a package runs for it). Not its GC hook, which runs inside
+    whatever allocates: a long C call that allocates (``json.loads``) is seen there.
+    """
+    callback = callback_frames(frames, whole, outer)
+    if callback is None:
+        return None, False
+    kinds = [kind(f[0]) if (f[0], f[2]) != _GC_HOOK else PYTHON for f in callback]
+    innermost = next((i for i in reversed(range(len(callback))) if kinds[i] != PYTHON), None)
+    if innermost is not None and kinds[innermost] == LOOPSTAT_CODE:
+        return callback[innermost], True
+    if APPLICATION not in kinds and LOOPSTAT_CODE in kinds:
+        return callback[len(kinds) - 1 - kinds[::-1].index(LOOPSTAT_CODE)], True
+    return culprit(callback), False
 
 
 def locate(frames: Sequence[Frame], outer: Outer = (), whole: bool = True) -> Optional[str]:

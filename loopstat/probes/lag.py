@@ -1,105 +1,114 @@
-"""Lag: how late the loop wakes a sleeping coroutine (the sampler's own sleep is the probe)."""
+"""Lag: how late the loop runs a timer that is due (the sampler's own timers are the probe).
+
+The sampler is a chain of the loop's timers, not a task: the application's
+``asyncio.all_tasks()`` never holds it, and cancelling every task it can see
+leaves monitoring on. Each timer, when it fires, arms the next before it does
+anything else, so an exception raised later in it (Ctrl-C) leaves the chain
+whole.
+
+A signal's exception (KeyboardInterrupt) can also land in a timer's callback
+before its first line, or on stdlib loops between taking it off the ready
+queue and running it: that timer is lost. So each link of the chain is armed
+twice, at its deadline and a spare one interval later; whichever runs first
+carries the chain on, and the other is cancelled or does nothing. The spare
+measures its own lateness, so a lost timer costs one sample, never a false lag.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from time import perf_counter
-from typing import Callable, List, Optional
+from typing import Callable, List, Tuple
 
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 
-# Turns of the loop after which whatever was due or ready when the sampler was
-# found overdue has run: its timer by the first, a wake-up it scheduled by the second.
-TURNS = 2
-# A revival takes a few turns of the loop; one whose own callback a signal cut
-# off is started afresh after this long.
+# ``revive`` arms at most one more spare this often: the stall watch may ask at every beat.
 REVIVE_SECONDS = 1.0
 
 
-class Sleep:
-    """The sampler's sleep; how late it ends is the lag.
+class Sampler:
+    """The sampler's chain of timers; calls ``on_time(lag)`` at each link, ``lag`` in milliseconds.
 
-    A signal's exception (KeyboardInterrupt) can land in a callback before its
-    first line: the timer that ends the sleep, or on stdlib loops the task's
-    wake-up after it. The application gets the exception and the sleep would
-    never end. When the sleep is found overdue, ``revive`` waits two turns of
-    the loop and then takes back what was lost.
+    Lag is measured with ``perf_counter()`` rather than ``loop.time()``:
+    uvloop's clock moves in whole milliseconds. It is never negative: timers
+    may fire a hair early, and StatsD servers reject negative timings.
+    Create, start, revive and stop it on the loop's thread.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, lost_task: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        interval: float,
+        on_time: Callable[[float], None],
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         self._loop = loop
-        # Called when the sampler task lost its wake-up: it waits for good, another must take over.
-        self._lost_task = lost_task
-        self._wake: Optional[asyncio.Future[None]] = None
-        #: ``perf_counter()`` when the current sleep is due to end (inf while the sampler is awake).
+        self._clock = clock
+        self._interval = interval
+        self._on_time = on_time
+        # The current link: a timer armed for another one does nothing (0: not started).
+        self._link = 0
+        self._handles: Tuple[asyncio.TimerHandle, ...] = ()
+        self._stopped = False
+        self._revived_at = -math.inf
+        #: ``perf_counter()`` when the current link is due (inf when not running).
         self.due = math.inf
-        # ``perf_counter()`` when ``revive`` began to watch the loop's turns (-inf: it does not).
-        self._reviving_since = -math.inf
-        # The current sleep was ended by ``revive``, not by its timer: its overshoot is no lag.
-        self._revived = False
+        #: ``loop.time()`` when the current link is due: the loop's next wake-up for a sample.
+        self.next_sample = math.inf
 
-    async def overshoot(self, interval: float) -> Optional[float]:
-        """Sleep ``interval`` seconds; return how many milliseconds late the loop woke us.
+    def start(self) -> None:
+        if not self._stopped and self._link == 0:
+            self._arm(self._clock())
 
-        None if the sleep's timer was lost and ``revive`` ended it. Measured with
-        ``perf_counter()`` rather than ``loop.time()``: uvloop's clock moves in
-        whole milliseconds. Never negative: timers may fire a hair early, and
-        StatsD servers reject negative timings.
-        """
-        loop = self._loop
-        started = perf_counter()
-        wake = self._wake = loop.create_future()
-        self.due = started + interval
-        timer = loop.call_later(interval, _wake_up, wake)
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            if self._wake is wake:  # a task given up on may end long after (collected)
-                self._wake, self.due = None, math.inf
-        if self._revived:
-            self._revived = False
-            return None
-        return max(0.0, (perf_counter() - started - interval) * 1000.0)
+    def _arm(self, now: float) -> None:
+        """Arm the next link, ``interval`` after ``now``, and its spare; cancel what is left of the last."""
+        link, interval, loop = self._link + 1, self._interval, self._loop
+        when = loop.time() + interval
+        handles = (
+            loop.call_at(when, self._fire, link, now + interval),
+            loop.call_at(when + interval, self._fire, link, now + 2 * interval),
+        )
+        # One statement: the chain moves to the new link with both its timers armed.
+        old, self._handles, self._link, self.due, self.next_sample = self._handles, handles, link, now + interval, when
+        for handle in old:
+            handle.cancel()
+
+    def _fire(self, link: int, due: float) -> None:
+        if link != self._link or self._stopped:
+            return  # the other timer of this link ran first
+        now = self._clock()
+        self._arm(now)
+        self._on_time(max(0.0, (now - due) * 1000.0))
 
     def revive(self) -> None:
-        """Called on the loop's thread when the sleep is overdue: look again in a turn or two of the loop."""
-        wake = self._wake
-        now = perf_counter()
-        if wake is None or now - self._reviving_since < REVIVE_SECONDS:
-            return
-        self._reviving_since = now
-        self._loop.call_soon(self._check, wake, None, 0)
+        """Called on the loop's thread when the link is overdue: arm one more spare for it.
 
-    def _check(self, wake: asyncio.Future[None], done_at: Optional[int], turn: int) -> None:
-        if wake is not self._wake:
-            self._reviving_since = -math.inf  # the sampler woke and slept again, or stopped: nothing was lost
+        Both its timers may have been lost (two signals in a row). The spare
+        fires an interval from now, after any of them still pending: it does
+        nothing if one of them carried the chain on.
+        """
+        now = self._clock()
+        if self._stopped or self._link == 0 or now - self._revived_at < REVIVE_SECONDS:
             return
-        if done_at is None and wake.done():
-            done_at = turn
-        if done_at is not None and turn - done_at >= TURNS:
-            # Woken two turns ago, still not running: the task's wake-up was cut off.
-            self._reviving_since = -math.inf
-            self._wake, self.due = None, math.inf
-            self._lost_task()
-            return
-        if done_at is None and turn >= TURNS:
-            # Due before the first turn, still pending: the timer's callback was cut off.
-            self._revived = True
-            wake.set_result(None)
-            done_at = turn
-        self._loop.call_soon(self._check, wake, done_at, turn + 1)
+        self._revived_at = now
+        spare = self._loop.call_at(self._loop.time() + self._interval, self._fire, self._link, now + self._interval)
+        self._handles += (spare,)
 
-
-def _wake_up(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)
+    def stop(self) -> None:
+        """End the chain; safe to repeat, and on a closed loop."""
+        self._stopped = True
+        self.due = self.next_sample = math.inf
+        handles, self._handles = self._handles, ()
+        for handle in handles:
+            with contextlib.suppress(Exception):  # a closed uvloop loop may refuse
+                handle.cancel()
 
 
 class Lag:
-    """Reports the overshoot the sampler measured."""
+    """Reports the lateness the sampler measured."""
 
     def __init__(self, watched: Watched) -> None:
         self._monitor = watched.monitor

@@ -5,10 +5,14 @@ profiled loop about PERIOD_SECONDS apart (jittered, so that it does not beat
 in step with periodic work). A look finds the loop waiting for events (stdlib
 loops: in its selector; any loop: in no callback) or running a callback, and
 then names the innermost frame of the application's code in it, as stalls are
-named. Every WINDOW_SAMPLES samples of the monitor, the shares of the looks
-that found each site are sent as ``P.busy`` (tag ``site:<file:line in
-function>``) for the top TOP_SITES sites plus ``site:other``, and kept for
-``monitor.top()``.
+named. A look that finds loopstat's own code (its samples and sends, which
+hand the GIL over when they write to the socket) names no site: it is counted
+apart, as ``monitor.own``. Every WINDOW_SAMPLES samples of the monitor, the
+shares of the looks that found each site are sent as ``P.busy`` (tag
+``site:<file:line in function>``) for the top TOP_SITES sites plus
+``site:other``, and kept for ``monitor.top()``.
+
+The thread is hidden from ``threading`` (see loopstat/_threads.py): nothing it runs may log.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from types import FrameType
 from typing import Dict, List, Optional, Tuple
 from weakref import WeakSet
 
+from loopstat import _threads
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
-from loopstat.probes.frames import Outer, StacksUnreadable, locate, outer_of, walk
+from loopstat.probes.frames import Outer, StacksUnreadable, blame, outer_of, walk, where
 from loopstat.probes.selector_clock import SelectorClock
 
 # About 50 looks a second: 500 in a 10 s window, a site's share to within a few points.
@@ -53,6 +58,8 @@ class Profile:
         self.outer: Outer = ()
         self._counts: Dict[str, int] = {}
         self._looks = 0
+        # Looks that found loopstat's own code.
+        self._own = 0
         self._samples = 0
         self._sent: Dict[str, None] = {}
         self._lock = threading.Lock()
@@ -74,23 +81,26 @@ class Profile:
             return
         clock = self._clock
         site: Optional[str] = None
+        own = False
         if clock is None or not clock.waiting:
             frame = frames.get(self.thread_id)
             if frame is not None:
                 stack, whole = walk(frame)
-                site = locate(stack, self.outer, whole)
+                named, own = blame(stack, whole, self.outer)
+                site = None if own else where(named)
         with self._lock:
             self._looks += 1
+            self._own += own
             if site is not None:
                 self._counts[site] = self._counts.get(site, 0) + 1
 
-    def take(self) -> Top:
-        """The window's table, and a new window."""
+    def take(self) -> Tuple[Top, Optional[float]]:
+        """The window's table and the share of its looks that found loopstat's own code; a new window."""
         with self._lock:
-            counts, looks = self._counts, self._looks
-            self._counts, self._looks = {}, 0
+            counts, looks, own = self._counts, self._looks, self._own
+            self._counts, self._looks, self._own = {}, 0, 0
         if not looks:
-            return []
+            return [], None
         ranked = sorted(counts.items(), key=lambda item: -item[1])
         top: Top = []
         other = 0
@@ -102,7 +112,7 @@ class Profile:
                 other += count
         if other:
             top.append((OTHER, other / looks))
-        return top
+        return top, own / looks
 
     def read(self, lines: List[Line]) -> None:
         if self.failed is not None:
@@ -111,7 +121,9 @@ class Profile:
         if self._samples < WINDOW_SAMPLES:
             return
         self._samples = 0
-        top = self._watched.monitor._top = self.take()
+        monitor = self._watched.monitor
+        top, monitor.own = self.take()
+        monitor._top = top
         lines.extend(("busy", "g", round(share, 4), (("site", site),)) for site, share in top)
 
     def close(self) -> None:
@@ -124,14 +136,13 @@ class _Sampler:
     def __init__(self) -> None:
         self._profiles: WeakSet[Profile] = WeakSet()
         self._changed = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[_threads.Hidden] = None
 
     def watch(self, profile: Profile) -> None:
         with self._changed:
             self._profiles.add(profile)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="loopstat-profiler", daemon=True)
-                self._thread.start()
+                self._thread = _threads.Hidden("loopstat-profiler", self._run)
 
     def unwatch(self, profile: Profile) -> None:
         with self._changed:

@@ -26,29 +26,19 @@ import math
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from time import perf_counter
 from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from weakref import WeakSet
 
+from loopstat import _threads
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
-from loopstat.probes.frames import (
-    LOOPSTAT_CODE,
-    PYTHON,
-    Frame,
-    Outer,
-    callback_frames,
-    culprit,
-    format_stack,
-    kind,
-    outer_of,
-    where,
-)
-from loopstat.probes.gc import _on_gc
-from loopstat.probes.lag import Sleep
+from loopstat.probes.frames import Frame, Outer, blame, format_stack, outer_of, where
+from loopstat.probes.lag import Sampler
 from loopstat.probes.selector_clock import Events, SelectorClock
 
 log = logging.getLogger(__name__)
@@ -123,18 +113,16 @@ class StallProbe:
         clock: Optional[SelectorClock],
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
-        next_sample: Callable[[], float] = lambda: math.inf,
-        sleep: Optional[Sleep] = None,
+        sampler: Optional[Sampler] = None,
     ) -> None:
         self.threshold = threshold
         self.interval = interval
-        # The sampler's sleep: revived when overdue (a signal may have cut off its wake-up).
-        self._sleep = sleep
+        # The sampler's timers: revived when overdue (signals may have cut off a link and its spare).
+        self._sampler = sampler
         # When the watchdog last asked the loop to revive its sampler: at most once a PARKED_SECONDS.
         self._revive_posted_at = -math.inf
         #: True while the beat rests on a loop without a selector clock (its thread idles).
         self.resting = False
-        self._next_sample = next_sample
         self._idle_samples = 0
         # Set when a wake-up was the sampler's and left the watchdog asleep.
         self._quiet_wake = False
@@ -149,6 +137,8 @@ class StallProbe:
         self.capture: Optional[Capture] = None
         #: Set by the watchdog when it found the loop not running (stopped between runs).
         self.paused = -math.inf
+        #: Set by the watchdog when a look failed: the traceback, for the loop to log.
+        self.failed_look: Optional[str] = None
         #: Set by the watchdog while it waits for the loop to come out of its selector.
         self.parked = False
         #: The frames around this loop's callbacks, taken by a callback on the
@@ -196,7 +186,8 @@ class StallProbe:
         # A loop may run in another thread after a stop; its wakes move the mark.
         self.thread_id = threading.get_ident()
         if self.parked:
-            if not events and self._loop.time() >= self._next_sample():
+            sampler = self._sampler
+            if not events and sampler is not None and self._loop.time() >= sampler.next_sample:
                 # The sampler's timer is due: ``sampled`` looks at what came with it.
                 self._quiet_wake = True
                 return
@@ -218,6 +209,9 @@ class StallProbe:
         longer if the thread spent more time on the CPU or in watched blocking calls since the last sample.
         """
         self._recover(now - late)
+        failed, self.failed_look = self.failed_look, None
+        if failed is not None:
+            log.debug("loopstat: the watchdog could not inspect the loop:\n%s", failed)
         # Busy: on the CPU, or blocked in a watched call (a loop that sleeps on its thread is not idle).
         idle = busy is not None and busy < ACTIVE_SHARE * wall + SAMPLE_CPU_SECONDS
         clock = self._clock
@@ -225,8 +219,8 @@ class StallProbe:
             if self._quiet_wake:
                 self._quiet_wake = False
                 # Timers due with the sampler's ran before it, unwatched: a stall among them ends
-                # here. It began at that wake-up, no earlier than this sample's deadline (a sampler
-                # that lost its wake-up to a signal comes later than the wake-up it was due at).
+                # here. It began at that wake-up, no earlier than this sample's deadline (a spare
+                # that took over from a timer lost to a signal comes later than the wake-up it was due at).
                 self._report(now, max(clock.woke, now - late), clock.woke)
             if self.parked and getattr(self._loop, "_ready", None):
                 self.parked = False
@@ -291,9 +285,9 @@ class StallProbe:
         self._handle = None
         self._on_the_loop()
         now = perf_counter()
-        sleep = self._sleep
-        if sleep is not None and now > sleep.due + self.threshold:
-            sleep.revive()
+        sampler = self._sampler
+        if sampler is not None and now > sampler.due + self.interval + self.threshold:
+            sampler.revive()  # the link and its spare, an interval later, are both overdue
         last_beat, mark = self.beat, self.mark()
         waited = mark > last_beat
         self.beat = now
@@ -398,12 +392,12 @@ class StallProbe:
 
         Called after any look at the stack: posting lets the loop run on.
         """
-        sleep = self._sleep
-        if sleep is None or now <= sleep.due + self.interval + self.threshold:
+        sampler = self._sampler
+        if sampler is None or now <= sampler.due + self.interval + self.threshold:
             return
         if now - self._revive_posted_at >= PARKED_SECONDS:
             self._revive_posted_at = now
-            self._loop.call_soon_threadsafe(sleep.revive)
+            self._loop.call_soon_threadsafe(sampler.revive)
 
     def _capture(self, mark: float, then: Callable[[], float]) -> float:
         """Capture the stack of the stall that started at ``mark`` (unless done), around ``then``; return its result."""
@@ -454,13 +448,16 @@ class StallProbe:
 
 
 class _Watchdog:
-    """The thread that looks at every watched loop, only when one may be stuck; there while one is watched."""
+    """The thread that looks at every watched loop, only when one may be stuck; there while one is watched.
+
+    Hidden from ``threading`` (see loopstat/_threads.py): nothing it runs may log.
+    """
 
     def __init__(self) -> None:
         # Weak: a loop dropped without stopping its monitor must still be collectable.
         self._probes: WeakSet[StallProbe] = WeakSet()
         self._changed = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[_threads.Hidden] = None
         # Set when there is news since the thread last looked, so a wake() that
         # comes while it looks is not lost.
         self._news = False
@@ -472,8 +469,7 @@ class _Watchdog:
             self._probes.add(probe)
             self._nudge()
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="loopstat-watchdog", daemon=True)
-                self._thread.start()
+                self._thread = _threads.Hidden("loopstat-watchdog", self._run)
 
     def unwatch(self, probe: StallProbe) -> None:
         with self._changed:
@@ -485,7 +481,7 @@ class _Watchdog:
         """With no loop watched, wait at most ``timeout`` for the thread to end; called before a fork."""
         with self._changed:
             thread = self._thread
-            if thread is None or thread is threading.current_thread() or len(self._probes) > 0:
+            if thread is None or thread.native_id == threading.get_native_id() or len(self._probes) > 0:
                 return
             self._nudge()
             self._changed.wait_for(lambda: self._thread is not thread, timeout)
@@ -507,7 +503,7 @@ class _Watchdog:
             self._watch_loops()
         finally:
             with self._changed:
-                if self._thread is threading.current_thread():
+                if self._thread is not None and self._thread.native_id == threading.get_native_id():
                     self._thread = None  # ended by an error: the next watch() starts another
                 self._changed.notify_all()
 
@@ -535,7 +531,7 @@ def _look(probes: List[StallProbe], now: float) -> float:
         try:
             when = probe.inspect(now)
         except Exception:  # a loop torn down under us: it will unwatch itself
-            log.debug("loopstat: watchdog could not inspect a loop", exc_info=True)
+            probe.failed_look = traceback.format_exc()  # logged by the loop: this thread may not log
             continue
         if when is not None:
             wake = min(wake, when)
@@ -564,20 +560,8 @@ def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
 
 def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Outer) -> Capture:
     """What the thread that runs a stuck loop was doing, from its stack; called by the watchdog, off the loop."""
-    stack = format_stack(frames, whole)
-    callback = callback_frames(frames, whole, outer)
-    if callback is None:
-        return Capture(mark, None, stack, False)
-    # Stuck in loopstat's code, or in Python's called by it: loopstat's own doing.
-    # Not in its GC hook, which runs inside whatever allocates; a long C call
-    # that allocates (``json.loads``) lets the watchdog in there.
-    innermost = next((f for f in reversed(callback) if kind(f[0]) != PYTHON and (f[0], f[2]) != _GC_HOOK), None)
-    own = innermost is not None and kind(innermost[0]) == LOOPSTAT_CODE
-    named = innermost if own else culprit(callback)
-    return Capture(mark, where(named), stack, own)
-
-
-_GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
+    named, own = blame(frames, whole, outer)
+    return Capture(mark, where(named), format_stack(frames, whole), own)
 
 
 class Stalls:
@@ -593,8 +577,7 @@ class Stalls:
             watched.clock(),
             self._on_stall,
             watched.settings.interval,
-            lambda: watched.next_sample,
-            watched.sleep,
+            watched.sampler,
         )
 
     def _on_stall(self, stall: Stall) -> None:
