@@ -6,7 +6,9 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Coroutine, Iterator
+from typing import Any, Callable, Optional, TypeVar
 
 import pytest
 import uvloop
@@ -14,6 +16,8 @@ import uvloop
 from loopstat import _origin
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests.receiver import Receiver
+
+T = TypeVar("T")
 
 # Every variable loopstat reads (install()'s and loopstat-run's); tests start from none of them set.
 ENV_VARS = VARIABLES + RUN_VARIABLES
@@ -32,20 +36,6 @@ def no_container(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CGROUP_PATH", "MOUNTINFO_PATH", "NAMESPACE_PATH"):
         monkeypatch.setattr(_origin, name, os.devnull)
     _origin.forget()
-
-
-@pytest.fixture(autouse=True)
-def close_leftover_loop() -> Iterator[None]:
-    """Close the unused loop pytest-asyncio leaves set on the policy after an async test.
-
-    A later ``asyncio.run()`` would drop it unclosed, and its ResourceWarning
-    (an error here) would land on whichever test the collector runs in.
-    """
-    yield
-    policy = asyncio.get_event_loop_policy()
-    loop = getattr(getattr(policy, "_local", None), "_loop", None)
-    if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running() and not loop.is_closed():
-        loop.close()
 
 
 # Whole programs and real servers: run once per tox run (the e2e env), not once per Python.
@@ -71,20 +61,85 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 LOOPS = ("asyncio", "uvloop")
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def coroutine_test(function: Callable[..., object]) -> Optional[Callable[..., Coroutine[Any, Any, None]]]:
+    """The coroutine function a test runs: itself, or the test Hypothesis wraps; None for a plain test."""
+    inner = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    return inner if inspect.iscoroutinefunction(inner) else None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every async test once on the stdlib loop and once on uvloop."""
-    if inspect.iscoroutinefunction(metafunc.function):
-        metafunc.parametrize("event_loop_policy", LOOPS, indirect=True)
+    if coroutine_test(metafunc.function) is not None:
+        metafunc.parametrize("loop_kind", LOOPS, indirect=True)
 
 
-@pytest.fixture
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if getattr(request, "param", "asyncio") == "uvloop":
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
-    return asyncio.DefaultEventLoopPolicy()
+@pytest.fixture(autouse=True)  # autouse: every test's closure has it, so any async test can be parametrized
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The loop an async test runs on: "asyncio" or "uvloop"."""
+    kind: str = getattr(request, "param", "asyncio")
+    return kind
+
+
+def run_on(kind: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a new loop of ``kind``, as ``asyncio.run`` would.
+
+    No event-loop policy is involved: policies are deprecated from Python 3.14.
+    """
+    factory = LOOP_FACTORIES[kind]
+    if sys.version_info < (3, 11):
+        return run_without_runner(factory, coro)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def run_without_runner(factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run()``'s steps with the loop from ``factory``: 3.9 and 3.10 have no ``asyncio.Runner``."""
+    loop = factory()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:  # an empty gather() would make its future on the policy's loop, not this one
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Optional[bool]:
+    """Run an async test on the loop its ``loop_kind`` names (each example on a new loop under Hypothesis)."""
+    test = pyfuncitem.obj
+    inner = coroutine_test(test)
+    if inner is None:
+        return None
+    kind = str(pyfuncitem.funcargs["loop_kind"])
+    kwargs = {name: pyfuncitem.funcargs[name] for name in inspect.signature(test).parameters}
+    if inner is test:
+        run_on(kind, inner(**kwargs))
+        return True
+
+    def each_example(*args: Any, **kwargs: Any) -> None:
+        run_on(kind, inner(*args, **kwargs))
+
+    # Hypothesis's documented hook for running a test that is not a plain function.
+    handle = test.hypothesis
+    handle.inner_test = each_example
+    try:
+        test(**kwargs)
+    finally:
+        handle.inner_test = inner
+    return True
 
 
 @pytest.fixture

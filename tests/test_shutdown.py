@@ -47,7 +47,6 @@ async def main():
     return monitor
 
 if END in ("stop", "run"):
-    asyncio.set_event_loop_policy(None)
     if "{loop}" == "uvloop":
         import uvloop
         uvloop.run(main())
