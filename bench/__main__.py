@@ -7,6 +7,10 @@ goes to stderr. Installs nothing: the peers come from the ``bench`` extra
 ``launcher`` (what ``loopstat-run`` adds to start-up and to ``asyncio.run()``); ``idle``
 measures CPU and wake-ups of idle loops over a long window; the others time
 wall-clock runs, whose ratios come with 95 % confidence intervals.
+
+``python -m bench peers [--project anyio,uvicorn]`` is apart: it downloads other
+projects' sdists and runs their test suites plain and under ``loopstat-run``
+(``bench/peers.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from bench import fidelity, idle, instructions, launcher, loops, precise, report, variants, web, workloads
+from bench import fidelity, idle, instructions, launcher, loops, peers, precise, report, variants, web, workloads
 from bench.precise import emit, progress
 from bench.udp import Receiver
 
@@ -78,6 +82,9 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["peers"]:
+        return peers.main(given[1:])  # its own options: it runs other projects' test suites
     args = parse(argv)
     plan = QUICK if args.quick else FULL
     if args.repeats is not None:
