@@ -339,6 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if name not in known:
             parser.error(f"--project: {name!r} is not one of {', '.join(known)}")
     cache: Path = args.cache or cache_dir()
+    measured = commit()  # now: the checkout installed below, even if it changes while the suites run
     rows: List[List[str]] = []
     found: List[Tuple[str, ...]] = []
     for name in chosen:
@@ -375,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
             for r, label in ((plain, "plain"), (monitored, "loopstat-run")):
                 progress(f"  {label}: exit {r.exit_code}, {r.summary}")
-    print(f"loopstat {commit()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d', time.gmtime())}\n")
+    print(f"loopstat {measured}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d', time.gmtime())}\n")
     header = ["project", "loop", "plain", "under loopstat-run", "differences", "plain time", "loopstat-run time"]
     # Differences: tests whose outcome differed in the first runs; in brackets those that then failed
     # under loopstat-run in every rerun and passed plainly in every one.
