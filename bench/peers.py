@@ -32,6 +32,10 @@ from bench.udp import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A test that hangs fails after this long and the run goes on (seen plainly on a loaded machine: uvicorn's
+# runner waiting at exit for a default-executor thread).
+TIMEOUT = 120
+
 # Every probe on: the heaviest loopstat-run there is.
 LOOPSTAT_ENV = {"LOOPSTAT_BLOCKING_CALLS": "1", "LOOPSTAT_PROFILE": "1", "LOOPSTAT_GC": "1"}
 
@@ -195,7 +199,7 @@ def prepare(peer: Peer, cache: Path) -> Tuple[Path, Path]:
             else:
                 tar.extractall(cache / "src")  # sdists from PyPI; 3.12+ also filters their paths
     python = venv / "bin" / "python"
-    wanted = [f"{source}[{peer.extras}]", *peer.deps, str(ROOT)]
+    wanted = [f"{source}[{peer.extras}]", *peer.deps, "pytest-timeout", str(ROOT)]
     installed = venv / "peers-installed.txt"  # what the venv was made with: a changed list makes it again
     if not python.exists() or not installed.exists() or installed.read_text() != "\n".join(wanted):
         sh([sys.executable, "-m", "venv", "--clear", str(venv)])
@@ -240,7 +244,7 @@ def run(
     """The suite (or only ``tests``, node ids) once, with its JUnit report in ``out``."""
     python = str(venv / "bin" / "python")
     chosen = suite.args if tests is None else tests
-    cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={out}", *chosen]
+    cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--timeout={TIMEOUT}", f"--junitxml={out}", *chosen]
     for plugin in suite.plugins:
         cmd += ["-p", plugin]
     env = dict(os.environ)
