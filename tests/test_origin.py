@@ -324,9 +324,10 @@ import loopstat
 
 port, count, loop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 arguments, fork_into = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+run = asyncio.run
 if loop == "uvloop":
     import uvloop
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    run = uvloop.run  # no event-loop policy: deprecated from Python 3.14
 
 
 async def main(prefix):
@@ -337,14 +338,14 @@ async def main(prefix):
 
 
 sys.stdin.readline()  # moved into the cgroup by now
-asyncio.run(main("app"))
+run(main("app"))
 if fork_into:
     pid = os.fork()
     if pid == 0:
         for procs in fork_into:
             with open(procs, "w") as file:
                 file.write(str(os.getpid()))
-        asyncio.run(main("forked"))
+        run(main("forked"))
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     sys.exit(os.waitstatus_to_exitcode(status))
