@@ -32,10 +32,11 @@ def test_a_junit_report_reads_as_outcomes_by_the_node_id_pytest_runs_again(tmp_p
 
 def test_only_a_test_that_always_passes_plainly_and_never_under_loopstat_is_blamed_on_loopstat() -> None:
     n = peers.RERUNS
-    assert peers.verdict(f"{n}/{n}", f"0/{n}") == "under loopstat-run only"
-    assert peers.verdict(f"{n}/{n}", f"{n}/{n}") == "flaky: not reproduced"
-    assert peers.verdict(f"{n - 1}/{n}", f"0/{n}") == "flaky: varies plainly too"
-    assert peers.verdict(f"{n}/{n}", f"1/{n}") == "flaky: varies under loopstat-run"
+    assert peers.verdict(f"{n}/{n}", f"0/{n}", "passed", "failed") == "under loopstat-run only"
+    assert peers.verdict(f"{n}/{n}", f"0/{n}", "failed", "passed") == "flaky: fails plainly too"
+    assert peers.verdict(f"{n}/{n}", f"{n}/{n}", "passed", "failed") == "flaky: not reproduced"
+    assert peers.verdict(f"{n - 1}/{n}", f"0/{n}", "passed", "failed") == "flaky: fails plainly too"
+    assert peers.verdict(f"{n}/{n}", f"1/{n}", "passed", "failed") == "flaky: varies under loopstat-run"
 
 
 def test_a_test_missing_from_one_run_is_a_difference() -> None:
