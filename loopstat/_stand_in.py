@@ -55,11 +55,14 @@ class StandIn(_Swap):
     theirs: ours stays inside theirs, and the caller makes it only pass calls on.
     """
 
-    def __init__(self, obj: object, name: str, stand_in: Callable[..., Any]) -> None:
+    def __init__(self, obj: object, name: str, stand_in: Callable[..., Any], previous: Any = ABSENT) -> None:
+        """``previous``: what ``remove()`` puts back if what is there now is ``stand_in`` itself (left there by
+        another tool that put back what it had saved); by default, what is there."""
         self._obj = obj
         self._name = name
         self._stand_in = stand_in
-        self._previous = own_attribute(obj, name)
+        there = own_attribute(obj, name)
+        self._previous = previous if there is stand_in and previous is not ABSENT else there
         setattr(obj, name, stand_in)  # AttributeError for objects without instance attributes
 
     def remove(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import aiohttp
 import pytest
 import uvicorn
+import uvloop
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -427,9 +428,8 @@ async def test_a_wrapper_another_tool_set_after_stays_and_ours_inside_it_only_pa
     assert time.sleep is tool_sleep
     monkeypatch.undo()  # the tool puts back what it found: our stand-in, which now only passes calls on
     assert time.sleep is ours
-    time.sleep(0.001)
-    time.sleep = ORIGINALS["time.sleep"]
-    assert_all_original()
+    time.sleep(0.001)  # called with no loop watched, it puts the original back in its place
+    assert time.sleep is ORIGINALS["time.sleep"]
 
 
 @pytest.fixture
@@ -515,22 +515,112 @@ def test_call_sites_remembered_are_bounded(new_loop: asyncio.AbstractEventLoop) 
         probe.close()
 
 
-async def test_a_fault_while_noting_a_call_is_reported_and_the_call_returns_as_usual(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    faults: List[str] = []
+@pytest.fixture
+def unbroken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault takes the stand-ins out for the rest of the process: for this test only."""
+    monkeypatch.setattr(blocking, "_broken", False)
 
+
+@pytest.mark.usefixtures("unbroken")
+async def test_a_fault_while_noting_a_call_takes_the_stand_ins_out_with_one_warning_and_the_call_returns_as_usual(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, blocking_log: pytest.LogCaptureFixture
+) -> None:
     def fail(frames: Any) -> Optional[Any]:
         raise RuntimeError("broken")
 
     monkeypatch.setattr(blocking, "culprit", fail)
-    probe = BlockingCalls(asyncio.get_running_loop(), lambda: faults.append(repr(sys.exc_info()[1])))
-    try:
+    async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, interval=INTERVAL) as monitor:
+        await asyncio.sleep(0)
+        assert time.sleep is not ORIGINALS["time.sleep"]
         time.sleep(0.001)
+        assert_all_original()
         assert socket.getaddrinfo("127.0.0.1", 80)[0][4] == ("127.0.0.1", 80)
+        time.sleep(0.001)
+        with pytest.raises(ValueError, match="must be non-negative"):
+            time.sleep(-1)
+        await receiver.wait_count("loopstat.lag", "ms", 3, timeout=30)  # the other metrics go on
+        assert monitor.running
+    warnings = [r for r in blocking_log.records if r.name == LOGGER and r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "loopstat: blocking calls are no longer counted (the stand-in for time.sleep failed: "
+        "RuntimeError('broken')); the other metrics go on"
+    ]
+    assert_all_original()
+
+
+@pytest.mark.usefixtures("unbroken")
+async def test_a_fault_finding_the_running_loop_passes_the_call_on_and_no_stand_in_comes_back(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, blocking_log: pytest.LogCaptureFixture
+) -> None:
+    def fail() -> Optional[BlockingCalls]:
+        raise AttributeError("get_running_loop")
+
+    monkeypatch.setattr(blocking, "_probe_of_running_loop", fail)
+    async with counting(receiver):
+        stood_in = socket.getaddrinfo
+        assert stood_in("127.0.0.1", 80)[0][4] == ("127.0.0.1", 80)
+        with pytest.raises(socket.gaierror):  # the original's own exception, unchanged
+            stood_in("127.0.0.1", 80, family=12345)
+        assert_all_original()
+    async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, interval=INTERVAL):
+        await asyncio.sleep(0)
+        assert_all_original()  # for good
+    assert len([r for r in blocking_log.records if r.levelno >= logging.WARNING]) == 1
+    assert calls(receiver) == {}
+
+
+def test_every_target_pickles_by_reference_and_loads_back_as_the_current_attribute(
+    new_loop: asyncio.AbstractEventLoop,
+) -> None:
+    for target in blocking.TARGETS:
+        original = getattr(target.owner, target.attribute)
+        assert pickle.loads(pickle.dumps(original)) is original, target.call
+    probe = BlockingCalls(new_loop, lambda: None)
+    try:
+        for target in blocking.TARGETS:
+            stand_in = getattr(target.owner, target.attribute)
+            assert stand_in is not ORIGINALS[target.call] or ORIGINALS[target.call] is None, target.call
+            assert pickle.loads(pickle.dumps(stand_in)) is stand_in, target.call
+        assert pickle.loads(pickle.dumps(socket.socket.recv)) is socket.socket.recv
+        assert pickle.loads(pickle.dumps(time.sleep)) is time.sleep
     finally:
         probe.close()
-    assert faults == ["RuntimeError('broken')", "RuntimeError('broken')"]
+    assert_all_original()
+
+
+def _resolve(host: str, port: int, *args: Any, **kwargs: Any) -> List[Any]:
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, port))]
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_monkeypatch_around_1100_monitored_loops_leaves_getaddrinfo_the_original_one_layer_at_most(
+    loop_name: str, receiver: Receiver
+) -> None:
+    """As 1,100 async tests do when each patches ``socket.getaddrinfo`` in a fixture and their loop
+    (with its monitor) ends before the patch is undone. asyncio counts with ``blocking_calls=True``,
+    uvloop by default."""
+    original = socket.getaddrinfo
+    settings: Dict[str, Any] = {"blocking_calls": True} if loop_name == "asyncio" else {}
+
+    async def test_body(patch: pytest.MonkeyPatch) -> None:
+        loopstat.install("127.0.0.1", receiver.port, interval=3600, stall_threshold=None, **settings)
+        await asyncio.sleep(0)
+        assert threading.get_ident() in blocking._threads  # counting
+        patch.setattr(socket, "getaddrinfo", _resolve)
+        assert socket.getaddrinfo("example.test", 80)[0][4] == ("example.test", 80)
+
+    for _ in range(1100):
+        patch = pytest.MonkeyPatch()
+        loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(test_body(patch))
+        finally:
+            loop.close()  # the monitor ends with its loop, before the patch is undone
+        patch.undo()
+        assert blocking.original_of(socket.getaddrinfo) is original
+    assert socket.getaddrinfo("127.0.0.1", 80)[0][4] == ("127.0.0.1", 80)
+    assert socket.getaddrinfo is original
+    assert_all_original()
 
 
 def test_every_call_tag_fits_the_room_lines_keep_for_their_own_tags() -> None:

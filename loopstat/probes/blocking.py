@@ -13,6 +13,13 @@ Calls made inside a counted call (``subprocess.run`` waiting in
 
 A module that took the function before the stand-in came (``from time import
 sleep``) keeps calling the original: such calls are not seen.
+
+One stand-in is made per function, for the life of the process, and it is
+never wrapped: a stand-in that another tool saved and put back after the
+stand-ins were taken out (pytest's ``monkeypatch`` around a monitored loop)
+is recognised when they come back, and stands for the original again, one
+layer deep. A fault of the stand-ins' own bookkeeping takes them out for good,
+with one warning; the call that met it goes to the original.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import weakref
 from dataclasses import dataclass
 from threading import get_ident
 from time import perf_counter
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from loopstat._metrics import Line
@@ -270,6 +277,12 @@ _lock = threading.RLock()
 _probes: Tuple[weakref.ref[BlockingCalls], ...] = ()
 _threads: FrozenSet[int] = frozenset()
 _stand_ins: List[StandIn] = []
+# Every stand-in made, by (call, id of the original); and the original of each, by the stand-in's id.
+# Kept for the life of the process (a few dozen entries), so that an id is never reused.
+_made: Dict[Tuple[str, int], Tuple[Callable[..., Any], Callable[..., Any]]] = {}
+_originals: Dict[int, Callable[..., Any]] = {}
+# Set by the first fault of the stand-ins' own: no stand-in is put in place again in this process.
+_broken = False
 
 
 def _watch(probe: BlockingCalls) -> None:
@@ -277,7 +290,7 @@ def _watch(probe: BlockingCalls) -> None:
     with _lock:
         _probes = (*_probes, weakref.ref(probe, _gone))
         _rethread()
-        if not _stand_ins:
+        if not _stand_ins and not _broken:
             _install()
 
 
@@ -311,9 +324,53 @@ def _rethread() -> None:
 
 def _install() -> None:
     for target in TARGETS:
-        inner = getattr(target.owner, target.attribute, None)
-        if inner is not None:
-            _stand_ins.append(StandIn(target.owner, target.attribute, _stand_in(target, inner)))
+        there = getattr(target.owner, target.attribute, None)
+        if there is None:
+            continue
+        # One of ours, put back by a tool that had saved it: it stands for its original again, unwrapped.
+        original = _originals.get(id(there), there)
+        _stand_ins.append(StandIn(target.owner, target.attribute, _made_for(target, original), previous=original))
+
+
+def original_of(function: Callable[..., Any]) -> Callable[..., Any]:
+    """What ``function`` stands for if it is one of loopstat's stand-ins; else ``function`` itself."""
+    return _originals.get(id(function), function)
+
+
+def _made_for(target: Target, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The stand-in for ``original``: the same one each time."""
+    made = _made.get((target.call, id(original)))
+    if made is None:
+        stand_in = _stand_in(target, original)
+        made = _made[(target.call, id(original))] = (original, stand_in)
+        _originals[id(stand_in)] = original
+    return made[1]
+
+
+def _put_back(target: Target, original: Callable[..., Any]) -> None:
+    """A stand-in called with no probe left: another tool put it back after the stand-ins were taken out
+    (restoring what it had saved). The original takes its place again."""
+    with contextlib.suppress(Exception), _lock:
+        there = getattr(target.owner, target.attribute, None)
+        if not _probes and there is not None and _originals.get(id(there)) is original:
+            setattr(target.owner, target.attribute, original)
+
+
+def _fail(target: Target, error: Exception) -> None:
+    """A fault of the stand-ins' own: every stand-in passes calls on from now, and goes where it can; one warning."""
+    global _broken, _threads
+    first = not _broken
+    _broken, _threads = True, frozenset()
+    if first:
+        log.warning(
+            "loopstat: blocking calls are no longer counted (the stand-in for %s failed: %r); "
+            "the other metrics go on",
+            target.call,
+            error,
+        )
+    with contextlib.suppress(Exception):
+        with _lock:
+            _uninstall()
 
 
 def _uninstall() -> None:
@@ -334,10 +391,12 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
     """What takes the place of ``inner``: ``inner`` itself, timed when called on a watched loop's thread."""
     if not hasattr(type(inner), "__get__"):
         # A builtin (time.sleep) does not bind when kept as a class attribute; a function would.
-        return functools.update_wrapper(_Unbound(target, inner), inner)
+        return _named(target, functools.update_wrapper(_Unbound(target, inner), inner))
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:
         if get_ident() not in _threads:
+            if not _probes:
+                _put_back(target, inner)
             return inner(*args, **kwargs)
         return _on_a_loop_thread(target, inner, args, kwargs)
 
@@ -350,11 +409,24 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
                 blocking = False
             if blocking:
                 return _on_a_loop_thread(target, inner, args, kwargs)
+        elif not _probes:
+            _put_back(target, inner)
         return inner(*args, **kwargs)
 
-    # Name, module, docstring and signature (through __wrapped__) of the function it stands for:
-    # pickle, for one, finds it by that name.
-    return functools.update_wrapper(socket_stand_in if target.on_socket else stand_in, inner)
+    # Name, docstring and signature (through __wrapped__) of the function it stands for, and the
+    # module and qualified name of the place it stands in: pickle finds it there, by reference.
+    return _named(target, functools.update_wrapper(socket_stand_in if target.on_socket else stand_in, inner))
+
+
+def _named(target: Target, made: Any) -> Any:
+    """``made`` under the module and qualified name of the place it stands in (``socket.socket.recv``
+    is ``_socket``'s method, ``socket.gethostbyname`` is ``_socket``'s function)."""
+    owner = target.owner
+    if isinstance(owner, ModuleType):
+        made.__module__, made.__qualname__ = owner.__name__, target.attribute
+    elif isinstance(owner, type):
+        made.__module__, made.__qualname__ = owner.__module__, f"{owner.__qualname__}.{target.attribute}"
+    return made
 
 
 class _Unbound:
@@ -366,6 +438,8 @@ class _Unbound:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if get_ident() not in _threads:
+            if not _probes:
+                _put_back(self._target, self._inner)
             return self._inner(*args, **kwargs)
         return _on_a_loop_thread(self._target, self._inner, args, kwargs)
 
@@ -381,9 +455,14 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
     probe = None
     try:
         # Whether it blocks first: cheaper than finding the loop, and most calls that do not block stop here.
-        if target.blocks is None or target.blocks(*args, **kwargs):
-            probe = _probe_of_running_loop()
+        blocks = target.blocks is None or target.blocks(*args, **kwargs)
     except Exception:  # arguments the function will refuse, in its own words
+        blocks = False
+    try:
+        if blocks:
+            probe = _probe_of_running_loop()
+    except Exception as error:
+        _fail(target, error)
         probe = None
     if probe is None or probe._inside:
         return inner(*args, **kwargs)
@@ -399,9 +478,10 @@ def _on_a_loop_thread(target: Target, inner: Callable[..., Any], args: Tuple[Any
             if target.counts is None or (result is not _NOTHING and target.counts(result)):
                 # Read after the call: the frames that made it have not moved.
                 probe.note(target.call, seconds, _stack(sys._getframe(2)))  # the stand-in's caller, outwards
-        except Exception:
+        except Exception as error:
             with contextlib.suppress(Exception):
-                probe._fault()  # its log line's own writes do not count either
+                probe._inside = True  # its log line's own writes do not count either
+                _fail(target, error)
         finally:
             probe._inside = False
 
