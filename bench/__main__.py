@@ -1,4 +1,5 @@
-"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop …] [--repeats N]``.
+"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop …] [--repeats N]``
+(``instructions`` also takes ``--workload W,…`` and ``--variant V,…``).
 
 Runs the variants side by side and prints markdown tables on stdout; progress
 goes to stderr. Installs nothing: the peers come from the ``bench`` extra
@@ -66,7 +67,19 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         type=int,
         help="interleaved rounds of every overhead comparison (default 15 in-process, 5 HTTP, 3 idle)",
     )
+    parser.add_argument(
+        "--workload", default="", help="instructions: comma-separated workloads only (yielding, ping-pong, http)"
+    )
+    parser.add_argument(
+        "--variant", default="", help="instructions: comma-separated variants only (none is always counted)"
+    )
     args = parser.parse_args(argv)
+    args.workloads = [name.strip() for name in args.workload.split(",") if name.strip()]
+    args.variants = [name.strip() for name in args.variant.split(",") if name.strip()]
+    try:
+        instructions.subset(instructions.FULL, args.workloads, args.variants)
+    except ValueError as error:
+        parser.error(f"--{error}")
     args.loops = [name.strip() for name in args.loop.split(",") if name.strip()]
     for name in args.loops:
         reason = loops.missing(name)
@@ -91,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan = dataclasses.replace(plan, repeats=args.repeats, http_repeats=args.repeats, idle_repeats=args.repeats)
     variants.quiet_loopstat()
     if args.what == "instructions":
-        return precise.main(args.quick, args.loops)
+        return precise.main(args.quick, args.loops, args.workloads, args.variants)
     if args.what == "launcher":
         receiver = Receiver()
         try:

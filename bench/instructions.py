@@ -22,6 +22,7 @@ Each child is ``python -m bench.counted`` (see there).
 from __future__ import annotations
 
 import compileall
+import dataclasses
 import json
 import re
 import shutil
@@ -74,6 +75,23 @@ FULL = Plan({"yielding": (3000, 12000), "ping-pong": (1500, 7500), "http": (50, 
 # A smoke run: loopstat on ping-pong on each loop, the baseline on the first; no busy runs, no idle.
 # Three at a time: on a loaded machine the children get a bigger share; on an idle one it costs nothing.
 QUICK = Plan({"ping-pong": (50, 200)}, ("none", "loopstat"), (), (0, 0), 3, busy=False, baselines=False)
+
+
+def subset(plan: Plan, workload_names: Sequence[str] = (), variant_names: Sequence[str] = ()) -> Plan:
+    """``plan`` cut down to the workloads and variants named (all of a kind when none is named).
+
+    ``none`` always stays: every share is over it.
+    """
+    for name in workload_names:
+        if name not in plan.sizes:
+            raise ValueError(f"workload: {name!r} is not one of {', '.join(plan.sizes)}")
+    for name in variant_names:
+        if name not in COUNTED:
+            raise ValueError(f"variant: {name!r} is not one of {', '.join(COUNTED)}")
+    sizes = {w: s for w, s in plan.sizes.items() if not workload_names or w in workload_names}
+    counted = plan.counted if not variant_names else tuple(v for v in COUNTED if v == "none" or v in variant_names)
+    idle = plan.idle if not variant_names else tuple(v for v in plan.idle if v in counted)
+    return dataclasses.replace(plan, sizes=sizes, counted=counted, idle=idle)
 
 
 @dataclass(frozen=True)

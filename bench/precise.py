@@ -7,7 +7,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from bench import idle, instructions, report, variants
 from bench.udp import Receiver
@@ -39,9 +39,11 @@ def header(title: str, quick: bool, loop_names: List[str]) -> None:
     )
 
 
-def main(quick: bool, loop_names: List[str]) -> int:
-    """``python -m bench instructions``."""
-    plan = instructions.QUICK if quick else instructions.FULL
+def main(
+    quick: bool, loop_names: List[str], workload_names: Sequence[str] = (), variant_names: Sequence[str] = ()
+) -> int:
+    """``python -m bench instructions``, on every workload and variant of the plan or the ones named."""
+    plan = instructions.subset(instructions.QUICK if quick else instructions.FULL, workload_names, variant_names)
     header("loopstat instruction counts", quick, loop_names)
     tool = instructions.valgrind() or "valgrind"
     version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False).stdout.strip()
