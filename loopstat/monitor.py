@@ -244,11 +244,18 @@ class Monitor:
         loop = self._loop
         inner = loop.close
         monitor_ref = weakref.ref(self)
+        broken = False
 
         def close() -> None:
-            monitor = monitor_ref()
-            if monitor is not None and not loop.is_running() and not loop.is_closed():
-                monitor._on_loop_close()
+            nonlocal broken
+            if not broken:
+                try:
+                    monitor = monitor_ref()
+                    if monitor is not None and not loop.is_running() and not loop.is_closed():
+                        monitor._on_loop_close()
+                except Exception as error:  # loopstat's fault: the loop closes as without it, and the guard stops
+                    broken = True
+                    log.warning("loopstat: releasing the monitor at loop.close() failed (%r); the loop closes", error)
             inner()
 
         # Stdlib loops keep their attributes compact: one more costs nothing. Other

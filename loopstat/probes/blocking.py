@@ -363,14 +363,12 @@ def _fail(target: Target, error: Exception) -> None:
     _broken, _threads = True, frozenset()
     if first:
         log.warning(
-            "loopstat: blocking calls are no longer counted (the stand-in for %s failed: %r); "
-            "the other metrics go on",
+            "loopstat: blocking calls are no longer counted (the stand-in for %s failed: %r); the other metrics go on",
             target.call,
             error,
         )
-    with contextlib.suppress(Exception):
-        with _lock:
-            _uninstall()
+    with contextlib.suppress(Exception), _lock:
+        _uninstall()
 
 
 def _uninstall() -> None:
@@ -418,7 +416,7 @@ def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
     return _named(target, functools.update_wrapper(socket_stand_in if target.on_socket else stand_in, inner))
 
 
-def _named(target: Target, made: Any) -> Any:
+def _named(target: Target, made: Callable[..., Any]) -> Callable[..., Any]:
     """``made`` under the module and qualified name of the place it stands in (``socket.socket.recv``
     is ``_socket``'s method, ``socket.gethostbyname`` is ``_socket``'s function)."""
     owner = target.owner

@@ -1,31 +1,64 @@
 """The selector clock: times a stdlib loop's waits for events; utilization and stalls both read it.
 
-It puts in the loop's place a selector of a subclass of the loop's own,
-sharing its state (epoll object, key map), whose ``select`` times the calls
-that may wait. A class method, not an instance attribute, and a new object,
-not a changed ``__class__``: the interpreter keeps calling it through its
-specialized, inlined path. A loop with callbacks ready polls with timeout 0
-once per turn, where it works hardest; that poll is not timed, and on Linux's
-epoll the clock does it itself, in fewer instructions than the stdlib's
-general path.
+It puts in the loop's place a selector of a subclass of the loop's own, with
+the very same attribute dictionary (one state, whatever either object
+rebinds), whose ``select`` times the calls that may wait. A class method, not
+an instance attribute, and a new object, not a changed ``__class__``: the
+interpreter keeps calling it through its specialized path. A loop with
+callbacks ready polls with timeout 0 once per turn, where it works hardest;
+that poll is not timed, and on Linux's epoll, on the Pythons whose
+``EpollSelector.select`` it was checked against, the clock does it itself, in
+fewer instructions than the stdlib's general path.
+
+What it assumes is checked when it attaches; anything unexpected in its own
+work later hands that call to the selector's own method and detaches the clock
+for good, with one warning: utilization and the selector's part of stall
+detection stop, the loop runs on as without loopstat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import select
 import selectors
+import sys
 from time import perf_counter
 from types import MethodType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from loopstat._stand_in import ABSENT, StandIn, own_attribute
 
+log = logging.getLogger(__name__)
+
 Events = List[Tuple[selectors.SelectorKey, int]]
+
+# The epoll poll below is a copy of ``selectors.EpollSelector.select``'s work for timeout 0, checked
+# against CPython 3.9 to 3.13: used only on those versions (and 3.14, 3.15 when their method has the
+# same shape), on a selector of exactly that class. The names each checked version's method uses
+# (its ``co_names``): another shape means the stdlib changed it, and the clock uses the stdlib's.
+EPOLL_CHECKED_VERSIONS: FrozenSet[Tuple[int, int]] = frozenset((3, minor) for minor in range(9, 16))
+EPOLL_CHECKED_SHAPES: FrozenSet[Tuple[str, ...]] = frozenset(
+    {
+        # 3.9 to 3.12: the key through ``self._key_from_fd(fd)`` (``self._fd_to_key.get`` in effect).
+        (
+            "math", "ceil", "max", "len", "_fd_to_key", "_selector", "poll", "InterruptedError", "select",
+            "EPOLLIN", "EVENT_WRITE", "EPOLLOUT", "EVENT_READ", "_key_from_fd", "append", "events",
+        ),
+        # 3.13: ``_key_from_fd`` gone, ``self._fd_to_key.get(fd)`` inline.
+        (
+            "math", "ceil", "len", "_fd_to_key", "_selector", "poll", "InterruptedError", "get",
+            "_NOT_EPOLLIN", "EVENT_WRITE", "_NOT_EPOLLOUT", "EVENT_READ", "append", "events",
+        ),
+    }
+)  # fmt: skip
 
 
 def ready_of(fd_to_key: Dict[int, selectors.SelectorKey], polled: List[Tuple[int, int]]) -> Events:
-    """What ``EpollSelector.select`` makes of ``epoll.poll()``'s events: (key, EVENT_READ | EVENT_WRITE) pairs."""
+    """What ``EpollSelector.select`` makes of ``epoll.poll()``'s events: (key, EVENT_READ | EVENT_WRITE) pairs.
+
+    Copied from the stdlib's ``EpollSelector.select`` (see ``EPOLL_CHECKED_VERSIONS``).
+    """
     ready = []
     for fd, event in polled:
         key = fd_to_key.get(fd)
@@ -38,6 +71,21 @@ def ready_of(fd_to_key: Dict[int, selectors.SelectorKey], polled: List[Tuple[int
     return ready
 
 
+def epoll_fast_path_fits(selector: selectors.BaseSelector) -> bool:
+    """Whether the clock may poll ``selector`` itself: a stdlib ``EpollSelector`` as checked, its state as the
+    stdlib's code reads it (an ``epoll`` in ``_selector``, a dict in ``_fd_to_key``)."""
+    epoll_class = getattr(selectors, "EpollSelector", None)
+    if epoll_class is None or type(selector) is not epoll_class:
+        return False
+    code = getattr(getattr(epoll_class, "select", None), "__code__", None)
+    return (
+        sys.version_info[:2] in EPOLL_CHECKED_VERSIONS
+        and getattr(code, "co_names", None) in EPOLL_CHECKED_SHAPES
+        and isinstance(getattr(selector, "_selector", None), select.epoll)
+        and type(getattr(selector, "_fd_to_key", None)) is dict
+    )
+
+
 class SelectorClock:
     """The waits of one stdlib loop's selector: how long in all, whether it waits now, when it last woke."""
 
@@ -46,8 +94,11 @@ class SelectorClock:
         self.idle = 0.0
         #: ``perf_counter()`` when the loop last came out of a wait.
         self.woke = perf_counter()
-        #: True while the loop waits in its selector (read by the stall watchdog).
+        #: True while the loop waits in its selector (read by the stall watchdog); True for good once
+        #: the clock broke, so that nothing counts a stall against a clock that stopped.
         self.waiting = False
+        #: True once a fault of the clock's own detached it: its readings stopped.
+        self.broken = False
         #: Called on the loop's thread each time it comes out of a wait, with
         #: the events that woke it and the time it woke.
         self.on_wake: Optional[Callable[[Events, float], None]] = None
@@ -56,6 +107,7 @@ class SelectorClock:
         self._detached = False
         self._timed: Optional[selectors.BaseSelector] = None
         self._stand_in: Optional[StandIn] = None
+        self._class: Any = None
         clock = self
         base = type(selector)
         theirs = own_attribute(selector, "select")
@@ -71,12 +123,16 @@ class SelectorClock:
                 events = inner(timeout)
                 return events
             finally:
-                end = perf_counter()
-                clock.waiting = False
-                clock.idle += end - start
-                clock.woke = end
-                if clock.on_wake is not None:
-                    clock.on_wake(events, end)
+                # The selector's own exceptions go through as they are; a fault here detaches the clock.
+                try:
+                    end = perf_counter()
+                    clock.waiting = False
+                    clock.idle += end - start
+                    clock.woke = end
+                    if clock.on_wake is not None:
+                        clock.on_wake(events, end)
+                except Exception as error:
+                    clock._break(error)
 
         if theirs is not ABSENT or base.__dictoffset__ == 0:
             # Another tool's wrapper set on the selector: ours goes around it, on the instance too.
@@ -99,20 +155,20 @@ class SelectorClock:
             if timeout == 0:
                 try:
                     polled = self._selector.poll(0, len(self._fd_to_key) or 1)
+                    return ready_of(self._fd_to_key, polled) if polled else []
                 except InterruptedError:
                     return []
-                return ready_of(self._fd_to_key, polled) if polled else []
+                except Exception as error:
+                    return clock._poll_failed(self, error)
             return timed(timeout)
 
-        # A new selector of a subclass, sharing the original's state (its epoll
-        # object and key map), in the loop's place. Not the original's class
-        # changed in place: on Python 3.11+ that moves its attributes into a
-        # dict and slows every access on the loop's hot path.
-        own = epoll_select if base is getattr(selectors, "EpollSelector", None) else select
+        own = epoll_select if epoll_fast_path_fits(selector) else select
         cls = type(base.__name__, (base,), {"select": own, "__module__": base.__module__})
+        self._class = cls
         timed_selector: selectors.BaseSelector = object.__new__(cls)
-        for name, value in vars(selector).items():
-            setattr(timed_selector, name, value)
+        # One state for both objects: an attribute either one rebinds (KqueueSelector's
+        # _max_events, a subclass's counters) is rebound for both.
+        timed_selector.__dict__ = selector.__dict__
         self._timed = timed_selector
         loop._selector = timed_selector  # type: ignore[attr-defined]
 
@@ -129,9 +185,41 @@ class SelectorClock:
 
     @classmethod
     def attach(cls, loop: asyncio.AbstractEventLoop) -> Optional[SelectorClock]:
-        """Attach to ``loop`` if it waits in a selector it exposes; else None."""
+        """Attach to ``loop`` if it waits in a selector it exposes and that takes the clock; else None."""
         selector = cls.selector_of(loop)
-        return None if selector is None else cls(loop, selector)
+        if selector is None:
+            return None
+        try:
+            return cls(loop, selector)
+        except Exception as error:  # a selector that refuses both ways of timing it (no attributes of its own)
+            log.warning("loopstat: the waits of %r cannot be timed (%r): no utilization", selector, error)
+            return None
+
+    def _poll_failed(self, selector: selectors.BaseSelector, error: Exception) -> Events:
+        """The clock's own poll failed: the selector's method does this call; if it works, the fault was ours."""
+        events: Events = type(self._original).select(selector, 0)  # its own exception, if any, is the application's
+        self._break(error)
+        return events
+
+    def _break(self, error: Exception) -> None:
+        """Detach for good after a fault of the clock's own; one warning. Never raises."""
+        if self.broken:
+            return
+        self.broken = True
+        self.waiting = True
+        self.on_wake = None
+        try:
+            log.warning(
+                "loopstat: the selector clock stopped after a fault of its own (%r); utilization and the "
+                "selector's part of stall detection stop, the other metrics go on",
+                error,
+            )
+            self.detach()
+            if self._timed is not None:
+                # Taken out or not (another tool may hold ours), its select is the selector's own from now.
+                self._class.select = type(self._original).select
+        except Exception:
+            log.debug("loopstat: could not detach the selector clock", exc_info=True)
 
     def detach(self) -> None:
         """Give the loop back the selector it had, another tool's wrapper included.

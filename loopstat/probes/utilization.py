@@ -27,7 +27,10 @@ class SelectorWaits:
         self._idle = clock.idle
 
     def __call__(self) -> Optional[float]:
-        """Share of the time since the previous call that the loop was not waiting, 0 to 1."""
+        """Share of the time since the previous call that the loop was not waiting, 0 to 1; None once the
+        clock broke (its waits are no longer timed)."""
+        if self._clock.broken:
+            return None
         now, idle = self._now(), self._clock.idle
         wall, waited = now - self._since, idle - self._idle
         self._since, self._idle = now, idle
