@@ -35,14 +35,14 @@ def own_attribute(obj: object, name: str) -> Any:
 class _Swap:
     """What both kinds of stand-in share: setting one where the object may refuse it."""
 
-    def __init__(self, obj: object, name: str, stand_in: Callable[..., Any]) -> None:
+    def __init__(self, obj: object, name: str, stand_in: Callable[..., Any], **options: Any) -> None:
         raise NotImplementedError
 
     @classmethod
-    def try_set(cls: Type[S], obj: object, name: str, stand_in: Callable[..., Any]) -> Optional[S]:
+    def try_set(cls: Type[S], obj: object, name: str, stand_in: Callable[..., Any], **options: Any) -> Optional[S]:
         """The stand-in, or None where ``obj`` refuses it (no instance attributes, a class that cannot change)."""
         try:
-            return cls(obj, name, stand_in)
+            return cls(obj, name, stand_in, **options)
         except (AttributeError, TypeError):
             return None
 

@@ -634,3 +634,18 @@ def test_a_probe_dropped_without_close_takes_the_stand_ins_with_it(new_loop: asy
     del probe
     gc.collect()
     assert_all_original()
+
+
+def test_a_target_whose_owner_refuses_a_stand_in_keeps_its_own_and_the_others_are_stood_in(
+    new_loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing = blocking.Target("int.bit_length", int, "bit_length")  # a builtin type: its attributes cannot change
+    monkeypatch.setattr(blocking, "TARGETS", (*blocking.TARGETS, refusing))
+    probe = BlockingCalls(new_loop, lambda: None)
+    try:
+        assert "bit_length" in int.__dict__
+        assert time.sleep is not ORIGINALS["time.sleep"]
+    finally:
+        probe.close()
+    monkeypatch.undo()
+    assert_all_original()

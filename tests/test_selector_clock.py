@@ -416,3 +416,35 @@ def test_a_fault_in_the_close_guard_still_closes_the_loop_with_one_warning(
     assert "RuntimeError('broken')" in warnings[0]
     monkeypatch.undo()
     monitor._shutdown()
+
+
+def test_a_selector_with_state_in_slots_is_timed_on_the_instance_with_its_state_whole(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    class Slotted(selectors.BaseSelector):
+        """A selector keeping its state in a slot, which a second object could not share."""
+
+        __slots__ = ("_inner",)
+
+        def __init__(self) -> None:
+            self._inner = selectors.DefaultSelector()
+
+        def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+            return self._inner.register(fileobj, events, data)
+
+        def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+            return self._inner.unregister(fileobj)
+
+        def select(self, timeout: Optional[float] = None) -> Any:
+            return self._inner.select(timeout)
+
+        def get_map(self) -> Any:
+            return self._inner.get_map()
+
+        def close(self) -> None:
+            self._inner.close()
+
+    expected = run_app(Slotted, None)
+    assert run_app(Slotted, receiver) == expected
+    assert receiver.values("loopstat.utilization", "g")
+    assert own_log(loopstat_log) == []

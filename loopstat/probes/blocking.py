@@ -329,7 +329,9 @@ def _install() -> None:
             continue
         # One of ours, put back by a tool that had saved it: it stands for its original again, unwrapped.
         original = _originals.get(id(there), there)
-        _stand_ins.append(StandIn(target.owner, target.attribute, _made_for(target, original), previous=original))
+        made = StandIn.try_set(target.owner, target.attribute, _made_for(target, original), previous=original)
+        if made is not None:  # an owner that refuses it (a type that cannot change) keeps its own
+            _stand_ins.append(made)
 
 
 def original_of(function: Callable[..., Any]) -> Callable[..., Any]:
