@@ -1,0 +1,39 @@
+"""The instruction bench's subsets and the stand-in cost bench's children, without valgrind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench import instructions, stand_in_cost
+from bench.web import ROOT, child_env
+
+
+def test_a_subset_keeps_the_workloads_and_variants_named_and_always_the_baseline() -> None:
+    plan = instructions.subset(instructions.FULL, ["ping-pong"], ["naive", "loopstat"])
+    assert plan.sizes == {"ping-pong": instructions.FULL.sizes["ping-pong"]}
+    assert plan.counted == ("none", "naive", "loopstat")
+    assert plan.idle == ("none", "naive", "loopstat")
+    assert instructions.subset(instructions.FULL) == instructions.FULL
+
+
+@pytest.mark.parametrize(
+    ("workloads", "variants", "message"),
+    [(["pingpong"], [], "workload: 'pingpong' is not one of"), ([], ["loopstat-x"], "variant: 'loopstat-x'")],
+)
+def test_an_unknown_workload_or_variant_is_refused_by_name(
+    workloads: list[str], variants: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        instructions.subset(instructions.FULL, workloads, variants)
+
+
+@pytest.mark.parametrize(("where", "call"), stand_in_cost.CASES)
+@pytest.mark.parametrize("on", ["on", "off"])
+def test_every_stand_in_cost_child_runs(where: str, call: str, on: str) -> None:
+    command = [sys.executable, "-m", "bench.stand_in_cost", "child", where, call, on, "100"]
+    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
