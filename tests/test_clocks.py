@@ -22,9 +22,10 @@ class Clock:
 
 
 class Waits:
-    """Stands for a selector clock: seconds waited so far."""
+    """Stands for a selector clock: seconds waited so far, and whether a fault of its own stopped it."""
 
     idle = 0.0
+    broken = False
 
 
 def utilization(wall: Clock, waits: Waits) -> SelectorWaits:
@@ -40,6 +41,14 @@ def test_utilization_is_the_share_of_the_window_not_spent_waiting() -> None:
     wall.now += 0.5
     waits.idle += 0.5  # waited all of the next window
     assert probe() == 0.0
+
+
+def test_utilization_is_none_once_the_clock_broke() -> None:
+    wall, waits = Clock(), Waits()
+    probe = utilization(wall, waits)
+    wall.now += 0.25
+    waits.broken = True  # its waits are no longer timed: idle stands still
+    assert probe() is None
 
 
 def test_utilization_stays_between_0_and_1_when_a_wait_straddles_two_windows() -> None:
