@@ -352,10 +352,12 @@ def _made_for(target: Target, original: Callable[..., Any]) -> Callable[..., Any
 def _put_back(target: Target, original: Callable[..., Any]) -> None:
     """A stand-in called with no probe left: another tool put it back after the stand-ins were taken out
     (restoring what it had saved). The original takes its place again."""
-    with contextlib.suppress(Exception), _lock:
-        there = getattr(target.owner, target.attribute, None)
-        if not _probes and there is not None and _originals.get(id(there)) is original:
-            setattr(target.owner, target.attribute, original)
+    with contextlib.suppress(Exception):
+        if _originals.get(id(getattr(target.owner, target.attribute, None))) is not original:
+            return  # a stand-in kept by reference (``from time import sleep``), its place already the original's
+        with _lock:
+            if not _probes and _originals.get(id(getattr(target.owner, target.attribute, None))) is original:
+                setattr(target.owner, target.attribute, original)
 
 
 def _fail(target: Target, error: Exception) -> None:
