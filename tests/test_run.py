@@ -381,7 +381,7 @@ def test_a_dogstatsd_url_loopstat_cannot_use_warns_once_and_the_command_runs(
     assert (done.returncode, done.stdout) == (0, "ran\n")
     assert done.stderr == (
         "loopstat: DD_DOGSTATSD_URL: 'udp://agent:81250' has port '81250', which is out of range; expected "
-        + _options._URL_FORM
+        + _options.URL_FORM
         + "; DD_DOGSTATSD_URL is not used\n"
     )
     receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
