@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import math
 import os
@@ -12,20 +11,24 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union, cast
+from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union
 
 from loopstat import _origin, _threads, _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
-from loopstat._metrics import METRICS, PROBES, Line
+from loopstat._metrics import METRICS, Line
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
 from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import blocking as _blocking
+from loopstat.probes import cpu as _cpu
+from loopstat.probes import executor as _executor
 from loopstat.probes import frames as _frames
 from loopstat.probes import gc as _gc
 from loopstat.probes import lag as _lag
 from loopstat.probes import profile as _profile
 from loopstat.probes import stalls as _stalls
+from loopstat.probes import tasks as _tasks
+from loopstat.probes import utilization as _utilization
 from loopstat.probes.stalls import Stall
 from loopstat.sink import Sink
 from loopstat.tags import TagsArg
@@ -43,9 +46,17 @@ READ_FAILURES = 3
 # The exception's text in the warning about a lost probe is cut to this many characters.
 REASON_CHARS = 200
 
-# Each probe the metric catalogue names, with its module's attach().
-_ATTACH: Tuple[Tuple[str, Attach], ...] = tuple(
-    (name, cast(Attach, importlib.import_module(f"loopstat.probes.{name}").attach)) for name in PROBES
+# Each probe with its module's attach(), in the metric catalogue's order (a test checks they agree).
+_ATTACH: Tuple[Tuple[str, Attach], ...] = (
+    ("lag", _lag.attach),
+    ("tasks", _tasks.attach),
+    ("utilization", _utilization.attach),
+    ("cpu", _cpu.attach),
+    ("stalls", _stalls.attach),
+    ("executor", _executor.attach),
+    ("gc", _gc.attach),
+    ("blocking", _blocking.attach),
+    ("profile", _profile.attach),
 )
 
 # Values are weak: the sampler's timers keep a running monitor alive, and a loop that

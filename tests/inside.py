@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import loopstat
+from loopstat import monitor as _monitor
 from loopstat._metrics import Line
 from loopstat.probes import stalls
 from loopstat.probes.stalls import StallProbe, Stalls
@@ -28,3 +29,8 @@ def watchdog_looks() -> int:
 def next_sample(monitor: loopstat.Monitor) -> float:
     """``loop.time()`` when the monitor's sampler is next due to wake its loop."""
     return monitor._sampler.next_sample
+
+
+def attached_probes() -> List[Tuple[str, str]]:
+    """Each probe the monitor attaches, in its order: the name it goes by and the module its attach() is in."""
+    return [(name, attach.__module__) for name, attach in _monitor._ATTACH]

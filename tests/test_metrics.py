@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import loopstat
-from loopstat._metrics import METRICS, markdown_table
+from loopstat._metrics import METRICS, PROBES, markdown_table
 from loopstat.probes import profile
+from tests import inside
 from tests.receiver import Receiver
 
 
@@ -177,6 +178,11 @@ def test_a_monitor_with_every_probe_on_sends_exactly_the_catalogue() -> None:
     assert {(line.name.removeprefix("loopstat."), line.type) for line in lines} == {
         (metric.name, metric.type) for metric in METRICS
     }
+
+
+def test_the_monitor_attaches_each_probe_the_catalogue_names_in_its_order_from_its_own_module() -> None:
+    """The explicit tuple of probes in the monitor and the catalogue's probe names agree, name for name."""
+    assert inside.attached_probes() == [(name, f"loopstat.probes.{name}") for name in PROBES]
 
 
 def test_the_readme_metrics_table_is_the_catalogue() -> None:
