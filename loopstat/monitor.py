@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import threading
-import time
 import weakref
 from types import TracebackType
 from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union
@@ -17,6 +15,7 @@ from loopstat import _origin, _threads, _worker
 from loopstat import settings as _settings
 from loopstat import sink as _sink_module
 from loopstat._metrics import METRICS, Line
+from loopstat._rate_limit import RateLimit
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
 from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import blocking as _blocking
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 # install() asking a running monitor for other settings warns once for each of
 # this many different settings, then no more (a caller that varies them per call).
 ASKED_MAX = 8
-# A failing sample is logged at most this often; the rest are counted.
-FAULT_LOG_SECONDS = 60.0
 
 # A probe whose read fails this many samples in a row is closed; one or two failures may be passing.
 READ_FAILURES = 3
@@ -103,8 +100,8 @@ class Monitor:
         self._stopped = False
         self._shut = False
         self._pid = os.getpid()
-        self._fault_logged_at = -math.inf
-        self._faults_held = 0
+        # A failing sample is logged at most once a minute; the rest are counted.
+        self._fault_log: RateLimit[None] = RateLimit()
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
         # The latest table of the profile probe (``profile=True``).
@@ -307,14 +304,11 @@ class Monitor:
         self._sink.send(lines)
 
     def _fault(self) -> None:
-        now = time.monotonic()
-        if now - self._fault_logged_at < FAULT_LOG_SECONDS:
-            self._faults_held += 1
+        held = self._fault_log.due(None)
+        if held is None:
             return
-        held = f" ({self._faults_held} more since the last report)" if self._faults_held else ""
-        log.exception("loopstat: a sample failed%s; sampling goes on", held)
-        self._fault_logged_at = now
-        self._faults_held = 0
+        more = f" ({held} more since the last report)" if held else ""
+        log.exception("loopstat: a sample failed%s; sampling goes on", more)
 
     async def stop(self) -> None:
         """Stop sampling and close the socket; safe to call twice, or several times at once.

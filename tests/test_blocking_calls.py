@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import pickle
 import select
 import socket
@@ -45,11 +44,27 @@ LOGGER = "loopstat.probes.blocking"
 async def counting(receiver: Receiver, **settings: Any) -> AsyncIterator[loopstat.Monitor]:
     """A monitor of the running loop with blocking calls on, sampling every INTERVAL; no fault on the way."""
     arguments: Dict[str, Any] = {"interval": INTERVAL, "stall_threshold": None, **settings}
-    async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, **arguments) as monitor:
-        await asyncio.sleep(0)  # the sampler starts, and attaches the probes
-        assert threading.get_ident() in blocking._threads
-        yield monitor
-    assert monitor._fault_logged_at == -math.inf  # no sample failed
+    faults = Faults()
+    logging.getLogger("loopstat.monitor").addHandler(faults)
+    try:
+        async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, **arguments) as monitor:
+            await asyncio.sleep(0)  # the sampler starts, and attaches the probes
+            assert threading.get_ident() in blocking._threads
+            yield monitor
+    finally:
+        logging.getLogger("loopstat.monitor").removeHandler(faults)
+    assert faults.messages == []  # no sample failed
+
+
+class Faults(logging.Handler):
+    """Collects the monitor's reports of failed samples."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def calls(receiver: Receiver, name: str = "loopstat.blocking_calls") -> Dict[str, float]:
