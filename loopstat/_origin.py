@@ -27,6 +27,8 @@ import re
 import threading
 from typing import Callable, Optional
 
+from loopstat import _fork
+
 log = logging.getLogger(__name__)
 
 CGROUP_PATH = "/proc/self/cgroup"
@@ -147,7 +149,10 @@ def forget() -> None:
 
 
 def after_fork_in_child() -> None:
-    """Read the ID again in a forked child (called by the monitor's fork hook): it may run in another cgroup."""
+    """Read the ID again in a forked child (through loopstat/_fork.py): it may run in another cgroup."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
     forget()
+
+
+_fork.join(after_in_child=after_fork_in_child)

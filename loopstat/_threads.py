@@ -15,6 +15,8 @@ import os
 import time
 from typing import Any, Callable, Dict, List
 
+from loopstat import _fork
+
 # How often ``Hidden.join`` looks whether the system thread has gone, after its code ended.
 _GONE_POLL_SECONDS = 0.0005
 
@@ -83,5 +85,8 @@ def running(name: str) -> List[Hidden]:
 
 
 def after_fork_in_child() -> None:
-    """Called in the child (loopstat/monitor.py holds the one fork hook): the parent's threads are not here."""
+    """Called in the child (through loopstat/_fork.py): the parent's threads are not here."""
     _running.clear()
+
+
+_fork.join(after_in_child=after_fork_in_child)

@@ -31,6 +31,8 @@ import tempfile
 import threading
 from typing import Optional, Tuple
 
+from loopstat import _fork
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -221,7 +223,7 @@ def tags(pairs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, str], ...]:
 
 
 def after_fork_in_child() -> None:
-    """Let go of the parent's slot (called by the monitor's fork hook): the child claims its own when it needs one.
+    """Let go of the parent's slot (through loopstat/_fork.py): the child claims its own when it needs one.
 
     Closing the child's copy of the descriptor matters: while any copy is open
     the lock stays, and a dead parent's slot would never be freed.
@@ -232,3 +234,6 @@ def after_fork_in_child() -> None:
     if held is not None:
         with contextlib.suppress(OSError):
             os.close(held[1])
+
+
+_fork.join(after_in_child=after_fork_in_child)

@@ -11,9 +11,8 @@ import weakref
 from types import TracebackType
 from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union
 
-from loopstat import _origin, _threads, _worker
+from loopstat import _fork
 from loopstat import settings as _settings
-from loopstat import sink as _sink_module
 from loopstat._metrics import METRICS, Line
 from loopstat._rate_limit import RateLimit
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
@@ -381,17 +380,9 @@ def _forget(monitor: Monitor) -> None:
 def _after_fork_in_child() -> None:
     # The child gets copies of the parent's monitors; they must neither send
     # through the parent's socket nor stop a new install() on their loop.
+    # Runs after the sink's own hook (it joined first): closing a sink below may take its lock.
     global _monitors_lock
-    _frames.after_fork_in_child()
-    _threads.after_fork_in_child()
-    _gc.after_fork_in_child()
-    _blocking.after_fork_in_child()
-    _profile.after_fork_in_child()
-    _stalls.after_fork_in_child()
-    _worker.after_fork_in_child()
-    _origin.after_fork_in_child()
     _monitors_lock = threading.RLock()  # another thread may have held it at fork
-    _sink_module.after_fork_in_child()  # first: closing a sink below may take its lock
     for ref in list(_monitors.values()):
         monitor = ref()
         if monitor is not None:
@@ -401,9 +392,12 @@ def _after_fork_in_child() -> None:
     _monitors.clear()
 
 
-# The one fork hook of loopstat: every module's state that must not cross a fork is reset from here.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_stalls.before_fork, after_in_child=_after_fork_in_child)
+# The stall and blocking-call probes' modules join through here until they join themselves.
+_fork.join(before=_stalls.before_fork, after_in_child=_stalls.after_fork_in_child)
+_fork.join(after_in_child=_blocking.after_fork_in_child)
+_fork.join(after_in_child=_after_fork_in_child)
+# Every module of loopstat has joined by now: the one pair of fork hooks walks them.
+_fork.register(os.environ)
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

@@ -49,7 +49,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
-from loopstat import _origin, _threads, _worker
+from loopstat import _fork, _origin, _threads, _worker
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat._options import socket_kind
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
@@ -169,8 +169,11 @@ _lookups = _Lookups()
 
 
 def after_fork_in_child() -> None:
-    """Forget the parent's lookups (called by the monitor's fork hook)."""
+    """Forget the parent's lookups (through loopstat/_fork.py)."""
     _lookups.after_fork_in_child()
+
+
+_fork.join(after_in_child=after_fork_in_child)
 
 
 def _fixed_address(settings: Settings) -> Optional[Address]:

@@ -21,6 +21,7 @@ import threading
 from types import FrameType
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from loopstat import _fork
 from loopstat.probes.gc import _on_gc
 
 # The watchdog walks at most this many frames from the innermost: it holds the
@@ -108,9 +109,12 @@ def _unlocated(why: str, level: int) -> None:
 
 
 def after_fork_in_child() -> None:
-    """Called in the child (loopstat/monitor.py holds the one fork hook)."""
+    """Called in the child (through loopstat/_fork.py)."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
+
+
+_fork.join(after_in_child=after_fork_in_child)
 
 
 def walk(frame: Optional[FrameType]) -> Tuple[List[Frame], bool]:

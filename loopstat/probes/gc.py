@@ -11,6 +11,7 @@ import threading
 from time import perf_counter
 from typing import Any, Dict, List, Optional, Tuple
 
+from loopstat import _fork
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 
@@ -84,6 +85,9 @@ def attach(watched: Watched) -> Optional[Pauses]:
 
 
 def after_fork_in_child() -> None:
-    """Called in the child (loopstat/monitor.py holds the one fork hook)."""
+    """Called in the child (through loopstat/_fork.py)."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
+
+
+_fork.join(after_in_child=after_fork_in_child)

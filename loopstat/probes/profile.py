@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Dict, List, Optional, Tuple
 from weakref import WeakSet
 
-from loopstat import _threads
+from loopstat import _fork, _threads
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
@@ -176,9 +176,12 @@ _sampler = _Sampler()
 
 
 def after_fork_in_child() -> None:
-    """Called in the child (loopstat/monitor.py holds the one fork hook): the parent's thread is not here."""
+    """Called in the child (through loopstat/_fork.py): the parent's thread is not here."""
     global _sampler
     _sampler = _Sampler()
+
+
+_fork.join(after_in_child=after_fork_in_child)
 
 
 def attach(watched: Watched) -> Optional[Profile]:
