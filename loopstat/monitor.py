@@ -7,12 +7,14 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from types import TracebackType
 from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union
 
 from loopstat import _fork
 from loopstat import settings as _settings
+from loopstat._clock import Clock
 from loopstat._metrics import METRICS, Line
 from loopstat._rate_limit import RateLimit
 from loopstat._stand_in import ABSENT, ClassStandIn, StandIn, own_attribute
@@ -66,7 +68,11 @@ _monitors_lock = threading.RLock()
 class Monitor:
     """Watches one event loop; its attributes hold the latest readings."""
 
-    def __init__(self, settings: _settings.Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, settings: _settings.Settings, loop: asyncio.AbstractEventLoop, clock: Optional[Clock] = None
+    ) -> None:
+        """``clock``: one time for the sampler, the sink's retries and the fault log (tests pass a fake one);
+        by default ``perf_counter`` for lag and ``monotonic`` for the others."""
         self.settings = settings
         #: Milliseconds the latest sampler timer fired after its deadline.
         self.lag = 0.0
@@ -85,14 +91,14 @@ class Monitor:
         #: and sends), counted apart from ``top()``; None without ``profile=True`` or before a window ends.
         self.own: Optional[float] = None
         self._loop = loop
-        self._sink = Sink(settings)
+        self._sink = Sink(settings, clock or time.monotonic)
         # A loop dropped without close() is collected with the sampler's timers
         # and this monitor; the collector may finalize the socket before the
         # monitor's own cleanup (__del__) runs, and warn about it. Weak-reference
         # callbacks run before finalizers, so this one closes the socket first.
         # It holds the sink, never the loop.
         self._loop_gone = weakref.finalize(loop, self._sink.close)
-        self._sampler = _lag.Sampler(loop, settings.interval, self._on_time)
+        self._sampler = _lag.Sampler(loop, settings.interval, self._on_time, clock or time.perf_counter)
         # The probes were attached (at the first turn of the loop, or else at the first sample).
         self._begun = False
         self._close_guard: Union[StandIn, ClassStandIn, None] = None
@@ -100,7 +106,7 @@ class Monitor:
         self._shut = False
         self._pid = os.getpid()
         # A failing sample is logged at most once a minute; the rest are counted.
-        self._fault_log: RateLimit[None] = RateLimit()
+        self._fault_log: RateLimit[None] = RateLimit(clock=clock or time.monotonic)
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
         # The latest table of the profile probe (``profile=True``).

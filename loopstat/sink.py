@@ -50,6 +50,7 @@ from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
 from loopstat import _fork, _origin, _threads, _worker
+from loopstat._clock import Clock
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat._options import socket_kind
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
@@ -195,7 +196,7 @@ class Sink:
     garbage collector.
     """
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
         self.settings = settings
         #: Lines that went out in a datagram the socket accepted.
         self.sent = 0

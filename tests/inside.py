@@ -34,3 +34,8 @@ def next_sample(monitor: loopstat.Monitor) -> float:
 def attached_probes() -> List[Tuple[str, str]]:
     """Each probe the monitor attaches, in its order: the name it goes by and the module its attach() is in."""
     return [(name, attach.__module__) for name, attach in _monitor._ATTACH]
+
+
+def start(monitor: loopstat.Monitor) -> None:
+    """Start a monitor built by hand (as ``install()`` does): it samples from the loop's next turn."""
+    monitor._start()

@@ -33,6 +33,7 @@ from loopstat import _options
 from loopstat._metrics import LINE_TAG_ROOM, Line
 from loopstat.probes import blocking
 from loopstat.probes.blocking import BlockingCalls
+from tests.fake_clock import FakeClock as Clock
 from tests.receiver import Receiver
 from tests.web_servers import free_tcp_port
 
@@ -480,14 +481,6 @@ async def test_loopstat_run_turns_it_on_with_its_variable(receiver: Receiver) ->
 
 
 # The probe alone: counts, logs and faults, with an injected clock.
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 APP_FRAME = ("/srv/app/handlers.py", 42, "load_report")

@@ -26,6 +26,7 @@ from loopstat.cli import fmt
 from loopstat.cli.board import Board
 from loopstat.cli.live import Live, layout
 from loopstat.cli.watch import Plain
+from tests.fake_clock import FakeClock as Clock
 
 LOOPSTAT = [sys.executable, "-m", "loopstat"]
 SMALL, LARGE = (80, 24), (160, 45)
@@ -195,16 +196,6 @@ def test_watch_in_a_terminal_without_rich_says_how_to_install_it_from_a_checkout
     screen = term.text().replace("\n", "")
     assert "from a checkout of loopstat, pip install -e '.[cli]'" in screen
     assert "Traceback" not in screen
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def render(board: Board, size: Tuple[int, int] = SMALL) -> str:

@@ -9,16 +9,7 @@ import pytest
 from loopstat.probes import Watched
 from loopstat.probes.thread_clock import ThreadClock
 from loopstat.probes.utilization import BusyTime, SelectorWaits
-
-
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock as Clock
 
 
 class Waits:

@@ -22,6 +22,7 @@ import math
 from time import perf_counter
 from typing import Callable, List, Tuple
 
+from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 
@@ -43,7 +44,7 @@ class Sampler:
         loop: asyncio.AbstractEventLoop,
         interval: float,
         on_time: Callable[[float], None],
-        clock: Callable[[], float] = perf_counter,
+        clock: Clock = perf_counter,
     ) -> None:
         self._loop = loop
         self._clock = clock

@@ -1,0 +1,99 @@
+"""The monitor on a real asyncio loop running on virtual time (the clock seam): lateness exact, minutes in milliseconds.
+
+uvloop cannot run on virtual time; the same behaviour on the real clock, on
+both loops, is tests/test_lifecycle.py's and tests/test_metrics.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any, Iterator
+
+import pytest
+
+import loopstat
+from loopstat._options import resolve
+from loopstat.probes import Watched
+from tests import inside
+from tests.fake_time import FakeTimeLoop
+from tests.interrupts import interrupt_after_taking_the_samplers_timer
+from tests.receiver import Receiver
+
+INTERVAL = 0.25
+
+
+@pytest.fixture
+def loop() -> Iterator[FakeTimeLoop]:
+    loop = FakeTimeLoop()
+    yield loop
+    loop.close()
+
+
+def monitor_on(loop: FakeTimeLoop, receiver: Receiver, **options: Any) -> loopstat.Monitor:
+    """A monitor of ``loop`` on the loop's own virtual clock; stalls off (the watchdog thread keeps real time)."""
+    settings = resolve("127.0.0.1", receiver.port, environ={}, interval=INTERVAL, stall_threshold=None, **options)
+    monitor = loopstat.Monitor(settings, loop, clock=loop.clock)
+    inside.start(monitor)
+    return monitor
+
+
+def lag_gauges(receiver: Receiver, at_least: int) -> list[float]:
+    receiver.settle(lambda lines: sum(x.name == "loopstat.lag" and x.type == "g" for x in lines) >= at_least)
+    return receiver.values("loopstat.lag", "g")
+
+
+def test_a_block_shows_in_lag_as_exactly_how_late_it_made_the_next_timer(
+    loop: FakeTimeLoop, receiver: Receiver
+) -> None:
+    monitor = monitor_on(loop, receiver)
+    loop.run_until_complete(asyncio.sleep(1.0))
+    due = inside.next_sample(monitor)
+    loop.call_at(due - 0.1, loop.clock.jump, 0.3)  # a callback that holds the loop for 300 ms
+    loop.run_until_complete(asyncio.sleep(1.0))
+    assert monitor.lag == 0.0  # the samples after it are on time again
+    loop.run_until_complete(monitor.stop())
+    lags = lag_gauges(receiver, 6)
+    assert lags.count(200.0) == 1  # due 100 ms after the block began, it ran 200 ms late
+    assert set(lags) == {0.0, 200.0}
+
+
+def test_with_stalls_off_lag_keeps_sampling_through_a_wake_up_lost_to_ctrl_c(
+    loop: FakeTimeLoop, receiver: Receiver
+) -> None:
+    monitor = monitor_on(loop, receiver)
+    started = loop.time()
+    sys.settrace(interrupt_after_taking_the_samplers_timer(3))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(10.0))
+    finally:
+        sys.settrace(None)
+    loop.run_until_complete(asyncio.sleep(5.0))
+    elapsed = loop.time() - started
+    loop.run_until_complete(monitor.stop())
+    # One wake-up on the first turn attaches the probes, one is lost: every other one samples.
+    expected = int(elapsed / INTERVAL) - 2
+    lags = lag_gauges(receiver, expected)
+    assert len(lags) >= expected
+    assert set(lags) == {0.0}  # the spare that took over measured its own lateness: none
+
+
+def test_a_sample_failing_every_time_is_logged_once_a_minute_with_the_count_held_back(
+    loop: FakeTimeLoop, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing(watched: Watched) -> None:
+        raise OSError("sample broke")
+
+    monkeypatch.setattr(Watched, "sample", failing)
+    caplog.set_level(logging.ERROR, logger="loopstat.monitor")
+    monitor = monitor_on(loop, receiver)
+    loop.run_until_complete(asyncio.sleep(150.0))  # 600 samples, in a moment
+    loop.run_until_complete(monitor.stop())
+    per_minute = int(60.0 / INTERVAL)
+    assert [record.getMessage() for record in caplog.records] == [
+        "loopstat: a sample failed; sampling goes on",
+        f"loopstat: a sample failed ({per_minute - 1} more since the last report); sampling goes on",
+        f"loopstat: a sample failed ({per_minute - 1} more since the last report); sampling goes on",
+    ]
