@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Dict, Literal, Tuple, Union
 
 #: StatsD types loopstat writes: gauge, timing (milliseconds), counter.
-Kind = Literal["g", "ms", "c"]
+MetricType = Literal["g", "ms", "c"]
 #: Tags of one line of its own, ``(key, value)`` pairs: ``(("call", "time.sleep"),)``.
 LineTags = Tuple[Tuple[str, str], ...]
 # One line of a sample: (name after the prefix, StatsD type, value), optionally with tags of its own;
 # the sink adds prefix and tags (the line's after the monitor's; with flavor "statsd" their values
 # become the last parts of the name).
-Line = Union[Tuple[str, Kind, float], Tuple[str, Kind, float, LineTags]]
+Line = Union[Tuple[str, MetricType, float], Tuple[str, MetricType, float, LineTags]]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Metric:
     """One metric: its name after the prefix, StatsD type, unit and meaning."""
 
     name: str
-    type: Kind
+    type: MetricType
     #: "ms", "ratio" (0 to 1) or "count".
     unit: str
     #: The module of ``loopstat/probes`` that measures it.

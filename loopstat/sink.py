@@ -52,7 +52,7 @@ from aiodogstatsd.typedefs import MType
 from loopstat import _fork, _origin, _threads, _worker
 from loopstat._clock import Clock
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
-from loopstat._options import socket_kind
+from loopstat._options import socket_type
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined, sanitize
 
@@ -180,7 +180,7 @@ _fork.join(after_in_child=after_fork_in_child)
 def _fixed_address(settings: Settings) -> Optional[Address]:
     """The address of a Unix socket or an IP address, which need no lookup; None for a host name."""
     if settings.socket_path is not None:
-        return socket.AF_UNIX, (socket_kind(settings.socket_path)[1],)
+        return socket.AF_UNIX, (socket_type(settings.socket_path)[1],)
     try:
         ip = ipaddress.ip_address(settings.host)
     except ValueError:
@@ -207,7 +207,7 @@ class Sink:
         self._clock = clock
         self._fixed = _fixed_address(settings)
         self._unix = settings.socket_path is not None
-        self._kind = socket_kind(settings.socket_path)[0] if settings.socket_path is not None else "datagram"
+        self._kind = socket_type(settings.socket_path)[0] if settings.socket_path is not None else "datagram"
         # On a stream socket: frames (or their rest) not taken yet, and the lines of each, oldest first.
         self._stream = False
         self._backlog = bytearray()

@@ -263,7 +263,7 @@ def test_install_takes_every_option_in_table_order_with_its_default() -> None:
 @pytest.mark.parametrize("option", [option for option in OPTIONS if option.run], ids=lambda option: option.run)
 def test_loopstat_run_reads_every_option_that_has_a_variable(option: _options.Option) -> None:
     assert option.run is not None
-    text = "team:a,canary" if option.name == "tags" else option.kind.as_text(option.default)
+    text = "team:a,canary" if option.name == "tags" else option.validator.as_text(option.default)
     expected = ["team:a", "canary"] if option.name == "tags" else option.default
     assert bootstrap.options({option.run: f" {text} "}) == {option.name: expected}
     assert option.run in usage("loopstat-run")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import loopstat
 from loopstat import _origin
-from loopstat._metrics import METRICS, Kind
+from loopstat._metrics import METRICS, MetricType
 from loopstat.cli.statsd import parse_strict
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
 from loopstat.sink import Sink
@@ -32,7 +32,7 @@ TagArg = Dict[str, Union[str, int, float]]
 
 
 # A sample as the monitor sends it: every metric of the catalogue.
-SAMPLE: Tuple[Tuple[str, Kind], ...] = tuple((metric.name, metric.type) for metric in METRICS)
+SAMPLE: Tuple[Tuple[str, MetricType], ...] = tuple((metric.name, metric.type) for metric in METRICS)
 
 
 def datagrams_for(settings: Settings, value: float) -> list[bytes]:

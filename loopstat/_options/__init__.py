@@ -36,10 +36,10 @@ from loopstat._options.validators import (
     MAX_SECONDS,
     MAX_SOCKET_PATH,
     UNIX_SCHEMES,
-    Kind,
     Port,
     Seconds,
-    socket_kind,
+    Validator,
+    socket_type,
 )
 
 __all__ = [
@@ -66,16 +66,16 @@ __all__ = [
     "URL_VARIABLE",
     "VARIABLES",
     "Flavor",
-    "Kind",
     "Option",
     "Port",
     "Seconds",
     "Settings",
+    "Validator",
     "forget",
     "markdown_table",
     "resolve",
     "run_arguments",
     "run_defaults",
     "run_help",
-    "socket_kind",
+    "socket_type",
 ]

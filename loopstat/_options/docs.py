@@ -32,8 +32,8 @@ def markdown_table() -> str:
         cells = (
             option.doc,
             f"`{option.name}`",
-            option.kind.type_doc,
-            option.kind.accepted(),
+            option.validator.type_doc,
+            option.validator.accepted(),
             default,
             env or _NONE,
             _NONE if not option.run else f"`{option.run}`" + _run_default(option),
@@ -50,7 +50,8 @@ def _run_default(option: Option) -> str:
 def run_help() -> Dict[str, str]:
     """Each ``LOOPSTAT_*`` variable with what it holds, for ``loopstat-run --help``."""
     return {
-        option.run: f"{option.doc}: {option.kind.accepted_text()} (default: {option.kind.as_text(option.run_default)})"
+        option.run: f"{option.doc}: {option.validator.accepted_text()} "
+        f"(default: {option.validator.as_text(option.run_default)})"
         for option in OPTIONS
         if option.run
     }

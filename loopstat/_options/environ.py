@@ -137,8 +137,8 @@ def _from_environment(option: Option, environ: Mapping[str, str], url: Optional[
         text = _env(environ, variable)
         if text is None:
             continue
-        kind = option.kind
-        value = _shared(variable, lambda: kind.check(kind.parse(text, variable), variable))  # noqa: B023
+        validator = option.validator
+        value = _shared(variable, lambda: validator.check(validator.parse(text, variable), variable))  # noqa: B023
         if value is not None:
             return value
     return option.default
@@ -151,8 +151,8 @@ def _tag_sources(explicit: _tags.Tags, environ: Mapping[str, str]) -> List[_tags
     for variable in option.env:
         text = _env(environ, variable)
         if text is not None:
-            kind = option.kind
-            tags = _shared(variable, lambda: kind.check(kind.parse(text, variable), variable))  # noqa: B023
+            validator = option.validator
+            tags = _shared(variable, lambda: validator.check(validator.parse(text, variable), variable))  # noqa: B023
             if tags is not None:
                 sources.append(tags)
     return sources
@@ -168,11 +168,11 @@ def _resolve(arguments: Mapping[str, object], environ: Mapping[str, str]) -> Set
     for option in OPTIONS:
         given = arguments.get(option.name, _UNSET)
         if option.name == "tags":
-            values["tags"] = [] if given is _UNSET else option.kind.check(given, "tags")
+            values["tags"] = [] if given is _UNSET else option.validator.check(given, "tags")
         elif given is _UNSET or (given is None and option.env):
             values[option.name] = _from_environment(option, environ, url)
         else:
-            values[option.name] = option.kind.check(given, option.name)
+            values[option.name] = option.validator.check(given, option.name)
 
     # host or port given beats DD_DOGSTATSD_URL=unix://, as any argument beats
     # any variable; given together with socket_path, they are a contradiction.
@@ -286,7 +286,7 @@ def run_arguments(environ: Mapping[str, str]) -> Dict[str, Any]:
     for option in OPTIONS:
         text = _env(environ, option.run) if option.run else None
         if option.run and text is not None:
-            value = option.kind.parse(text, option.run)
-            option.kind.check(value, option.run)
+            value = option.validator.parse(text, option.run)
+            option.validator.check(value, option.run)
             arguments[option.name] = value
     return arguments

@@ -20,11 +20,11 @@ from loopstat._options.validators import (
     SOCKET_PATH,
     Choice,
     ExternalEnv,
-    Kind,
     Prefix,
     Seconds,
     Switch,
     TagList,
+    Validator,
 )
 
 T = TypeVar("T")
@@ -75,7 +75,7 @@ class Option:
 
     name: str
     default: object
-    kind: Kind[Any]
+    validator: Validator[Any]
     doc: str
     #: install()'s own variables, strongest first.
     env: Tuple[str, ...]
@@ -90,14 +90,14 @@ _SAME: Any = object()
 
 def _row(
     default: T,
-    kind: Kind[Any],
+    validator: Validator[Any],
     doc: str,
     env: Tuple[str, ...] = (),
     run: Optional[str] = None,
     run_default: Any = _SAME,
 ) -> T:
     run_default = default if run_default is _SAME else run_default
-    return field(default=default, metadata={"option": (kind, doc, env, run, run_default)})
+    return field(default=default, metadata={"option": (validator, doc, env, run, run_default)})
 
 
 @dataclass(frozen=True)

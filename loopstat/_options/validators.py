@@ -29,7 +29,7 @@ MAX_PREFIX_LENGTH = 200 - LONGEST_SUFFIX
 MAX_SECONDS = 86400.0
 
 
-class Kind(Generic[T]):
+class Validator(Generic[T]):
     """How one type of setting is checked, as an argument and as environment text."""
 
     #: The type, as the docs name it.
@@ -60,7 +60,7 @@ class Kind(Generic[T]):
         return ValueError(f"{named}{show(value)} {why}; expected {self.accepted_text() if text else self.accepted()}")
 
 
-class Seconds(Kind[Optional[float]]):
+class Seconds(Validator[Optional[float]]):
     """A finite number of seconds within bounds; ``off`` also allows None (the feature off)."""
 
     type_doc = "float (seconds)"
@@ -109,7 +109,7 @@ class Seconds(Kind[Optional[float]]):
         return number
 
 
-class Port(Kind[int]):
+class Port(Validator[int]):
     """A UDP port number; ``any_port`` also allows 0 (listen on any free port)."""
 
     type_doc = "int"
@@ -137,7 +137,7 @@ class Port(Kind[int]):
         return int(text)
 
 
-class Host(Kind[str]):
+class Host(Validator[str]):
     """A host name or an IP address, as the sink can resolve and connect to it."""
 
     type_doc = "str"
@@ -163,7 +163,7 @@ class Host(Kind[str]):
         return value
 
 
-class Prefix(Kind[str]):
+class Prefix(Validator[str]):
     """A metric prefix: a dotted name that keeps metric names within Datadog's limit."""
 
     type_doc = "str"
@@ -183,7 +183,7 @@ class Prefix(Kind[str]):
         return value
 
 
-class Choice(Kind[str]):
+class Choice(Validator[str]):
     """One of a few words."""
 
     type_doc = "str"
@@ -200,7 +200,7 @@ class Choice(Kind[str]):
         return value
 
 
-class Switch(Kind[Any]):
+class Switch(Validator[Any]):
     """On or off; with ``auto``, also None: loopstat decides, loop by loop."""
 
     _TRUE = ("1", "true", "yes", "on")
@@ -235,7 +235,7 @@ class Switch(Kind[Any]):
         return word in self._TRUE
 
 
-class TagList(Kind[_tags.Tags]):
+class TagList(Validator[_tags.Tags]):
     """Tags: checked here, merged and made safe for the wire by ``tags.render``."""
 
     type_doc = "mapping or iterable"
@@ -264,10 +264,10 @@ class TagList(Kind[_tags.Tags]):
 
 #: Unix socket schemes, as Datadog's clients read them: the socket type each asks for.
 UNIX_SCHEMES = {"unix": "auto", "unixgram": "datagram", "unixstream": "stream"}
-SocketKind = Literal["auto", "datagram", "stream"]
+SocketType = Literal["auto", "datagram", "stream"]
 
 
-def socket_kind(socket_path: str) -> Tuple[SocketKind, str]:
+def socket_type(socket_path: str) -> Tuple[SocketType, str]:
     """The socket type and file of a checked ``socket_path``: a bare path or ``unix://`` is ``auto``.
 
     ``auto`` (as datadogpy and datadog-go do): a datagram socket, or a stream
@@ -279,7 +279,7 @@ def socket_kind(socket_path: str) -> Tuple[SocketKind, str]:
     return "auto", socket_path
 
 
-class SocketPath(Kind[Optional[str]]):
+class SocketPath(Validator[Optional[str]]):
     """The Agent's Unix socket: an absolute path, or ``unix://``, ``unixgram://``, ``unixstream://`` and the path."""
 
     type_doc = "str or None"
@@ -330,7 +330,7 @@ class SocketPath(Kind[Optional[str]]):
         return value
 
 
-class ExternalEnv(Kind[Optional[str]]):
+class ExternalEnv(Validator[Optional[str]]):
     """The external environment Datadog's admission controller injects (``it-false,cn-web,pu-<pod uid>``)."""
 
     type_doc = "str or None"

@@ -25,12 +25,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def _argument(kind: _options.Kind[T]) -> Callable[[str], T]:
+def _argument(validator: _options.Validator[T]) -> Callable[[str], T]:
     """An argparse type that checks a flag as loopstat checks its settings."""
 
     def convert(text: str) -> T:
         try:
-            return kind.check(kind.parse(text, ""), "")
+            return validator.check(validator.parse(text, ""), "")
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
