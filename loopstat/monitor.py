@@ -109,8 +109,6 @@ class Monitor:
         self._fault_log: RateLimit[None] = RateLimit(clock=clock or time.monotonic)
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
-        # The latest table of the profile probe (``profile=True``).
-        self._top: List[Tuple[str, float]] = []
         self._watched = Watched(loop, settings, self, self._sink.send, self._fault)
         self._watched.sampler = self._sampler
         # The probes running, by name, in the catalogue's order; and how many reads in a row each one failed.
@@ -135,7 +133,7 @@ class Monitor:
     def top(self) -> List[Tuple[str, float]]:
         """Where the loop's busy time went in the last profile window: (``file:line in function``, share of
         wall time), busiest first, ``other`` last; empty without ``profile=True`` or before a window ends."""
-        return list(self._top)
+        return list(self._watched.top)
 
     @property
     def sent(self) -> int:

@@ -1,14 +1,17 @@
-"""The one place tests reach inside a monitor, for what the public API rightly does not offer."""
+"""The one place tests reach inside a monitor or the monitor module, for what the public API rightly does not offer."""
 
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import pytest
+
 import loopstat
 from loopstat import monitor as _monitor
 from loopstat._metrics import Line
-from loopstat.probes import stalls
+from loopstat.probes import Attach, stalls
 from loopstat.probes.stalls import StallProbe, Stalls
+from loopstat.settings import Settings
 
 
 def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
@@ -39,3 +42,19 @@ def attached_probes() -> List[Tuple[str, str]]:
 def start(monitor: loopstat.Monitor) -> None:
     """Start a monitor built by hand (as ``install()`` does): it samples from the loop's next turn."""
     monitor._start()
+
+
+def attach_instead(monkeypatch: pytest.MonkeyPatch, name: str, attach: Attach) -> None:
+    """Make monitors started from now on attach the probe ``name`` with ``attach`` (undone with ``monkeypatch``)."""
+    probes = tuple((n, attach if n == name else a) for n, a in _monitor._ATTACH)
+    monkeypatch.setattr(_monitor, "_ATTACH", probes)
+
+
+def stopped_metrics(probe: str, settings: Settings) -> str:
+    """The metrics the warning about a lost probe names, as they go on the wire."""
+    return _monitor._stopped_metrics(probe, settings)
+
+
+def blocked_seconds(monitor: loopstat.Monitor) -> float:
+    """Seconds the loop's thread spent in the blocking calls the monitor watches, so far."""
+    return monitor._watched.blocked

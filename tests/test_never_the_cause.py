@@ -32,13 +32,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import loopstat
-from loopstat import monitor as monitor_module
 from loopstat._options import resolve
+from loopstat.monitor import READ_FAILURES
 from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls as stalls_probe
 from loopstat.probes.thread_clock import ThreadClock
+from tests import inside
 from tests.receiver import Line, Receiver
 
 LOOP_KINDS = ("asyncio", "uvloop")
@@ -464,7 +465,7 @@ async def test_a_read_that_keeps_failing_closes_its_probe_with_one_warning_and_t
         await until(lambda: "executor" not in monitor.probes, "the executor probe to be closed")
         tasks_then = len(receiver.values("loopstat.tasks", "g"))
         await receiver.wait_count("loopstat.tasks", "g", tasks_then + 5)
-        assert (reads, closed) == (monitor_module.READ_FAILURES, 1)
+        assert (reads, closed) == (READ_FAILURES, 1)
         assert "cpu" in monitor.probes
     assert receiver.values("loopstat.executor.queue", "g") == []
     (warning,) = probe_warnings(loopstat_log, "executor")
@@ -480,10 +481,7 @@ async def test_a_probe_that_cannot_start_is_left_out_and_the_later_ones_start(
     def refuse(watched: object) -> None:
         raise RuntimeError("cannot release un-acquired lock")
 
-    attach = dict(monitor_module._ATTACH)
-    monkeypatch.setattr(
-        monitor_module, "_ATTACH", tuple((n, refuse if n == "stalls" else a) for n, a in attach.items())
-    )
+    inside.attach_instead(monkeypatch, "stalls", refuse)
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.01, gc=True, prefix="app") as monitor:
         await receiver.wait_count("app.tasks", "g", 3)
         assert "stalls" not in monitor.probes
@@ -625,7 +623,7 @@ async def test_a_stall_watch_that_cannot_start_leaves_nothing_on_the_loop(
 
 def test_the_warning_names_the_metrics_from_the_catalogue_as_they_go_on_the_wire() -> None:
     def named(probe: str, **options: Any) -> str:
-        return monitor_module._stopped_metrics(probe, resolve(environ={}, **options))
+        return inside.stopped_metrics(probe, resolve(environ={}, **options))
 
     assert named("cpu") == "loopstat.cpu is"
     assert named("lag", prefix="") == "lag is"

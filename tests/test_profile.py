@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import threading
 import time
 
 import pytest
@@ -92,15 +91,13 @@ async def test_off_by_default_no_table_no_thread(receiver: Receiver) -> None:
 
 
 def test_the_sites_sent_stay_bounded_however_the_code_moves() -> None:
-    probe = object.__new__(profile.Profile)
-    probe._lock = threading.Lock()
-    probe._sent = {}
+    window = profile.Window()
     sent = set()
-    for window in range(30):
-        probe._counts = {f"app.py:{window * 10 + n} in f": 10 - n for n in range(10)}
-        probe._looks = 100
-        probe._own = 0
-        table, _ = probe.take()
+    for moved in range(30):
+        for n in range(10):
+            for _ in range(10 - n):
+                window.count(f"app.py:{moved * 10 + n} in f")
+        table, _ = window.take()
         sent |= {site for site, _ in table}
     assert len(sent - {profile.OTHER}) == profile.MAX_SITES
 

@@ -1,17 +1,22 @@
-"""Probes: each measures one aspect of a loop's health and knows nothing of sending.
+"""Probes: each measures one aspect of a loop's health and hands its readings to the monitor as lines.
 
 Every probe is one module here with one entry point, ``attach(watched)``,
 which returns a ``Probe`` (or None when its option is off or the loop cannot
-be measured that way). The monitor attaches the probes the metric catalogue
-names (``loopstat/_metrics.py``), in its order, asks each to ``read`` at every
-sample and closes them when it stops. A new probe is one module and its rows
-in the catalogue.
+be measured that way). The monitor attaches them in the metric catalogue's
+order (``loopstat/_metrics.py``), asks each to ``read`` its lines at every
+sample and closes them when it stops; the sink alone sends. Two probes also
+send between samples through ``Watched.send`` (a stall as it ends, the last
+blocking calls at close), and several keep their latest reading on the
+monitor for the application (``monitor.lag``, ``tasks``, ``cpu``,
+``utilization``, ``stalls``, ``own``). A new probe is one module, its rows in
+the catalogue and its entry in the monitor's tuple of probes
+(``monitor._ATTACH``, which a test holds to the catalogue).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, List, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, List, Optional, Protocol, Tuple
 
 from loopstat._metrics import Line
 from loopstat.probes.selector_clock import SelectorClock
@@ -63,6 +68,8 @@ class Watched:
         self.cpu_share: Optional[float] = None
         self.blocked_since = 0.0
         self._blocked_at_sample = 0.0
+        #: The profile's latest table, for ``monitor.top()``: (site, share of the window), busiest first.
+        self.top: List[Tuple[str, float]] = []
         #: The sampler's timers, set by the monitor; the stall watch revives them when they are overdue.
         self.sampler: Optional[Sampler] = None
         self._clock: Optional[SelectorClock] = None

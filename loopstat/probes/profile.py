@@ -47,47 +47,19 @@ OTHER = "other"
 Top = List[Tuple[str, float]]
 
 
-class Profile:
-    """The looks at one loop, counted by site, turned into a table every window."""
+class Window:
+    """The looks of one window at one loop, counted by site, and the sites ever sent; shared with the sampler thread."""
 
-    def __init__(self, watched: Watched) -> None:
-        self._watched = watched
-        self._clock: Optional[SelectorClock] = watched.clock()
-        #: The loop's thread and the frames around its callbacks, learned on the loop.
-        self.thread_id = threading.get_ident()
-        self.outer: Outer = ()
+    def __init__(self) -> None:
         self._counts: Dict[str, int] = {}
         self._looks = 0
         # Looks that found loopstat's own code.
         self._own = 0
-        self._samples = 0
         self._sent: Dict[str, None] = {}
         self._lock = threading.Lock()
-        #: Set by the sampler thread when the stacks could no longer be read: the next read raises it.
-        self.failed: Optional[StacksUnreadable] = None
-        watched.loop.call_soon(self._learn)
-        _sampler.watch(self)
 
-    def _learn(self) -> None:
-        self.thread_id = threading.get_ident()
-        try:
-            self.outer = outer_of(sys._getframe(1))
-        except ValueError:  # run from C with no Python frame around
-            self.outer = ()
-
-    def look(self, frames: Dict[int, FrameType]) -> None:
-        """Called by the sampler thread: note what the loop is doing now."""
-        if not self._watched.loop.is_running():
-            return
-        clock = self._clock
-        site: Optional[str] = None
-        own = False
-        if clock is None or not clock.waiting:
-            frame = frames.get(self.thread_id)
-            if frame is not None:
-                stack, whole = walk(frame)
-                named, own = blame(stack, whole, self.outer)
-                site = None if own else where(named)
+    def count(self, site: Optional[str], own: bool = False) -> None:
+        """One look: it found ``site`` (None: no application code), or loopstat's ``own`` code."""
         with self._lock:
             self._looks += 1
             self._own += own
@@ -114,6 +86,45 @@ class Profile:
             top.append((OTHER, other / looks))
         return top, own / looks
 
+
+class Profile:
+    """The looks at one loop, counted by site, turned into a table every window."""
+
+    def __init__(self, watched: Watched) -> None:
+        self._watched = watched
+        self._clock: Optional[SelectorClock] = watched.clock()
+        #: The loop's thread and the frames around its callbacks, learned on the loop.
+        self.thread_id = threading.get_ident()
+        self.outer: Outer = ()
+        self._window = Window()
+        self._samples = 0
+        #: Set by the sampler thread when the stacks could no longer be read: the next read raises it.
+        self.failed: Optional[StacksUnreadable] = None
+        watched.loop.call_soon(self._learn)
+        _sampler.watch(self)
+
+    def _learn(self) -> None:
+        self.thread_id = threading.get_ident()
+        try:
+            self.outer = outer_of(sys._getframe(1))
+        except ValueError:  # run from C with no Python frame around
+            self.outer = ()
+
+    def look(self, frames: Dict[int, FrameType]) -> None:
+        """Called by the sampler thread: note what the loop is doing now."""
+        if not self._watched.loop.is_running():
+            return
+        clock = self._clock
+        site: Optional[str] = None
+        own = False
+        if clock is None or not clock.waiting:
+            frame = frames.get(self.thread_id)
+            if frame is not None:
+                stack, whole = walk(frame)
+                named, own = blame(stack, whole, self.outer)
+                site = None if own else where(named)
+        self._window.count(site, own)
+
     def read(self, lines: List[Line]) -> None:
         if self.failed is not None:
             raise self.failed
@@ -121,9 +132,8 @@ class Profile:
         if self._samples < WINDOW_SAMPLES:
             return
         self._samples = 0
-        monitor = self._watched.monitor
-        top, monitor.own = self.take()
-        monitor._top = top
+        top, self._watched.monitor.own = self._window.take()
+        self._watched.top = top
         lines.extend(("busy", "g", round(share, 4), (("site", site),)) for site, share in top)
 
     def close(self) -> None:
