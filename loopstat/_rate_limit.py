@@ -38,3 +38,7 @@ class RateLimit(Generic[K]):
             self._passed.clear()
         self._passed[key] = (now, 0)
         return held
+
+    def clear(self) -> None:
+        """Forget every key: each passes at its next call."""
+        self._passed.clear()

@@ -52,3 +52,11 @@ def test_a_flood_of_new_keys_makes_it_start_afresh_rather_than_grow() -> None:
     assert limit.due(0) is None  # remembered
     assert limit.due(3) == 0  # a fourth key: the memory starts afresh
     assert limit.due(0) == 0  # forgotten, so it passes again
+
+
+def test_clear_forgets_every_key() -> None:
+    clock = FakeClock()
+    limit: RateLimit[str] = RateLimit(clock=clock)
+    assert limit.due("a") == 0
+    limit.clear()
+    assert limit.due("a") == 0

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import pathlib
 import select
 import socket
@@ -43,7 +42,9 @@ from time import perf_counter
 from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
+from loopstat._clock import Clock
 from loopstat._metrics import Line
+from loopstat._rate_limit import RateLimit
 from loopstat._stand_in import StandIn
 from loopstat.probes import Watched
 from loopstat.probes.frames import APPLICATION, Frame, culprit, kind, walk, where
@@ -142,9 +143,8 @@ CALLS: Tuple[str, ...] = tuple(target.call for target in TARGETS)
 
 @dataclass
 class _Site:
-    """One call site of one blocking call: when it was last logged, and what it did since."""
+    """One call site of one blocking call: what it did since it was last logged."""
 
-    logged_at: float = -math.inf
     count: int = 0
     seconds: float = 0.0
 
@@ -163,14 +163,15 @@ class BlockingCalls:
         self,
         loop: asyncio.AbstractEventLoop,
         fault: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         watched: Optional[Watched] = None,
     ) -> None:
         self.loop = loop
         #: The thread that runs the loop, as seen at the latest read.
         self.thread_id = get_ident()
         self._fault = fault
-        self._clock = clock
+        # Each call site is logged at most once a minute, with what it did since.
+        self._site_log: RateLimit[Site] = RateLimit(LOG_EVERY_SECONDS, MAX_SITES, clock)
         # Where the calls since the last read go at close, and where the time blocked
         # adds up at once for the other probes (utilization on uvloop); None: nowhere.
         self._watched = watched
@@ -193,6 +194,7 @@ class BlockingCalls:
         if site is None:
             if len(self._sites) >= MAX_SITES:
                 self._sites.clear()
+                self._site_log.clear()
             site = self._sites[key] = _Site()
         site.count += 1
         site.seconds += seconds
@@ -216,9 +218,9 @@ class BlockingCalls:
             self._inside = inside
 
     def _log_sites(self) -> None:
-        now = self._clock()
-        for (call, frame), site in self._sites.items():
-            if site.count and now - site.logged_at >= LOG_EVERY_SECONDS:
+        for key, site in self._sites.items():
+            if site.count and self._site_log.due(key) is not None:
+                call, frame = key
                 times = "1 time" if site.count == 1 else f"{site.count} times"
                 spent = f"{site.seconds:.1f} s" if site.seconds >= 0.1 else f"{site.seconds * 1000:.1f} ms"
                 log.warning(
@@ -228,7 +230,7 @@ class BlockingCalls:
                     times,
                     spent,
                 )
-                site.logged_at, site.count, site.seconds = now, 0, 0.0
+                site.count, site.seconds = 0, 0.0
 
     def close(self) -> None:
         """Stop counting and send the calls since the last read; the stand-ins go when no probe is left.
