@@ -396,9 +396,8 @@ def _after_fork_in_child() -> None:
     _monitors.clear()
 
 
-# The stall and blocking-call probes' modules join through here until they join themselves.
+# The stall probe's module joins through here until it joins itself.
 _fork.join(before=_stalls.before_fork, after_in_child=_stalls.after_fork_in_child)
-_fork.join(after_in_child=_blocking.after_fork_in_child)
 _fork.join(after_in_child=_after_fork_in_child)
 # Every module of loopstat has joined by now: the one pair of fork hooks walks them.
 _fork.register(os.environ)

@@ -42,6 +42,7 @@ from time import perf_counter
 from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
+from loopstat import _fork
 from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat._rate_limit import RateLimit
@@ -389,6 +390,9 @@ def after_fork_in_child() -> None:
     _lock = threading.RLock()  # another thread may have held it at fork
     _probes, _threads = (), frozenset()
     _uninstall()
+
+
+_fork.join(after_in_child=after_fork_in_child)
 
 
 def _stand_in(target: Target, inner: Callable[..., Any]) -> Callable[..., Any]:
