@@ -48,7 +48,7 @@ from loopstat._metrics import Line
 from loopstat._rate_limit import RateLimit
 from loopstat._stand_in import StandIn
 from loopstat.probes import Watched
-from loopstat.probes.frames import APPLICATION, Frame, culprit, kind, walk, where
+from loopstat.probes.frames import APPLICATION, Frame, culprit, owner, walk, where
 from loopstat.probes.selector_clock import SelectorClock
 
 try:
@@ -507,7 +507,7 @@ def _stack(caller: FrameType) -> List[Frame]:
     costs about half a microsecond a frame: each one is made a Python object.)
     """
     code = caller.f_code
-    if kind(code.co_filename) == APPLICATION:
+    if owner(code.co_filename) == APPLICATION:
         return [(code.co_filename, caller.f_lineno or 0, code.co_name)]
     return walk(caller)[0]
 

@@ -151,7 +151,7 @@ _GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 
 
 @functools.lru_cache(maxsize=1024)
-def kind(filename: str) -> int:
+def owner(filename: str) -> int:
     """Whose code a file holds: Python's own, loopstat's, an installed package's or the application's."""
     if filename == _STAND_INS:
         return PYTHON
@@ -180,7 +180,7 @@ def callback_frames(frames: Sequence[Frame], whole: bool, outer: Outer) -> Optio
     rest = frames[shared:]
     if shared == len(outer):
         return rest or None
-    if shared and all(kind(f[0]) in (PYTHON, LOOPSTAT_CODE) for f in rest):
+    if shared and all(owner(f[0]) in (PYTHON, LOOPSTAT_CODE) for f in rest):
         return None  # in the loop's own machinery, between callbacks
     return frames  # a stack of another run: every frame may be to blame
 
@@ -193,7 +193,7 @@ def culprit(frames: Sequence[Frame]) -> Optional[Frame]:
     """
     package = None
     for frame in reversed(frames):
-        whose = kind(frame[0])
+        whose = owner(frame[0])
         if whose == APPLICATION:
             return frame
         if whose == PACKAGE and package is None:
@@ -213,7 +213,7 @@ def blame(frames: Sequence[Frame], whole: bool, outer: Outer) -> Tuple[Optional[
     callback = callback_frames(frames, whole, outer)
     if callback is None:
         return None, False
-    kinds = [kind(f[0]) if (f[0], f[2]) != _GC_HOOK else PYTHON for f in callback]
+    kinds = [owner(f[0]) if (f[0], f[2]) != _GC_HOOK else PYTHON for f in callback]
     innermost = next((i for i in reversed(range(len(callback))) if kinds[i] != PYTHON), None)
     if innermost is not None and kinds[innermost] == LOOPSTAT_CODE:
         return callback[innermost], True
