@@ -10,6 +10,7 @@ import loopstat
 from loopstat import monitor as _monitor
 from loopstat._metrics import Line
 from loopstat.probes import Attach, stalls
+from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.stalls import StallProbe, Stalls
 from loopstat.settings import Settings
 
@@ -58,3 +59,8 @@ def stopped_metrics(probe: str, settings: Settings) -> str:
 def blocked_seconds(monitor: loopstat.Monitor) -> float:
     """Seconds the loop's thread spent in the blocking calls the monitor watches, so far."""
     return monitor._watched.blocked
+
+
+def selector_clock(monitor: loopstat.Monitor) -> Optional[SelectorClock]:
+    """The selector clock the monitor's probes share; None on loops without a Python selector."""
+    return monitor._watched.clock()

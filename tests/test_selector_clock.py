@@ -20,6 +20,7 @@ import uvloop
 import loopstat
 from loopstat.probes import selector_clock
 from loopstat.probes.selector_clock import SelectorClock
+from tests import inside
 from tests.receiver import Receiver
 
 # Every stdlib selector class this platform has.
@@ -370,7 +371,7 @@ def test_a_fault_while_timing_a_wait_detaches_the_clock_with_one_warning_and_the
         async def monitored() -> List[str]:
             async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
                 await asyncio.sleep(0.05)
-                clock = monitor._watched.clock()
+                clock = inside.selector_clock(monitor)
                 assert clock is not None
 
                 def broken(events: Any, end: float) -> None:
