@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import pytest
 
@@ -64,3 +64,13 @@ def blocked_seconds(monitor: loopstat.Monitor) -> float:
 def selector_clock(monitor: loopstat.Monitor) -> Optional[SelectorClock]:
     """The selector clock the monitor's probes share; None on loops without a Python selector."""
     return monitor._watched.clock()
+
+
+def on_loop_close_instead(monkeypatch: pytest.MonkeyPatch, monitor: loopstat.Monitor, then: Callable[[], None]) -> None:
+    """Make the monitor's close guard call ``then`` where it would release the monitor (undone with ``monkeypatch``)."""
+    monkeypatch.setattr(monitor, "_on_loop_close", then)
+
+
+def shutdown(monitor: loopstat.Monitor) -> None:
+    """Release everything the monitor holds at once, as its close guard does; for a loop closed past the guard."""
+    monitor._shutdown()

@@ -408,7 +408,7 @@ def test_a_fault_in_the_close_guard_still_closes_the_loop_with_one_warning(
     def broken() -> None:
         raise RuntimeError("broken")
 
-    monkeypatch.setattr(monitor, "_on_loop_close", broken)
+    inside.on_loop_close_instead(monkeypatch, monitor, broken)
     loop.close()
     assert loop.is_closed()
     loop.close()  # again, as the original allows
@@ -416,7 +416,7 @@ def test_a_fault_in_the_close_guard_still_closes_the_loop_with_one_warning(
     assert len(warnings) == 1
     assert "RuntimeError('broken')" in warnings[0]
     monkeypatch.undo()
-    monitor._shutdown()
+    inside.shutdown(monitor)
 
 
 def test_a_selector_with_state_in_slots_is_timed_on_the_instance_with_its_state_whole(
