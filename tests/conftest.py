@@ -38,28 +38,6 @@ def no_container(monkeypatch: pytest.MonkeyPatch) -> None:
     _origin.forget()
 
 
-# Whole programs and real servers: run once per tox run (the e2e env), not once per Python.
-E2E_MODULES = {
-    "test_pipeline",
-    "test_agent_faults",
-    "test_cli",
-    "test_run",
-    "test_contrib",
-    "test_dashboards",
-    "test_grafana_render",
-    "test_pre_fork",
-    "test_package",
-    "test_soak_smoke",
-    "test_bench_smoke",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.stem in E2E_MODULES:
-            item.add_marker(pytest.mark.e2e)
-
-
 LOOPS = ("asyncio", "uvloop")
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

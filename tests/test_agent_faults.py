@@ -19,6 +19,8 @@ import pytest
 import loopstat
 from tests.servers import LOOPBACK, Statsd, running_statsd
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 INTERVAL = 0.02
 
 

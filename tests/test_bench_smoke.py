@@ -21,10 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
 PEERS = ("aiodebug", "loopmon", "aiohttp", "uvloop")
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in PEERS),
-    reason="the bench extra is not installed (pip install -e '.[bench]')",
-)
+pytestmark = [
+    pytest.mark.e2e,  # whole programs: run once, in the e2e env
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(p) is None for p in PEERS),
+        reason="the bench extra is not installed (pip install -e '.[bench]')",
+    ),
+]
 
 
 def rows(table: str) -> List[str]:

@@ -28,6 +28,8 @@ from loopstat.cli.live import Live, layout
 from loopstat.cli.watch import Plain
 from tests.fake_clock import FakeClock as Clock
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 LOOPSTAT = [sys.executable, "-m", "loopstat"]
 SMALL, LARGE = (80, 24), (160, 45)
 

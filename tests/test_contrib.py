@@ -8,8 +8,12 @@ import textwrap
 from pathlib import Path
 from typing import List, Sequence
 
+import pytest
+
 from tests.receiver import Receiver
 from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, start_server, stop_server
+
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
 
 
 def start(tmp_path: Path, source: str, ready: str, spawned: List[subprocess.Popen[str]]) -> subprocess.Popen[str]:

@@ -16,6 +16,8 @@ from datadog_api_client.v1.model.dashboard import Dashboard
 
 from loopstat._metrics import ACROSS, DISTRIBUTED, METRICS, UNITS
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 DASHBOARDS = Path(__file__).parent.parent / "dashboards"
 PREFIX = "loopstat"  # the dashboards are written for the default prefix
 # What the Datadog Agent makes of one DogStatsD timing (histogram aggregates, by default).

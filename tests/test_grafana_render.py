@@ -35,6 +35,8 @@ from tests.provision import command
 from tests.servers import LOOPBACK, Carbon, GraphiteWeb, running_graphite, running_statsd
 from tests.test_dashboards import graphite_paths, statsd_path
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 DASHBOARD = Path(__file__).parent.parent / "dashboards" / "grafana-graphite.json"
 INTERVAL = 0.05
 #: A block well over the stall threshold, so that a loaded machine's hiccups are not stalls too.

@@ -10,6 +10,8 @@ from typing import List
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 ROOT = Path(__file__).parent.parent
 
 

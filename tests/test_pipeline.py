@@ -36,6 +36,8 @@ from tests.servers import (
     tagged_series,
 )
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 LOOPS: Dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,

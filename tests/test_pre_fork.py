@@ -22,6 +22,8 @@ import pytest
 from tests.receiver import Line, Receiver
 from tests.web_servers import free_tcp_port, http_get
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 BIN = Path(sys.executable).parent
 # Starts, answers with its pid; its lifespan lets uvicorn report the worker ready.
 APP = """

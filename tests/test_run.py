@@ -17,6 +17,8 @@ from loopstat import _options
 from tests.receiver import Line, Receiver
 from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, http_get, start_server
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 BIN = Path(sys.executable).parent
 LOOPSTAT_RUN = str(BIN / "loopstat-run")
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
