@@ -2,7 +2,8 @@
 
 The watchdog cannot look while such a call runs; it gets in as the call
 returns, when the loop still stands at the calling line. Each call here is a
-real one, sized on this machine to last about ``TARGET`` seconds.
+real one, sized on this machine to last about ``TARGET`` seconds, and sized up
+and made again if, on a loaded machine, it ran shorter than ``AT_LEAST_MS``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import math
 import re
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
 
 import pytest
 
@@ -25,6 +27,9 @@ from tests.test_stalls import line_of, wait_for_stalls
 # seen: a stall of at least 3x the default threshold of 0.1 s.
 TARGET = 0.6
 AT_LEAST_MS = 300.0
+# A call that ran short is sized up (by at most 8x each time) and made again:
+# eight tries grow even a size measured in a pause of the whole machine 8**7-fold.
+TRIES = 8
 
 BACKTRACKING = re.compile(r"(a+)+$")
 
@@ -49,27 +54,37 @@ def parse_seconds(document: str) -> float:
 
 
 @functools.cache
-def big_document() -> str:
+def document_size() -> int:
     # Parsing slows down as the collector's work grows with the document: sized
     # by doubling, then scaled at most twofold.
     count = 20_000
     while True:
         took = parse_seconds(records(count))
         if took >= TARGET / 2:
-            return records(int(count * TARGET / took))
+            return int(count * TARGET / took)
         count *= 2
 
 
-@functools.cache
-def long_range() -> int:
+def range_size() -> int:
     return int(1_000_000 * TARGET / seconds(lambda: sum(range(1_000_000))))
 
 
-@functools.cache
-def hopeless_input() -> str:
+def input_size() -> int:
     # Each "a" more doubles the time the pattern takes to fail.
     took = seconds(lambda: BACKTRACKING.match("a" * 16 + "b"))
-    return "a" * (16 + max(0, round(math.log2(TARGET / took)))) + "b"
+    return 16 + max(0, round(math.log2(TARGET / took)))
+
+
+def times(size: int, factor: float) -> int:
+    return max(size + 1, int(size * factor))
+
+
+def hopeless_input(length: int) -> str:
+    return "a" * length + "b"
+
+
+def longer_input(length: int, factor: float) -> int:
+    return length + max(1, math.ceil(math.log2(factor)))
 
 
 # The application: each blocks the loop in one C call that holds the GIL.
@@ -93,30 +108,53 @@ def check_input(text: str) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-CALLS: dict[str, tuple[Callable[[Any], float], Callable[[], Any]]] = {
-    "json.loads": (load_report, big_document),
-    "sum": (add_up, long_range),
-    "re.match": (check_input, hopeless_input),
+@dataclass(frozen=True)
+class Call:
+    """One C call of the application, and how to size its argument."""
+
+    app: Callable[[Any], float]
+    #: The size measured to last about TARGET on this machine.
+    first_size: Callable[[], int]
+    argument: Callable[[int], Any]
+    #: A size that lasts about ``factor`` times longer.
+    grown: Callable[[int, float], int]
+
+
+CALLS: Dict[str, Call] = {
+    "json.loads": Call(load_report, document_size, records, times),
+    "sum": Call(add_up, range_size, lambda count: count, times),
+    "re.match": Call(check_input, input_size, hopeless_input, longer_input),
 }
+
+# The size that last lasted long enough, per call: later tests start from it.
+sizes: Dict[str, int] = {}
 
 
 async def stall_of(name: str, **options: Any) -> None:
     """Block the loop in the named C call from application code; check the stall names its calling line."""
-    app, argument = CALLS[name]
-    arg = argument()
-    where = f"test_stalls_in_c.py:{line_of(app, 'the calling line')} in {app.__name__}"
-    async with loopstat.install("127.0.0.1", 9, **options) as monitor:
-        await asyncio.sleep(0.1)  # the loop waits, then wakes to the call, as for a request
-        blocked = app(arg)
-        await wait_for_stalls(monitor, 1)
-    assert blocked >= AT_LEAST_MS, f"the call lasted only {blocked:.0f} ms: too short to test"
+    call = CALLS[name]
+    size = sizes.get(name) or call.first_size()
+    where = f"test_stalls_in_c.py:{line_of(call.app, 'the calling line')} in {call.app.__name__}"
+    for _ in range(TRIES):
+        argument = call.argument(size)  # made before the monitor starts: making a big one is a stall too
+        async with loopstat.install("127.0.0.1", 9, **options) as monitor:
+            await asyncio.sleep(0.1)  # the loop waits, then wakes to the call, as for a request
+            blocked = call.app(argument)
+            if blocked >= AT_LEAST_MS:
+                await wait_for_stalls(monitor, 1)
+                break
+        # Too short to test (the sizing ran slower than this call): size up, try again.
+        size = call.grown(size, min(8.0, max(1.5, TARGET * 1000.0 / max(blocked, 1.0))))
+    else:
+        pytest.fail(f"{name} never lasted {AT_LEAST_MS:.0f} ms in {TRIES} tries, the last {blocked:.0f} ms")
+    sizes[name] = size
     stall = monitor.last_stall
     assert stall is not None
     # Counted from when the loop got stuck, not only from when the watchdog got in.
     assert stall.duration >= blocked / 2
     assert stall.location is not None, f"not located; stack:\n{stall.stack}"
     assert stall.location.endswith(where), stall.location
-    assert f"line {line_of(app, 'the calling line')}, in {app.__name__}" in stall.stack
+    assert f"line {line_of(call.app, 'the calling line')}, in {call.app.__name__}" in stall.stack
     assert "# the calling line" in stall.stack
 
 
