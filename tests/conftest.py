@@ -4,7 +4,6 @@ import asyncio
 import inspect
 import logging
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Coroutine, Iterator
@@ -15,6 +14,7 @@ import uvloop
 
 from loopstat import _origin
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
+from tests import ports
 from tests.receiver import Receiver
 
 T = TypeVar("T")
@@ -131,10 +131,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def free_port() -> int:
     """A loopback UDP port on which nothing listens."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return ports.free_port("udp")
 
 
 @pytest.fixture

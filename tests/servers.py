@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import whisper  # type: ignore[import-untyped]
 
+from tests.ports import free_port
 from tests.provision import command, statsd_script
 
 LOOPBACK = "127.0.0.1"
@@ -67,14 +68,6 @@ def carbon_python() -> str:
 def graphite_web_python() -> str:
     """The interpreter graphite-web is installed for (that of ``graphite-manage``), which can import ``graphite``."""
     return _script_python(command("graphite-manage"))
-
-
-def free_port(kind: socket.SocketKind) -> int:
-    """A port of 127.0.0.1 that is free for ``kind`` (SOCK_STREAM or SOCK_DGRAM) right now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _udp_bound(port: int) -> bool:
@@ -287,8 +280,8 @@ LOG_CREATES = True
         def launch() -> Process:
             # Carbon cannot report an ephemeral port; pick free ones, and
             # others if something takes one before carbon does.
-            self.line_port = free_port(socket.SOCK_STREAM)
-            self.cache_query_port = free_port(socket.SOCK_STREAM)
+            self.line_port = free_port("tcp")
+            self.cache_query_port = free_port("tcp")
             config = self._write_config()
             for stale in (self.root / "run").glob("*.pid"):
                 stale.unlink()
@@ -529,8 +522,8 @@ class Statsd:
 
         def launch() -> Process:
             if not self._fixed_port:
-                self.port = free_port(socket.SOCK_DGRAM)
-            self.mgmt_port = free_port(socket.SOCK_STREAM)
+                self.port = free_port("udp")
+            self.mgmt_port = free_port("tcp")
             self._starts += 1
             config = self.root / f"config-{self._starts}.js"
             config.write_text(json.dumps(self._config(), indent=2))

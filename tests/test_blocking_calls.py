@@ -35,8 +35,8 @@ from loopstat.probes import blocking
 from loopstat.probes.blocking import BlockingCalls
 from tests import inside
 from tests.fake_clock import FakeClock as Clock
+from tests.ports import free_port
 from tests.receiver import Receiver
-from tests.web_servers import free_tcp_port
 
 INTERVAL = 0.02
 LOGGER = "loopstat.probes.blocking"
@@ -186,7 +186,7 @@ async def test_a_starlette_app_under_uvicorn_serving_real_requests_reports_no_bl
         return PlainTextResponse((await request.body()) * 2)
 
     app = Starlette(routes=[Route("/", hello, methods=["POST"])])
-    port = free_tcp_port()
+    port = free_port("tcp")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     async with counting(receiver):
         serving = asyncio.ensure_future(server.serve())

@@ -10,8 +10,9 @@ from typing import List, Sequence
 
 import pytest
 
+from tests.ports import free_port
 from tests.receiver import Receiver
-from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, start_server, stop_server
+from tests.web_servers import aiohttp_app, check_serves_and_sends, start_server, stop_server
 
 pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
 
@@ -34,7 +35,7 @@ def check_app(proc: subprocess.Popen[str], port: int, body: bytes, receiver: Rec
 def test_starlette_lifespan_runs_loopstat_with_the_app(
     tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
-    port = free_tcp_port()
+    port = free_port("tcp")
     proc = start(
         tmp_path,
         f"""
@@ -68,7 +69,7 @@ def test_starlette_lifespan_runs_loopstat_with_the_app(
 def test_aiohttp_cleanup_ctx_runs_loopstat_with_the_app(
     tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
-    port = free_tcp_port()
+    port = free_port("tcp")
     proc = start(
         tmp_path,
         aiohttp_app(

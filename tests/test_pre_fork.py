@@ -19,8 +19,9 @@ from typing import List, Optional, Set
 
 import pytest
 
+from tests.ports import free_port
 from tests.receiver import Line, Receiver
-from tests.web_servers import free_tcp_port, http_get
+from tests.web_servers import http_get
 
 pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
 
@@ -113,7 +114,7 @@ def command(server: str, port: int) -> List[str]:
 def server(request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
     name, started = request.param
     (tmp_path / "app.py").write_text(APP)
-    port = free_tcp_port()
+    port = free_port("tcp")
     env = dict(
         os.environ, STATSD_HOST="127.0.0.1", STATSD_PORT=str(receiver.port), LOOPSTAT_INTERVAL="0.05", DD_SERVICE="pf"
     )

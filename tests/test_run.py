@@ -14,8 +14,9 @@ from typing import Dict, List, Tuple
 import pytest
 
 from loopstat import _options
+from tests.ports import free_port
 from tests.receiver import Line, Receiver
-from tests.web_servers import aiohttp_app, check_serves_and_sends, free_tcp_port, http_get, start_server
+from tests.web_servers import aiohttp_app, check_serves_and_sends, http_get, start_server
 
 pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
 
@@ -199,7 +200,7 @@ def test_uvicorn_app_is_monitored_without_code_changes(
     tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]], loop: str
 ) -> None:
     program(tmp_path, ASGI_APP)
-    port = free_tcp_port()
+    port = free_port("tcp")
     command = [LOOPSTAT_RUN, str(BIN / "uvicorn"), "app:app", "--port", str(port), "--loop", loop]
     proc = start_server(command, "Uvicorn running on", spawned, environment(receiver), tmp_path)
     assert http_get(port) == b"ok"
@@ -215,7 +216,7 @@ def test_uvicorn_app_is_monitored_without_code_changes(
 def test_aiohttp_run_app_is_monitored_without_code_changes(
     tmp_path: Path, receiver: Receiver, spawned: List[subprocess.Popen[str]]
 ) -> None:
-    port = free_tcp_port()
+    port = free_port("tcp")
     app = program(tmp_path, aiohttp_app(port, '"ok"'))
     proc = start_server([LOOPSTAT_RUN, sys.executable, app], "Running on", spawned, environment(receiver), tmp_path)
     check_serves_and_sends(port, b"ok", receiver, "loopstat.lag")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,14 +11,6 @@ from collections.abc import Mapping
 from typing import List, Optional, Sequence
 
 from tests.receiver import Receiver
-
-
-def free_tcp_port() -> int:
-    """A TCP port of 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def aiohttp_app(port: int, answer: str, *, imports: str = "", setup: str = "") -> str:
