@@ -164,17 +164,23 @@ def run(paired: Sequence[Stage], after: Sequence[Stage], *, width: int = 2, load
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--under-load", action="store_true", help="one CPU-spinning process per core beside")
+    parser = argparse.ArgumentParser(prog="python3 -m tests.stages", description="Run every stage of the test suite.")
+    parser.add_argument("--under-load", action="store_true", help="with one CPU-spinning process per core beside")
     parser.add_argument("tox", nargs="*", help="after --: run `tox ARGUMENTS` as the only stage")
     options = parser.parse_args(argv)
     # A TERM (from CI, or `timeout`) ends the run as Ctrl-C does: through the finally clauses.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     load = (os.cpu_count() or 1) if options.under_load else 0
+    paired: List[Stage]
+    after: List[Stage]
     if options.tox:
-        return run([], [Stage("tox", [TOX, *options.tox])], load=load)
-    paired, after = default_stages()
-    return run(paired, after, load=load)
+        paired, after = [], [Stage("tox", [TOX, *options.tox])]
+    else:
+        paired, after = default_stages()
+    try:
+        return run(paired, after, load=load)
+    except KeyboardInterrupt:
+        return 130  # the summary, up to the interruption, is out already
 
 
 if __name__ == "__main__":
