@@ -30,8 +30,11 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is gone for our purpose: it no longer runs.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wait_until_gone(pid: int, timeout: float = 30.0) -> None:
