@@ -374,6 +374,10 @@ def test_a_sampler_timer_a_ctrl_c_took_off_the_ready_queue_is_taken_over_and_no_
             sys.settrace(None)
         samples_go_on(loop, monitor, busy)
         assert monitor.running
+        # Two more samples taken while a coroutine runs: the lines counted above
+        # may be a loaded machine's stall reports.
+        seen = len(receiver.values("loopstat.tasks", "g"))
+        loop.run_until_complete(receiver.wait_count("loopstat.tasks", "g", seen + 2))
         # The sleep the Ctrl-C left pending and the coroutine running the loop now: the application's two.
         assert monitor.tasks == 2
         loop.run_until_complete(monitor.stop())

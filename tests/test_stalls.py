@@ -150,13 +150,19 @@ async def test_a_stall_in_a_busy_loop_is_timed_as_well(receiver: Receiver) -> No
 async def test_blocks_shorter_than_the_threshold_are_not_stalls(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=0.15) as monitor:
-        for _ in range(8):
-            blocking_function(0.04)
-            await asyncio.sleep(0.03)
-        blocking_function(0.4)  # one real stall, so the test knows the watchdog was watching
-        await wait_for_stalls(monitor, 1)
-        await asyncio.sleep(0.2)
+    for _ in range(5):
+        loopstat_log.clear()
+        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=0.15) as monitor:
+            short = []
+            for _ in range(8):
+                short.append(blocking_function(0.04))
+                await asyncio.sleep(0.03)
+            blocking_function(0.4)  # one real stall, so the test knows the watchdog was watching
+            await wait_for_stalls(monitor, 1)
+            await asyncio.sleep(0.2)
+        # A loaded machine can stretch a 40 ms block past the threshold: then it is no short block; again.
+        if max(short) < 100:
+            break
     assert monitor.stalls == 1
     assert len(stall_warnings(loopstat_log)) == 1
 
@@ -169,6 +175,7 @@ async def test_a_hot_spot_is_logged_once_a_minute_and_still_counted(
             await asyncio.sleep(0.1)
             blocking_function(0.25)
         await wait_for_stalls(monitor, 3)
+        await receiver.wait_count("loopstat.stalls", "c", 3)  # counted, then sent: wait for the datagram too
     assert len(stall_warnings(loopstat_log)) == 1
     assert receiver.values("loopstat.stalls", "c") == [1, 1, 1]
 
