@@ -199,9 +199,16 @@ async def start():
 
 monitor = loop.run_until_complete(start())
 done = threading.Event()
+# Set once the program is back inside a try that catches Ctrl-C: the next one
+# waits for it, so none lands in a handler, however slow a loaded machine is.
+guarded = threading.Event()
 
 def ctrl_c():
     while not done.wait(random.uniform(0.02, 0.2)):
+        while not guarded.wait(0.01):
+            if done.is_set():
+                return
+        guarded.clear()
         os.kill(os.getpid(), signal.SIGINT)
 
 killer = threading.Thread(target=ctrl_c)
@@ -213,16 +220,17 @@ over = False
 while not over:
     # Ctrl-C lands anywhere here: the outer try catches one landing outside the inner.
     try:
+        guarded.set()
         while time.monotonic() < end:
             try:
+                guarded.set()
                 if task is None or task.done():
                     task = loop.create_task(work())
                 loop.run_until_complete(task)
             except KeyboardInterrupt:
                 interrupts += 1
         done.set()
-        killer.join()  # no more Ctrl-C from here, once the last one sent has landed
-        time.sleep(0.1)
+        killer.join()  # no more Ctrl-C from here: the last one sent has landed in a try
         over = True
     except KeyboardInterrupt:
         interrupts += 1
