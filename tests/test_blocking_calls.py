@@ -37,6 +37,7 @@ from tests import inside
 from tests.fake_clock import FakeClock as Clock
 from tests.ports import free_port
 from tests.receiver import Receiver
+from tests.test_stalls import wait_for_stalls
 
 INTERVAL = 0.02
 LOGGER = "loopstat.probes.blocking"
@@ -230,14 +231,23 @@ async def test_a_loop_half_the_time_in_time_sleep_is_about_half_busy_on_uvloop_t
     assert monitor.utilization is not None
 
 
-async def test_a_stall_inside_a_stood_in_call_is_the_applications_and_located_at_its_line(
-    receiver: Receiver,
-) -> None:
-    async with counting(receiver, stall_threshold=0.05) as monitor:
-        await asyncio.sleep(0.05)  # the watchdog has seen the loop
-        await stalls_in_a_blocking_call()
-        await asyncio.sleep(0.05)  # the loop moves again: the stall is reported
-    assert settled(receiver)["time.sleep"] == 1
+async def test_a_stall_inside_a_stood_in_call_is_the_applications_and_located_at_its_line() -> None:
+    # A loaded machine may add a 50 ms stall of its own, or keep the watchdog off
+    # the CPU for the whole call: then again, with a fresh receiver (5 tries).
+    for _ in range(5):
+        receiver = Receiver()
+        try:
+            async with counting(receiver, stall_threshold=0.05) as monitor:
+                await asyncio.sleep(0.05)  # the watchdog has seen the loop
+                await stalls_in_a_blocking_call()
+                await wait_for_stalls(monitor, 1)  # the loop moves again: the stall is reported
+            sleeps = settled(receiver)["time.sleep"]
+        finally:
+            receiver.close()
+        if monitor.stalls == 1 and monitor.last_stall is not None and monitor.last_stall.location is not None:
+            break
+    assert receiver.bad == []
+    assert sleeps == 1
     assert monitor.stalls == 1
     assert monitor.last_stall is not None
     assert monitor.last_stall.location == f"tests/test_blocking_calls.py:{STALL_LINE} in stalls_in_a_blocking_call"
