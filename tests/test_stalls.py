@@ -779,17 +779,26 @@ async def test_a_stall_in_a_timer_due_with_the_samplers_is_counted(receiver: Rec
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
-async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle(receiver: Receiver) -> None:
+async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle() -> None:
     """uvloop's heartbeat rests only when the thread idles: sleeping on the loop is work, not rest."""
-    async with loopstat.install("127.0.0.1", receiver.port) as monitor:
-        await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.5)  # idle: the beat may rest
-        blocked = []
-        for _ in range(8):
-            await asyncio.sleep(0.2)
-            blocked.append(blocking_function(0.2))
-        await wait_for_stalls(monitor, 8)
-        durations = await receiver.wait_count("loopstat.stall", "ms", 8)
-        await asyncio.sleep(0.3)
+    # A loaded machine may add a stall of its own to the eight: then again, with a fresh receiver (3 tries).
+    for _ in range(3):
+        receiver = Receiver()
+        try:
+            async with loopstat.install("127.0.0.1", receiver.port) as monitor:
+                await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.5)  # idle: the beat may rest
+                blocked = []
+                for _ in range(8):
+                    await asyncio.sleep(0.2)
+                    blocked.append(blocking_function(0.2))
+                await wait_for_stalls(monitor, 8)
+                durations = await receiver.wait_count("loopstat.stall", "ms", 8)
+                await asyncio.sleep(0.3)
+        finally:
+            receiver.close()
+        if monitor.stalls == 8:
+            break
+    assert receiver.bad == []
     assert monitor.stalls == 8
     # The first may come while the beat rests: measured from the sample, at least its blocked time.
     assert all(duration >= 0.9 * min(blocked) for duration in durations), durations
