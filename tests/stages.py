@@ -138,14 +138,16 @@ def duration(seconds: float) -> str:
 
 
 def summary(stages: Sequence[Stage], total: float, load: int) -> str:
-    width = max(len(stage.name) for stage in stages)
+    failed = [stage.name for stage in stages if stage.failed]
+    verdict = f"FAILED: {', '.join(failed)}" if failed else "all passed"
+    width = max(len(stage.name) for stage in [*stages, Stage("total", [])])
+    # Times line up after the longest result that has one.
+    column = max([len(verdict)] + [len(stage.result) for stage in stages if stage.seconds is not None])
     lines = ["", f"Summary{f' (beside {load} CPU-spinning processes)' if load else ''}:"]
     for stage in stages:
         took = "" if stage.seconds is None else f"  {duration(stage.seconds)}"
-        lines.append(f"  {stage.name:<{width}}  {stage.result}{took}")
-    failed = [stage.name for stage in stages if stage.failed]
-    verdict = f"FAILED: {', '.join(failed)}" if failed else "all passed"
-    lines.append(f"  {'total':<{width}}  {verdict}  {duration(total)}")
+        lines.append(f"  {stage.name:<{width}}  {stage.result:<{column if took else 0}}{took}")
+    lines.append(f"  {'total':<{width}}  {verdict:<{column}}  {duration(total)}")
     return "\n".join(lines)
 
 
