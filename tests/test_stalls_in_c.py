@@ -147,7 +147,7 @@ async def stall_of_the_call(monitor: loopstat.Monitor, where: str, blocked: floa
             if stall.location is None and stall.duration >= blocked / 2:
                 return stall
         assert time.monotonic() < deadline, f"no stall at {where}; seen: {seen}"
-        await asyncio.sleep(0)  # a look at every loop turn: a stall of the machine's may follow within 10 ms
+        await asyncio.sleep(0.01)
 
 
 async def stall_of(name: str, **options: Any) -> None:
