@@ -200,14 +200,15 @@ async def start():
 monitor = loop.run_until_complete(start())
 done = threading.Event()
 # Set once the program is back inside a try that catches Ctrl-C: the next one
-# waits for it, so none lands in a handler, however slow a loaded machine is.
+# waits for it, so that none lands in a handler, however slow a loaded machine is.
 guarded = threading.Event()
 
 def ctrl_c():
     while not done.wait(random.uniform(0.02, 0.2)):
-        while not guarded.wait(0.01):
-            if done.is_set():
-                return
+        # At most a second: a Ctrl-C Python swallowed (in a weakref callback) is never caught.
+        guarded.wait(1.0)
+        if done.is_set():
+            return
         guarded.clear()
         os.kill(os.getpid(), signal.SIGINT)
 
