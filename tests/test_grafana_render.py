@@ -29,7 +29,6 @@ import pytest
 
 import loopstat
 from loopstat import Flavor
-from loopstat.probes import profile
 from tests.conftest import ENV_VARS
 from tests.provision import command
 from tests.servers import LOOPBACK, Carbon, GraphiteWeb, running_graphite, running_statsd
@@ -42,7 +41,6 @@ INTERVAL = 0.05
 #: A block well over the stall threshold, so that a loaded machine's hiccups are not stalls too.
 STALL_THRESHOLD = 0.25
 BLOCK_SECONDS = 0.6
-PROFILE_SECONDS = INTERVAL * profile.WINDOW_SAMPLES
 #: The least a 600 ms block shows as, in lag (sampler overshoot) and as a stall.
 BLOCK_MS = 500.0
 ALL = "$__all"
@@ -143,7 +141,6 @@ async def _application(port: int, prefix: str, app: App) -> None:
     release = asyncio.Event()
     workers = [asyncio.ensure_future(release.wait()) for _ in range(app.tasks - 1)]
     loop = asyncio.get_running_loop()
-    began = loop.time()
     try:
         async with loopstat.install(
             LOOPBACK,
@@ -167,11 +164,16 @@ async def _application(port: int, prefix: str, app: App) -> None:
             for _ in range(app.blocks):
                 await asyncio.sleep(0.3)
                 time.sleep(BLOCK_SECONDS)  # a blocking call on the loop
+            before = monitor.top()
             spin_until = time.perf_counter() + 0.1  # code of its own, for the profile to find
             while time.perf_counter() < spin_until:
                 pass
-            # A profile window (40 samples) and a statsd flush (every second) after the last block.
-            await asyncio.sleep(max(1.5, PROFILE_SECONDS + 1.2 - (loop.time() - began)))
+            # The end of a profile window (40 samples, however long a loaded machine makes them),
+            # then a statsd flush (every second).
+            deadline = loop.time() + 60
+            while (not monitor.top() or monitor.top() == before) and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)
             assert monitor.stalls == app.blocks, "the monitor saw one stall per block, no other"
     finally:
         release.set()
