@@ -142,7 +142,7 @@ def summary(stages: Sequence[Stage], total: float, load: int) -> str:
     verdict = f"FAILED: {', '.join(failed)}" if failed else "all passed"
     width = max(len(stage.name) for stage in [*stages, Stage("total", [])])
     # Times line up after the longest result that has one.
-    column = max([len(verdict)] + [len(stage.result) for stage in stages if stage.seconds is not None])
+    column = max([len("all passed")] + [len(stage.result) for stage in stages if stage.seconds is not None])
     lines = ["", f"Summary{f' (beside {load} CPU-spinning processes)' if load else ''}:"]
     for stage in stages:
         took = "" if stage.seconds is None else f"  {duration(stage.seconds)}"
