@@ -6,8 +6,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Callable
 
 import pytest
 import uvloop
@@ -16,8 +16,6 @@ from loopstat import _origin
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests import ports
 from tests.receiver import Receiver
-
-T = TypeVar("T")
 
 # Every variable loopstat reads (install()'s and loopstat-run's); tests start from none of them set.
 ENV_VARS = VARIABLES + RUN_VARIABLES
@@ -39,85 +37,51 @@ def no_container(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 LOOPS = ("asyncio", "uvloop")
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+LOOP_FACTORIES: dict[str, LoopFactory] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
 }
 
+# pytest-asyncio runs every async test once per loop. From 1.4 (Python 3.10+) it takes loop factories
+# from the hook below; 1.2, the last release for 3.9, only takes an event-loop policy (deprecated from 3.14).
+FACTORY_HOOK = sys.version_info >= (3, 10)
 
-def coroutine_test(function: Callable[..., object]) -> Optional[Callable[..., Coroutine[Any, Any, None]]]:
-    """The coroutine function a test runs: itself, or the test Hypothesis wraps; None for a plain test."""
-    inner = getattr(getattr(function, "hypothesis", None), "inner_test", function)
-    return inner if inspect.iscoroutinefunction(inner) else None
+if FACTORY_HOOK:
+
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+        """Each async test on a new stdlib loop and on a new uvloop loop, the name in its id."""
+        return LOOP_FACTORIES
+
+else:
+
+    def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+        """Run every async test once on the stdlib loop and once on uvloop."""
+        inner = getattr(getattr(metafunc.function, "hypothesis", None), "inner_test", metafunc.function)
+        if inspect.iscoroutinefunction(inner):  # a coroutine function, or one Hypothesis's @given wraps
+            metafunc.parametrize("loop_kind", LOOPS, indirect=True)
+
+    @pytest.fixture
+    def event_loop_policy(loop_kind: str) -> asyncio.AbstractEventLoopPolicy:
+        """The policy pytest-asyncio 1.2 makes the test's loop with (3.9 only: no warning there)."""
+        if loop_kind == "uvloop":
+            policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+            return policy
+        return asyncio.DefaultEventLoopPolicy()
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every async test once on the stdlib loop and once on uvloop."""
-    if coroutine_test(metafunc.function) is not None:
-        metafunc.parametrize("loop_kind", LOOPS, indirect=True)
-
-
-@pytest.fixture(autouse=True)  # autouse: every test's closure has it, so any async test can be parametrized
+@pytest.fixture(autouse=True)  # autouse: every test's closure has it, so any async test can be parametrized (3.9)
 def loop_kind(request: pytest.FixtureRequest) -> str:
-    """The loop an async test runs on: "asyncio" or "uvloop"."""
-    kind: str = getattr(request, "param", "asyncio")
-    return kind
-
-
-def run_on(kind: str, coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion on a new loop of ``kind``, as ``asyncio.run`` would.
-
-    No event-loop policy is involved: policies are deprecated from Python 3.14.
-    """
-    factory = LOOP_FACTORIES[kind]
-    if sys.version_info < (3, 11):
-        return run_without_runner(factory, coro)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
-
-
-def run_without_runner(factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run()``'s steps with the loop from ``factory``: 3.9 and 3.10 have no ``asyncio.Runner``."""
-    loop = factory()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:  # an empty gather() would make its future on the policy's loop, not this one
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Optional[bool]:
-    """Run an async test on the loop its ``loop_kind`` names (each example on a new loop under Hypothesis)."""
-    test = pyfuncitem.obj
-    inner = coroutine_test(test)
-    if inner is None:
-        return None
-    kind = str(pyfuncitem.funcargs["loop_kind"])
-    kwargs = {name: pyfuncitem.funcargs[name] for name in inspect.signature(test).parameters}
-    if inner is test:
-        run_on(kind, inner(**kwargs))
-        return True
-
-    def each_example(*args: Any, **kwargs: Any) -> None:
-        run_on(kind, inner(*args, **kwargs))
-
-    # Hypothesis's documented hook for running a test that is not a plain function.
-    handle = test.hypothesis
-    handle.inner_test = each_example
-    try:
-        test(**kwargs)
-    finally:
-        handle.inner_test = inner
-    return True
+    """The loop an async test runs on: "asyncio" or "uvloop" ("asyncio" for a plain test)."""
+    if not FACTORY_HOOK:
+        kind: str = getattr(request, "param", "asyncio")
+        return kind
+    # The factory pytest-asyncio parametrized the test with, named back by its key.
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    for name, factory in LOOP_FACTORIES.items():
+        if any(value is factory for value in params.values()):
+            return name
+    return "asyncio"
 
 
 @pytest.fixture
