@@ -148,10 +148,15 @@ def render(sources: Sequence[Tags], budget: int) -> Tags:
     renamed: List[str] = []
     removed: List[str] = []
     cut: List[str] = []
+    replaced: List[str] = []
     for source in sources:
         own: dict[str, tuple[str, str]] = {}
         for raw_key, raw_value in source:
             key, value, moved, was_cut = _clean(raw_key, raw_value)
+            safe_key, safe_value = sanitize(raw_key, raw_value)
+            # A key that lost its leading characters is reported below, with what it became.
+            if key and (safe_value != raw_value or (safe_key != raw_key and not moved)):
+                replaced.append(show(joined([(raw_key, raw_value)])))
             if not key:
                 removed.append(show(raw_key))
                 continue
@@ -174,6 +179,11 @@ def render(sources: Sequence[Tags], budget: int) -> Tags:
         safe.append((key, value))
         used += size
 
+    if replaced:
+        log.warning(
+            "loopstat: characters other than letters, digits, '_-./' (and ':' in values) became '_' in tags: %s",
+            listing(replaced),
+        )
     if renamed or removed:
         log.warning(
             "loopstat: tag keys must start with a letter: sent %s; dropped %s",

@@ -182,6 +182,18 @@ async def test_tag_keys_not_starting_with_a_letter_are_trimmed_or_dropped_with_o
     assert "dropped '123', '²'" in warning
 
 
+async def test_dd_service_with_a_space_is_sent_with_an_underscore_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DD_SERVICE", "my shop")
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02) as monitor:
+        await receiver.wait_for(lambda lines: len(lines) >= 3)
+    assert dict(monitor.settings.tags)["service"] == "my_shop"
+    [warning] = [record.getMessage() for record in loopstat_log.records if record.levelname == "WARNING"]
+    assert "became '_'" in warning
+    assert "'service:my shop'" in warning
+
+
 async def test_fetching_the_running_monitor_again_neither_checks_nor_warns_again(
     monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
