@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import io
 import os
@@ -16,6 +17,7 @@ import sys
 import termios
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import pyte
@@ -370,6 +372,22 @@ def test_watch_exits_cleanly_on_sigint_when_not_a_terminal(watch_piped: subproce
     assert err == ""
 
 
+def test_watch_piped_into_a_reader_that_quits_exits_quietly_like_a_unix_tool(
+    watch_piped: subprocess.Popen[str],
+) -> None:
+    # As `loopstat watch | head -1`: the reader closes its end after one line.
+    assert watch_piped.stdout is not None
+    assert watch_piped.stderr is not None
+    port = bound_port(watch_piped.stdout.readline())
+    watch_piped.stdout.close()
+    deadline = time.monotonic() + 30
+    while watch_piped.poll() is None and time.monotonic() < deadline:
+        send(port, "app.tasks:4|g")  # something to print each second, into the closed pipe
+        time.sleep(0.2)
+    assert watch_piped.returncode == 128 + signal.SIGPIPE
+    assert watch_piped.stderr.read() == ""
+
+
 def test_watch_on_a_port_in_use_fails_in_one_line() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -456,9 +474,53 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
         assert f"lag max {rows[on_loop][0]} on the loop, {rows[moved][0]} in " in out
         assert f"Move it off the loop, {advice}." in out
     assert "run_in_executor" not in out.split("CPU-bound Python:")[1], "no thread advice for CPU work"
+    assert "went through\n  on asyncio (" in out, "the loop measured is named"
     # Blocking I/O keeps the loop busy off the CPU: its cpu share stays far below its utilization.
     io_utilization, io_cpu = (float(cell[:-1]) for cell in rows["I/O on loop"][1:3])
     assert io_cpu < io_utilization / 2
+
+
+def test_the_demo_names_a_file_the_user_can_open_at_the_lines_that_blocked() -> None:
+    done = subprocess.run([*LOOPSTAT, "demo", "--seconds", "5"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [path] = re.findall(r"the service's code, to read: (\S+)$", done.stdout, re.M)
+    source = Path(path).read_text().splitlines()
+    for function, text in (("fetch_report", "sock.recv"), ("crunch_numbers", "")):
+        [line] = re.findall(rf"stalled at demo_service\.py:(\d+) in {function}$", done.stdout, re.M)
+        above = source[: int(line)]
+        assert [x for x in above if x.startswith("def ")][-1].startswith(f"def {function}("), "a line of that function"
+        assert text in above[-1]
+
+
+def test_the_demo_legend_says_cpu_equals_utilization_when_the_loop_computes() -> None:
+    from loopstat.cli.demo import Tally
+
+    legend = " ".join(line.strip() for line in Tally.legend())
+    assert "far below" not in legend
+    assert "equal to utilization when the loop computes, below it when callbacks wait on I/O" in legend
+
+
+async def test_the_demo_redraws_four_times_a_second_so_a_new_phase_shows_at_once() -> None:
+    from loopstat.cli.demo import REDRAW_SECONDS
+    from loopstat.cli.watch import redraw_until
+
+    class Ticks:
+        count = 0
+
+        def tick(self) -> None:
+            self.count += 1
+
+        def note(self, text: str) -> None:
+            pass
+
+        def set_status(self, text: str) -> None:
+            pass
+
+    view = Ticks()
+    loop = asyncio.get_running_loop()
+    await redraw_until(view, asyncio.Event(), loop.time() + 1.1, REDRAW_SECONDS)
+    assert REDRAW_SECONDS <= 0.25
+    assert view.count >= 3, "a 1 s period would have drawn once"
 
 
 def test_demo_advice_admits_when_moving_the_work_did_not_help() -> None:

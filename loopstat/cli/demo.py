@@ -16,14 +16,16 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
 import loopstat
 from loopstat import settings as _settings
+from loopstat._notes import loop_name
 from loopstat.cli import fmt, statsd
 from loopstat.cli.board import Board, listen
 from loopstat.cli.watch import View, address, open_view, redraw_until, stop_on_signals
@@ -41,6 +43,8 @@ WORKERS = 2
 #: Metrics that arrive this soon after blocking on the loop ends still belong to that phase:
 #: the request in progress finishes first, and its stall is reported when it ends.
 GRACE_SECONDS = WORK_SECONDS + 2 * INTERVAL
+#: Seconds between two redraws: the table follows a phase change within a few samples, not a second later.
+REDRAW_SECONDS = 0.25
 
 
 class DemoError(Exception):
@@ -76,8 +80,9 @@ PHASES = (
 #: The service's blocking functions. They are compiled under a file name of their
 #: own: to the stall watchdog they are the application's code, as they would be
 #: in a real service (code in loopstat's files is loopstat's own, never blamed).
+#: The demo writes them to that file first (``write_service``), so the user can open it.
 SERVICE_FILE = "demo_service.py"
-SERVICE_CODE = """
+SERVICE_CODE = """\
 import socket, time
 
 def fetch_report(port):
@@ -96,10 +101,28 @@ def crunch_numbers(seconds):
             n += 1
     return total
 """
-_service: Dict[str, Any] = {"__name__": __name__}  # so that the process pool can pickle crunch_numbers
-exec(compile(SERVICE_CODE, SERVICE_FILE, "exec"), _service)
-fetch_report: Callable[[int], bytes] = _service["fetch_report"]
-crunch_numbers: Callable[[float], int] = _service["crunch_numbers"]
+
+
+def _compile_service(filename: str) -> Tuple[Callable[[int], bytes], Callable[[float], int]]:
+    """``fetch_report`` and ``crunch_numbers``, compiled as code of ``filename``."""
+    # __name__ is this module's, so that the process pool can pickle crunch_numbers.
+    service: Dict[str, Any] = {"__name__": __name__}
+    exec(compile(SERVICE_CODE, filename, "exec"), service)
+    return service["fetch_report"], service["crunch_numbers"]
+
+
+def write_service() -> str:
+    """Write the service's code to a new private folder, compile it from there, and return the file's path."""
+    global fetch_report, crunch_numbers
+    path = os.path.join(tempfile.mkdtemp(prefix="loopstat-demo-"), SERVICE_FILE)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(SERVICE_CODE)
+    fetch_report, crunch_numbers = _compile_service(path)
+    return path
+
+
+# Until the demo writes the file (and in the pool's processes, which never block a loop).
+fetch_report, crunch_numbers = _compile_service(SERVICE_FILE)
 
 
 async def _backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -146,6 +169,15 @@ class Service:
         self._stop.set()
         # Waited for in a worker thread: the receiver's loop keeps taking datagrams meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self._end)
+
+    @staticmethod
+    def loop_name() -> str:
+        """The kind of loop ``asyncio.run()`` gives the service: what loopstat measures depends on it."""
+        loop = asyncio.new_event_loop()
+        try:
+            return loop_name(loop)
+        finally:
+            loop.close()
 
     def _end(self) -> None:
         self._thread.join()
@@ -203,8 +235,12 @@ class PhaseTally:
 class Tally:
     """Sorts the metrics the receiver gets into the phase the demo was in when they arrived."""
 
-    def __init__(self, board: Board, service: Service) -> None:
+    def __init__(self, board: Board, service: Service, service_file: str = SERVICE_FILE, loop: str = "asyncio") -> None:
         self.phases: List[PhaseTally] = []
+        #: Where the service's blocking functions are, as the stall locations name it.
+        self.service_file = service_file
+        #: The kind of loop the service runs on (``asyncio (_UnixSelectorEventLoop)``).
+        self.loop = loop
         self._board = board
         self._service = service
         self._switched = board.now()
@@ -233,8 +269,19 @@ class Tally:
             if stall is not None and stall.location and tally.phase.blocks:
                 tally.stall = stall
 
+    @staticmethod
+    def legend() -> List[str]:
+        """What each column of the summary means, in lines that fit 80 columns."""
+        return [
+            "  lag max: the most a timer ran late · utilization: share of the time the loop",
+            "  ran code rather than waited · cpu: share of a core its thread used (equal to",
+            "  utilization when the loop computes, below it when callbacks wait on I/O) ·",
+            f"  stalls: times it made no progress for over {STALL_SECONDS * 1000:.0f} ms ·",
+            "  requests: requests the service finished",
+        ]
+
     def summary(self, interrupted: bool) -> str:
-        rows = ["", "loopstat demo: what the service's loop went through", ""]
+        rows = ["", "loopstat demo: what the service's loop went through", f"  on {self.loop}", ""]
         rows.append(f"  {'phase':<20}{'lag max':>10}{'utilization':>13}{'cpu':>7}{'stalls':>8}{'requests':>10}")
         stalls_before = 0
         for index, tally in enumerate(self.phases):
@@ -243,17 +290,13 @@ class Tally:
             name = tally.phase.name + (" (cut)" if interrupted and index == len(self.phases) - 1 else "")
             lag = "-" if tally.lag_max is None else fmt.value(tally.lag_max, "ms")
             rows.append(f"  {name:<20}{lag:>10}{use:>13}{cpu:>7}{stalls:>8}{tally.requests:>10}")
-        rows += [
-            "",
-            "  lag max: the most a timer ran late · utilization: share of the time the loop",
-            "  ran code rather than waited · cpu: share of a core its thread used (far below",
-            "  utilization: it waited on I/O inside callbacks) · stalls: times it made no",
-            f"  progress for over {STALL_SECONDS * 1000:.0f} ms · requests: requests the service finished",
-            "",
-        ]
+        rows += ["", *self.legend(), ""]
+        folder = os.path.join(os.path.dirname(self.service_file), "")
         for tally in self.phases:
-            if tally.stall is not None:
-                rows.append(f"  {tally.phase.name} stalled at {tally.stall.location}")
+            if tally.stall is not None and tally.stall.location is not None:
+                rows.append(f"  {tally.phase.name} stalled at {tally.stall.location.replace(folder, '', 1)}")
+        if any(tally.stall is not None for tally in self.phases):
+            rows.append(f"  the service's code, to read: {self.service_file}")
         rows += advice({tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None})
         return "\n".join(rows) + "\n"
 
@@ -312,7 +355,7 @@ async def _phases(view: View, service: Service, tally: Tally, stop: asyncio.Even
         tally.switch(index)
         view.set_status(f"phase {index + 1}/{len(PHASES)}: {phase.text}")
         view.tick()  # show the new phase now, not at the next redraw
-        await redraw_until(view, stop, loop.time() + seconds / len(PHASES))
+        await redraw_until(view, stop, loop.time() + seconds / len(PHASES), REDRAW_SECONDS)
         tally.phases[index].requests = service.requests - before
         if stop.is_set():
             return
@@ -332,9 +375,11 @@ async def demo(seconds: float, out: TextIO, err: TextIO) -> int:
                 _settings.resolve("127.0.0.1", port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, environ=os.environ)
             except ValueError as exc:
                 raise DemoError(str(exc)) from None
+            service_file = write_service()
             service = Service(port, backend.sockets[0].getsockname()[1])
-            tally = Tally(board, service)
-            view_cm = open_view(board, address("127.0.0.1", port), out, err, "loopstat demo")
+            tally = Tally(board, service, service_file, service.loop_name())
+            title = f"loopstat demo · service on {tally.loop.split()[0]}"
+            view_cm = open_view(board, address("127.0.0.1", port), out, err, title)
             with view_cm as view, _logs_to(_ToView(view, loop)):
                 service.start()
                 try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from contextlib import suppress
 from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import loopstat
@@ -105,9 +107,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "watch":
             return _watch(args.host, args.port, args.stale)
         return _demo(args.seconds)
+    except BrokenPipeError:
+        return _pipe_closed()
     except KeyboardInterrupt:
         # Ctrl-C before the handlers are in place: quitting watch is a clean exit, cutting the demo short is not.
         return 0 if args.command == "watch" else 128 + signal.SIGINT
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``loopstat watch | head -5``): end quietly, as Unix tools do."""
+    # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from failing too.
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _watch(host: str, port: int, stale: float) -> int:

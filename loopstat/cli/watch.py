@@ -119,10 +119,12 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[List[int]]:
             loop.remove_signal_handler(sig)
 
 
-async def redraw_until(view: View, stop: asyncio.Event, deadline: Optional[float] = None) -> None:
-    """Tick the view every ``PERIOD`` seconds until ``stop`` is set or the loop clock passes ``deadline``."""
+async def redraw_until(
+    view: View, stop: asyncio.Event, deadline: Optional[float] = None, period: float = PERIOD
+) -> None:
+    """Tick the view every ``period`` seconds until ``stop`` is set or the loop clock passes ``deadline``."""
     loop = asyncio.get_running_loop()
-    next_tick = loop.time() + PERIOD
+    next_tick = loop.time() + period
     while not stop.is_set():
         wake = next_tick if deadline is None else min(next_tick, deadline)
         with suppress(asyncio.TimeoutError):
@@ -131,7 +133,7 @@ async def redraw_until(view: View, stop: asyncio.Event, deadline: Optional[float
             return
         if loop.time() >= next_tick:
             view.tick()
-            next_tick += PERIOD
+            next_tick += period
 
 
 async def watch(host: str, port: int, out: TextIO, err: TextIO, stale: float = STALE_DROP) -> None:
