@@ -214,6 +214,12 @@ def slot() -> Optional[int]:
         return None if _held is None else _held[0]
 
 
+def held() -> Optional[int]:
+    """This process's slot if it already holds one; never claims one."""
+    held = _held
+    return None if held is None else held[0]
+
+
 def tags(pairs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, str], ...]:
     """``pairs`` with this process's ``worker`` tag added, unless they have one already or no slot is had."""
     if any(key.lower() == TAG for key, _ in pairs):

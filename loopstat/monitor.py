@@ -12,7 +12,7 @@ import weakref
 from types import TracebackType
 from typing import Dict, List, Literal, Optional, Set, Tuple, Type, Union
 
-from loopstat import _fork
+from loopstat import _fork, _notes
 from loopstat import settings as _settings
 from loopstat._clock import Clock
 from loopstat._metrics import METRICS, Line
@@ -114,6 +114,8 @@ class Monitor:
         # The probes running, by name, in the catalogue's order; and how many reads in a row each one failed.
         self._probes: Dict[str, Probe] = {}
         self._failing: Dict[str, int] = {}
+        # Names the loop in the log at start, and hints at blocking calls (loopstat/_notes.py).
+        self._notes: Optional[_notes.Notes] = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -226,6 +228,7 @@ class Monitor:
                 continue
             if probe is not None:
                 self._probes[name] = probe
+        self._notes = _notes.started(self._loop, self.settings.interval, list(self._probes.values()))
 
     def _detach_probes(self) -> None:
         probes, self._probes = self._probes, {}
@@ -305,6 +308,8 @@ class Monitor:
         for name, error in failed:
             self._read_failed(name, error)
         self._sink.send(lines)
+        if self._notes is not None:
+            self._notes.sampled(self.utilization, self.cpu)
 
     def _fault(self) -> None:
         held = self._fault_log.due(None)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -289,3 +290,27 @@ def test_a_umask_of_0_still_makes_folders_for_this_user_alone(own_temp: Path) ->
         os.umask(old)
     ours = own_temp / f"loopstat-{os.getuid()}"
     assert [oct(path.stat().st_mode & 0o777) for path in (ours, ours / str(os.getppid()))] == ["0o700", "0o700"]
+
+
+async def test_log_lines_of_a_process_holding_a_slot_name_the_worker_and_pid(
+    own_temp: Path, receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.1, worker_tag=True) as m:
+        await receiver.wait_for(lambda lines: len(lines) >= 3)
+        time.sleep(0.3)  # a stall: its warning is logged when it ends
+        await receiver.wait_for(lambda lines: m.stalls >= 1)
+    stalls = [r.getMessage() for r in loopstat_log.records if "the event loop was blocked" in r.getMessage()]
+    assert stalls
+    assert all(line.startswith(f"loopstat [worker 0, pid {os.getpid()}]: ") for line in stalls), stalls
+
+
+async def test_log_lines_without_a_slot_keep_the_plain_prefix(
+    own_temp: Path, receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.1) as m:
+        await receiver.wait_for(lambda lines: len(lines) >= 3)
+        time.sleep(0.3)
+        await receiver.wait_for(lambda lines: m.stalls >= 1)
+    stalls = [r.getMessage() for r in loopstat_log.records if "the event loop was blocked" in r.getMessage()]
+    assert stalls
+    assert all(line.startswith("loopstat: ") for line in stalls), stalls
