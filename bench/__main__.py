@@ -128,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     emit(
         f"### loopstat benchmarks{' (--quick: smoke counts, not a measurement)' if args.quick else ''}\n\n"
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+        f"`python -m bench {' '.join(sys.argv[1:])}` on {report.provenance()}, "
+        f"{platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} cores; loopstat {loopstat.__version__}; loops: {', '.join(args.loops)}. "
         "Ratios are to `none` in the same round: the geometric mean of the per-round ratios, its 95 % "
         "confidence interval in brackets (a t-interval on their logarithms), and *within noise* when that "

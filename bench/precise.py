@@ -32,8 +32,7 @@ def header(title: str, quick: bool, loop_names: List[str]) -> None:
     command = " ".join(["python -m bench", *sys.argv[1:]])
     emit(
         f"### {title}{' (--quick: smoke sizes, not a measurement)' if quick else ''}\n\n"
-        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: Python "
-        f"{platform.python_version()} ({sys.executable}), {platform.system()} {platform.machine()}, "
+        f"`{command}` on {report.provenance()}, {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; loopstat {loopstat.__version__}; "
         f"loops: {', '.join(loop_names)}."
     )
@@ -82,7 +81,7 @@ def main(
             + report.idle_instructions_table(rates, names)
         )
     targets = report.instruction_targets(found, native)
-    emit("#### Targets (issue 12, at native speed)\n\n" + (report.targets_table(targets) if targets else "None apply."))
+    emit("#### Targets (at native speed)\n\n" + (report.targets_table(targets) if targets else "None apply."))
     return 0
 
 
@@ -102,5 +101,5 @@ def idle_main(quick: bool, loop_names: List[str], repeats: int) -> int:
         f"#### Idle process: a {window:g} s window after {warmup:g} s, both variants and loops idling at once, "
         "the agent (a UDP receiver) listening\n\n" + report.idle_table(results, IDLE_VARIANTS, skipped, targets)
     )
-    emit("#### Targets (issue 12)\n\n" + report.targets_table(targets))
+    emit("#### Targets\n\n" + report.targets_table(targets))
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import platform
+import subprocess
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -12,6 +16,20 @@ from bench.variants import DESCRIPTIONS
 
 BASELINE = "none"
 TARGET_VARIANT = "loopstat"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def provenance() -> str:
+    """When and on what a run was made: date, Python (by version, not by path) and loopstat's commit."""
+    try:
+        done = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        commit = done.stdout.strip() if done.returncode == 0 else ""
+    except OSError:  # no git: the figures still stand, without a commit to name
+        commit = ""
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.python_implementation()} "
+        f"{platform.python_version()}, commit {commit or 'unknown (not a git checkout)'}"
+    )
 
 
 @dataclass(frozen=True)
@@ -452,7 +470,7 @@ def idle_instructions_table(rates: Dict[Tuple[str, str], float], names: Sequence
 def instruction_targets(
     found: Dict[Tuple[str, str, str], instructions.Cost], native: Dict[Tuple[str, str], float]
 ) -> List[Target]:
-    """Issue 12's targets on the instruction counts, at native speed."""
+    """The cost targets (docs/performance.md) on the instruction counts, at native speed."""
 
     def at_native(workload: str, loop: str, name: str) -> Optional[float]:
         cost, base = found.get((workload, loop, name)), found.get((workload, loop, BASELINE))

@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import select
 import signal
 import struct
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # run as ``python bench/soak.py``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import loopstat
-from bench import loops
+from bench import loops, report
 
 # The receiver: binds the port, prints it, then counts datagrams into a shared
 # file after each one, so the count survives SIGKILL exactly.
@@ -375,8 +374,8 @@ def table(result: Result, agent: Agent, watch: Watch, opts: argparse.Namespace) 
     )
     timeline = ", ".join(f"{t:.0f} s: {kib}" for t, kib in result.rss_timeline)
     lines = [
-        f"loopstat soak: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"interval {opts.interval * 1000:g} ms",
+        f"loopstat soak: `python -m bench.soak {' '.join(opts.argv)}` on {report.provenance()}, "
+        f"{os.cpu_count()} CPUs, interval {opts.interval * 1000:g} ms",
         "",
         "| measure | value |",
         "|---|---|",
@@ -401,7 +400,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=0.001, help="loopstat sample interval (default 0.001)")
     parser.add_argument("--max-growth-kib", type=int, default=1024, help="RSS growth target shown in the table")
     parser.add_argument("--raise-in-app", action="store_true", help=argparse.SUPPRESS)  # to test the detector
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)
+    return opts
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -28,7 +28,7 @@ LOOP_VARIANTS = ("monitored-ioloop",)
 
 DESCRIPTIONS = {
     "none": "no monitor (the baseline)",
-    "naive": "the seed article's: sleep overshoot with loop.time() every 0.25 s, len(all_tasks()); sends nothing",
+    "naive": "a hand-written monitor: sleep overshoot with loop.time() every 0.25 s, len(all_tasks()); sends nothing",
     "loopstat": "loopstat.install() with its defaults",
     "loopstat-all": "loopstat.install() with every probe on (gc=True and blocking_calls=True too)",
     "aiodebug": "aiodebug 2.3: monitor_loop_lag.enable() with a UDP StatsD client, log_slow_callbacks.enable(0.05)",
@@ -66,7 +66,7 @@ PROBE_ARGS_OF = {
     "loopstat-blocking": {**PROBES_OFF, "blocking_calls": True},
 }
 
-# install() arguments that arrive with issue 4 (stall watchdog, utilization, executor, GC).
+# install() arguments that older versions of loopstat lack (stall watchdog, utilization, executor, GC).
 PROBE_ARGS = ("stall_threshold", "utilization", "executor", "gc")
 
 NAIVE_INTERVAL = 0.25
@@ -96,7 +96,7 @@ def quiet_loopstat() -> None:
 
 
 def probe_args_missing() -> List[str]:
-    """The issue-4 arguments the installed ``loopstat.install()`` does not take yet."""
+    """The probe arguments the installed ``loopstat.install()`` does not take (an older loopstat)."""
     import loopstat
 
     params = inspect.signature(loopstat.install).parameters
@@ -111,7 +111,7 @@ def missing(name: str) -> Optional[str]:
     if name == "loopstat-all" or name in PROBE_VARIANTS:
         absent = probe_args_missing()
         if absent:
-            return f"loopstat.install() has no {', '.join(absent)} argument yet (issue 4 not landed)"
+            return f"loopstat.install() has no {', '.join(absent)} argument (an older loopstat)"
     package = {"aiodebug": "aiodebug", "loopmon": "loopmon", "monitored-ioloop": "monitored_ioloop"}.get(name)
     if package is not None and importlib.util.find_spec(package) is None:
         hint = "pip install monitored-ioloop" if name == "monitored-ioloop" else "pip install -e '.[bench]'"
@@ -136,7 +136,7 @@ class Attached:
 
 
 class Naive(Attached):
-    """The seed article's monitor: a coroutine measuring sleep overshoot with ``loop.time()``."""
+    """The usual hand-written monitor: a coroutine measuring sleep overshoot with ``loop.time()``."""
 
     name = "naive"
 

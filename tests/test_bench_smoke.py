@@ -110,4 +110,4 @@ def test_quick_idle_run_prints_cpu_and_wakeups_for_both_loops() -> None:
         ["uvloop", "none"],
         ["uvloop", "loopstat"],
     ]
-    assert found["Targets (issue 12)"].count("idle wake-ups") == 2
+    assert found["Targets"].count("idle wake-ups") == 2

@@ -153,7 +153,7 @@ def test_a_refused_datagram_counts_its_lines_as_dropped_not_sent(free_port: int)
 async def test_samples_of_two_datagrams_with_nothing_listening_give_one_warning_and_no_false_recovery(
     free_port: int, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The outage of issue 11 (interval 4 s, recovery after 3 s), scaled down tenfold in time."""
+    """An agent outage as users reported it (interval 4 s, recovery after 3 s), scaled down tenfold in time."""
     monkeypatch.setattr(sink_module, "RECOVERY_SECONDS", 0.3)
     tags = {f"tag{i}": "v" * 150 for i in range(3)}
     async with loopstat.install("127.0.0.1", free_port, interval=0.4, tags=tags, stall_threshold=None) as monitor:
