@@ -1,0 +1,157 @@
+"""The docs say what the code does: the API as documented is the API, and no text names a developer's machine
+or an internal ticket."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+import pytest
+
+import loopstat
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The files whose API block must match the code: the README's short one, and the full one.
+API_DOCS = ("README.md", "docs/operations.md")
+
+# A developer's machine: a checkout or venv under /work, /root, /home/<user> or /Users, or a file under /tmp.
+# Code that needs a temporary file asks tempfile, so a literal "/tmp/..." is a machine's path.
+MACHINE_PATH = re.compile(r"(?<![\w.~<>-])/(?:work|root|Users|home/\w+)/|(?<![\w.~<>-])/tmp/\w")
+# References to this project's own tracker or to a conversation, which a reader cannot follow.
+INTERNAL_REFERENCE = re.compile(r"\b[Ii]ssues?[ -]#?\d+|\bseed article", re.IGNORECASE)
+
+
+def api_block(doc: str) -> str:
+    """The first ```python block of ``doc`` that calls ``loopstat.install(``."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        if "monitor = loopstat.install(" in block:
+            return str(block)
+    raise AssertionError(f"{doc}: no ```python block with 'monitor = loopstat.install('")
+
+
+def documented_signature(block: str) -> inspect.Signature:
+    """The parameters written inside ``loopstat.install(...)``, read as a function definition."""
+    start = block.index("loopstat.install(") + len("loopstat.install(")
+    depth, end = 1, start
+    while depth:
+        depth += {"(": 1, ")": -1}.get(block[end], 0)
+        end += 1
+    tree = ast.parse(f"def install({block[start : end - 1]}): pass")
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    args = function.args
+    positional = args.posonlyargs + args.args
+    defaults: List[object] = [None] * (len(positional) - len(args.defaults))
+    defaults += [ast.literal_eval(d) for d in args.defaults]
+    parameters = [
+        inspect.Parameter(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for a, d in zip(positional, defaults)
+    ]
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+        value = inspect.Parameter.empty if default is None else ast.literal_eval(default)
+        parameters.append(inspect.Parameter(arg.arg, inspect.Parameter.KEYWORD_ONLY, default=value))
+    return inspect.Signature(parameters)
+
+
+def plain(signature: inspect.Signature) -> List[Tuple[str, object, object]]:
+    """Name, kind and default of each parameter: what a reader of the docs relies on."""
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+@pytest.mark.parametrize("doc", API_DOCS)
+def test_the_documented_install_signature_is_the_real_one(doc: str) -> None:
+    assert plain(documented_signature(api_block(doc))) == plain(inspect.signature(loopstat.install))
+
+
+def public_attributes() -> Set[str]:
+    loop = asyncio.new_event_loop()
+    try:
+        monitor = loopstat.install(loop=loop, stall_threshold=None)
+        return {name for name in dir(monitor) if not name.startswith("_")}
+    finally:
+        loop.close()
+
+
+def documented_attributes(block: str) -> Set[str]:
+    return set(re.findall(r"\bmonitor\.(\w+)", block))
+
+
+def test_the_full_api_block_documents_every_public_monitor_attribute_and_no_other() -> None:
+    documented = documented_attributes(api_block("docs/operations.md"))
+    assert documented == public_attributes()
+
+
+def test_the_readmes_api_block_names_only_real_monitor_attributes() -> None:
+    documented = documented_attributes(api_block("README.md"))
+    assert documented <= public_attributes()
+    assert {"lag", "tasks", "utilization", "cpu", "stalls", "stop"} <= documented
+
+
+def tracked_text_files() -> Dict[str, str]:
+    """Every file git tracks (docs, README, CONTRIBUTING, code, bench, tests, dashboards), by path."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    files: Dict[str, str] = {}
+    for name in done.stdout.decode().split("\0"):
+        path = ROOT / name
+        if not name or name == "tests/test_docs.py" or not path.is_file():
+            continue  # this file holds the patterns themselves
+        try:
+            files[name] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # binary
+    return files
+
+
+def offending_lines(pattern: re.Pattern[str], files: Dict[str, str]) -> List[str]:
+    return [
+        f"{name}:{number}: {line.strip()[:120]}"
+        for name, text in files.items()
+        for number, line in enumerate(text.splitlines(), 1)
+        if pattern.search(line)
+    ]
+
+
+def test_no_tracked_file_names_a_developers_machine_path() -> None:
+    assert offending_lines(MACHINE_PATH, tracked_text_files()) == []
+
+
+def test_no_tracked_file_refers_to_an_internal_ticket_or_conversation() -> None:
+    assert offending_lines(INTERNAL_REFERENCE, tracked_text_files()) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("PYTHONPATH=/tmp/bench-peers python -m bench", True),
+        ("Command: `/work/venv311/bin/python -m bench idle`", True),
+        ("cd /home/alice/loopstat", True),
+        ("`<tmp>/loopstat-<uid>/<parent pid>/slot-<n>.lock`", False),
+        ("socket_path=/var/run/datadog/dsd.socket", False),
+        ("~/.cache/loopstat-tests", False),
+        ("tempfile.mkdtemp(prefix='loopstat-')", False),
+    ],
+)
+def test_the_machine_path_pattern_finds_paths_of_a_machine_and_only_those(line: str, found: bool) -> None:
+    assert bool(MACHINE_PATH.search(line)) is found
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("Measured for issue 12 on this machine", True),
+        ("The issue-4 arguments", True),
+        ("the seed article's monitor", True),
+        ("a known issue with uvloop", False),
+        ("issues a warning", False),
+    ],
+)
+def test_the_internal_reference_pattern_finds_ticket_numbers_and_only_those(line: str, found: bool) -> None:
+    assert bool(INTERNAL_REFERENCE.search(line)) is found
