@@ -50,7 +50,8 @@ def documented_signature(block: str) -> inspect.Signature:
     defaults: List[object] = [None] * (len(positional) - len(args.defaults))
     defaults += [ast.literal_eval(d) for d in args.defaults]
     parameters = [
-        inspect.Parameter(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for a, d in zip(positional, defaults)
+        inspect.Parameter(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
+        for a, d in zip(positional, defaults)
     ]
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
         value = inspect.Parameter.empty if default is None else ast.literal_eval(default)

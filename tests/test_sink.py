@@ -23,9 +23,16 @@ from loopstat.cli import statsd
 from loopstat.settings import MAX_DATAGRAM, resolve
 from loopstat.sink import Sink
 
+NOTES = "loopstat._notes"
+
 
 def records_of(caplog: pytest.LogCaptureFixture, level: int) -> List[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith("loopstat") and r.levelno == level]
+    """loopstat's records at ``level``, less the line naming the loop at start (INFO, loopstat._notes)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("loopstat.") and r.name != NOTES and r.levelno == level
+    ]
 
 
 # Canary: every aiodogstatsd name loopstat uses, and what it must keep doing.

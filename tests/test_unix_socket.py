@@ -35,8 +35,16 @@ from tests.receiver import Receiver
 ROOT = Path(__file__).resolve().parent.parent
 
 
+NOTES = "loopstat._notes"
+
+
 def records_of(caplog: pytest.LogCaptureFixture, level: int) -> List[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith("loopstat") and r.levelno == level]
+    """loopstat's records at ``level``, less the line naming the loop at start (INFO, loopstat._notes)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("loopstat.") and r.name != NOTES and r.levelno == level
+    ]
 
 
 @pytest.fixture
@@ -216,7 +224,8 @@ import loopstat
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
-        records.append((record.levelname, record.getMessage()))
+        if record.name != "loopstat._notes":  # the line naming the loop at start
+            records.append((record.levelname, record.getMessage()))
 logging.getLogger("loopstat").addHandler(Keep())
 logging.getLogger("loopstat").setLevel(logging.INFO)
 
