@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import List, Optional, Set
@@ -26,9 +27,10 @@ from tests.web_servers import http_get
 pytestmark = pytest.mark.e2e  # whole programs and real servers: run once, in the e2e env
 
 BIN = Path(sys.executable).parent
-# Starts, answers with its pid; its lifespan lets uvicorn report the worker ready.
+# Starts, answers with its pid (after blocking its loop for 0.3 s at /block); its lifespan lets uvicorn
+# report the worker ready.
 APP = """
-import os
+import os, time
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -39,6 +41,8 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/block":
+        time.sleep(0.3)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
 """
@@ -71,6 +75,11 @@ class Server:
         for line in self.proc.stderr:
             with self._lock:
                 self.log.append(line)
+
+    def lines(self) -> List[str]:
+        """Its stderr so far, line by line."""
+        with self._lock:
+            return list(self.log)
 
     def workers(self) -> List[int]:
         """The pids of the workers started so far, in order."""
@@ -156,3 +165,18 @@ def test_loopstat_worker_tag_0_turns_the_tag_off(tmp_path: Path, receiver: Recei
         assert done.returncode == 0
         lines = receiver.settle(lambda lines: tasks_series(lines[start:]) != set(), timeout=10)  # noqa: B023
         assert tasks_series(lines[start:]) == expected, value
+
+
+def test_a_workers_log_lines_name_its_slot_and_pid(server: Server, receiver: Receiver) -> None:
+    workers = server.wait_workers(2)
+    receiver.settle(lambda lines: tasks_series(lines) == {"0", "1"}, timeout=START_SECONDS)
+    pattern = re.compile(r"loopstat \[worker ([01]), pid (\d+)\]: the event loop was blocked for \d+ ms")
+    deadline = time.monotonic() + START_SECONDS
+    found: List[re.Match[str]] = []
+    while not found and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/block", timeout=10) as response:
+            response.read()
+        time.sleep(0.2)  # the stall is logged once the loop moves again
+        found = [match for line in server.lines() for match in [pattern.search(line)] if match]
+    assert found, "".join(server.log)
+    assert all(int(match.group(2)) in workers for match in found), (workers, found)
