@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 import uvloop
 
-from loopstat import _origin
+from loopstat import _origin, _worker
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests import ports
 from tests.receiver import Receiver
@@ -26,6 +26,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     forget()  # settings resolved (and warned about) by an earlier test
+
+
+@pytest.fixture(autouse=True)
+def no_worker_slot_left() -> Iterator[None]:
+    """A worker slot a test claimed (worker_tag=True) is let go after it: held, it would mark every later log line."""
+    yield
+    if _worker.held() is not None:
+        _worker.after_fork_in_child()  # closes the slot's lock and forgets it, as a forked child does
 
 
 @pytest.fixture(autouse=True)
