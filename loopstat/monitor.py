@@ -79,7 +79,7 @@ class Monitor:
         #: Tasks alive on the loop at the latest sample (loopstat runs none).
         self.tasks = 0
         #: Share of the last sampling interval the loop spent running callbacks,
-        #: 0 to 1; None on loops whose waits loopstat cannot time (uvloop) or when off.
+        #: 0 to 1; None before the first sample or when off.
         self.utilization: Optional[float] = None
         #: Share of one core the loop's thread used in the last sampling interval, 0 to 1.
         self.cpu: Optional[float] = None
