@@ -156,3 +156,28 @@ def test_the_machine_path_pattern_finds_paths_of_a_machine_and_only_those(line: 
 )
 def test_the_internal_reference_pattern_finds_ticket_numbers_and_only_those(line: str, found: bool) -> None:
     assert bool(INTERNAL_REFERENCE.search(line)) is found
+
+
+def heading_anchors(text: str) -> Set[str]:
+    """The anchors a forge makes of a markdown file's headings: lowercased, punctuation dropped, spaces as '-'."""
+    return {
+        re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        for title in re.findall(r"^#+ (.+)$", text, re.M)
+    }
+
+
+def test_every_relative_link_in_the_docs_reaches_its_file_and_heading() -> None:
+    broken = []
+    for doc in ["README.md", "CONTRIBUTING.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", (ROOT / doc).read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", link):
+                continue  # a web address
+            path, _, anchor = link.partition("#")
+            target = (ROOT / doc).parent / path if path else ROOT / doc
+            if not target.exists():
+                broken.append(f"{doc}: {link} (no such file)")
+            elif (
+                anchor and target.suffix == ".md" and anchor not in heading_anchors(target.read_text(encoding="utf-8"))
+            ):
+                broken.append(f"{doc}: {link} (no such heading)")
+    assert broken == []
