@@ -22,8 +22,9 @@ API_DOCS = ("README.md", "docs/operations.md")
 # A developer's machine: a checkout or venv under /work, /root, /home/<user> or /Users, or a file under /tmp.
 # Code that needs a temporary file asks tempfile, so a literal "/tmp/..." is a machine's path.
 MACHINE_PATH = re.compile(r"(?<![\w.~<>-])/(?:work|root|Users|home/\w+)/|(?<![\w.~<>-])/tmp/\w")
-# References to this project's own tracker or to a conversation, which a reader cannot follow.
-INTERNAL_REFERENCE = re.compile(r"\b[Ii]ssues?[ -]#?\d+|\bseed article", re.IGNORECASE)
+# References to this project's own tracker or to a conversation, which a reader cannot follow. An issue
+# named with its project ("CPython issue 130322") is a public one, and fine.
+INTERNAL_REFERENCE = re.compile(r"(?<!CPython )(?<!uvloop )(?<!Python )\b[Ii]ssues?[ -]#?\d+|\bseed article", re.I)
 
 
 def api_block(doc: str) -> str:
@@ -151,6 +152,7 @@ def test_the_machine_path_pattern_finds_paths_of_a_machine_and_only_those(line: 
         ("The issue-4 arguments", True),
         ("the seed article's monitor", True),
         ("a known issue with uvloop", False),
+        ("a CPython issue 130322 workaround", False),
         ("issues a warning", False),
     ],
 )
