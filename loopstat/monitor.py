@@ -69,10 +69,15 @@ class Monitor:
     """Watches one event loop; its attributes hold the latest readings."""
 
     def __init__(
-        self, settings: _settings.Settings, loop: asyncio.AbstractEventLoop, clock: Optional[Clock] = None
+        self,
+        settings: _settings.Settings,
+        loop: asyncio.AbstractEventLoop,
+        clock: Optional[Clock] = None,
+        lazy: bool = False,
     ) -> None:
         """``clock``: one time for the sampler, the sink's retries and the fault log (tests pass a fake one);
-        by default ``perf_counter`` for lag and ``monotonic`` for the others."""
+        by default ``perf_counter`` for lag and ``monotonic`` for the others. ``lazy``: begin at the first
+        sample rather than at the loop's first turn (loopstat-run)."""
         self.settings = settings
         #: Milliseconds the latest sampler timer fired after its deadline.
         self.lag = 0.0
@@ -91,14 +96,15 @@ class Monitor:
         #: and sends), counted apart from ``top()``; None without ``profile=True`` or before a window ends.
         self.own: Optional[float] = None
         self._loop = loop
-        self._sink = Sink(settings, clock or time.monotonic)
-        # A loop dropped without close() is collected with the sampler's timers
-        # and this monitor; the collector may finalize the socket before the
-        # monitor's own cleanup (__del__) runs, and warn about it. Weak-reference
-        # callbacks run before finalizers, so this one closes the socket first.
-        # It holds the sink, never the loop.
-        self._loop_gone = weakref.finalize(loop, self._sink.close)
+        self._clock = clock
+        # The sink, what the probes see and the finalizer that closes the socket: made at
+        # once, or for a lazy monitor when it begins (a loop that ends sooner pays for none).
+        self._sink: Optional[Sink] = None
+        self._watched: Optional[Watched] = None
+        self._loop_gone: Optional[weakref.finalize[[], asyncio.AbstractEventLoop]] = None
         self._sampler = _lag.Sampler(loop, settings.interval, self._on_time, clock or time.perf_counter)
+        # A lazy monitor gets its close guard when it begins too: there is nothing to release before.
+        self._lazy = lazy
         # The probes were attached (at the first turn of the loop, or else at the first sample).
         self._begun = False
         self._close_guard: Union[StandIn, ClassStandIn, None] = None
@@ -109,8 +115,8 @@ class Monitor:
         self._fault_log: RateLimit[None] = RateLimit(clock=clock or time.monotonic)
         # Other settings a later install() asked for, each warned about once.
         self._asked: Set[_settings.Settings] = set()
-        self._watched = Watched(loop, settings, self, self._sink.send, self._fault)
-        self._watched.sampler = self._sampler
+        if not lazy:
+            self._prepare()
         # The probes running, by name, in the catalogue's order; and how many reads in a row each one failed.
         self._probes: Dict[str, Probe] = {}
         self._failing: Dict[str, int] = {}
@@ -135,22 +141,22 @@ class Monitor:
     def top(self) -> List[Tuple[str, float]]:
         """Where the loop's busy time went in the last profile window: (``file:line in function``, share of
         wall time), busiest first, ``other`` last; empty without ``profile=True`` or before a window ends."""
-        return list(self._watched.top)
+        return [] if self._watched is None else list(self._watched.top)
 
     @property
     def sent(self) -> int:
         """Metric lines sent in datagrams the socket accepted (not proof that the agent got them)."""
-        return self._sink.sent
+        return 0 if self._sink is None else self._sink.sent
 
     @property
     def dropped(self) -> int:
         """Metric lines not sent: no connection yet, the agent refusing, a full socket buffer, or stopped."""
-        return self._sink.dropped
+        return 0 if self._sink is None else self._sink.dropped
 
     @property
     def errors(self) -> int:
         """Sends the socket refused; an absent agent refuses about every other datagram."""
-        return self._sink.errors
+        return 0 if self._sink is None else self._sink.errors
 
     def _start(self) -> None:
         """Start sampling at the loop's next turn; runs on the loop's thread.
@@ -160,7 +166,10 @@ class Monitor:
         """
         if self._stopped or self._loop.is_closed():
             return
-        self._loop.call_soon(self._begin)
+        if self._lazy:
+            self._sampler.start()  # two timers; the first begins the monitor
+        else:
+            self._loop.call_soon(self._begin)
 
     def _begin(self) -> None:
         """Arm the sampler, open the socket, attach the probes (at the first sample if a signal cut this off)."""
@@ -169,10 +178,28 @@ class Monitor:
         self._sampler.start()
         self._begun = True
         try:
-            self._sink.start()
+            if self._lazy:
+                self._prepare()
+                with _monitors_lock:  # as install() does: never guard a monitor that is stopping
+                    if not self._stopped:
+                        self._guard_close()
+            if self._sink is not None:
+                self._sink.start()
             self._attach_probes()
         except Exception:
             self._fault()
+
+    def _prepare(self) -> None:
+        """Make the sink, its finalizer and what the probes see: at install(), or when a lazy monitor begins."""
+        sink = self._sink = Sink(self.settings, self._clock or time.monotonic)
+        # A loop dropped without close() is collected with the sampler's timers
+        # and this monitor; the collector may finalize the socket before the
+        # monitor's own cleanup (__del__) runs, and warn about it. Weak-reference
+        # callbacks run before finalizers, so this one closes the socket first.
+        # It holds the sink, never the loop.
+        self._loop_gone = weakref.finalize(self._loop, sink.close)
+        self._watched = Watched(self._loop, self.settings, self, sink.send, self._fault)
+        self._watched.sampler = self._sampler
 
     def _on_time(self, lag: float) -> None:
         """A sampler timer fired ``lag`` milliseconds late: take a sample."""
@@ -183,10 +210,13 @@ class Monitor:
         if not self._begun:
             self._begin()  # the probes start measuring now; they have nothing to tell yet
             return
+        sink = self._sink
+        if sink is None:  # it could not be made: _begin() said so
+            return
         try:
-            self._sink.maintain()
+            sink.maintain()
             self.lag = lag
-            self._sample()
+            self._sample(sink)
         except Exception:
             self._fault()
 
@@ -198,8 +228,10 @@ class Monitor:
         lock, so a new install() never wraps the close guard of a dying monitor.
         """
         with contextlib.ExitStack() as later:
-            later.callback(self._sink.close)
-            later.callback(self._loop_gone.detach)
+            if self._sink is not None:
+                later.callback(self._sink.close)
+            if self._loop_gone is not None:
+                later.callback(self._loop_gone.detach)
             later.callback(self._detach_probes)
             later.callback(self._sampler.stop)
             with _monitors_lock:
@@ -213,16 +245,20 @@ class Monitor:
         # timers hold it): release what the probes took (hooks, stand-ins).
         # At interpreter exit even module globals may be gone: whatever fails, nothing is said.
         try:
-            if not self._shut:
+            # Never begun and unguarded (loopstat-run's short loops): it holds nothing to release.
+            if not self._shut and (self._begun or self._close_guard is not None):
                 self._shutdown()
         except Exception:
             pass
 
     def _attach_probes(self) -> None:
         """Attach each probe; one that fails is left out, with a warning, and the others go on."""
+        watched = self._watched
+        if watched is None:
+            return
         for name, attach in _ATTACH:
             try:
-                probe = attach(self._watched)
+                probe = attach(watched)
             except Exception as exc:
                 _lost(name, self.settings, exc)
                 continue
@@ -234,7 +270,8 @@ class Monitor:
         probes, self._probes = self._probes, {}
         self._failing.clear()
         with contextlib.ExitStack() as later:
-            later.callback(self._watched.close)  # last: the probes may still use what it shares
+            if self._watched is not None:
+                later.callback(self._watched.close)  # last: the probes may still use what it shares
             for name, probe in reversed(probes.items()):
                 later.callback(_close, name, probe)
 
@@ -291,8 +328,9 @@ class Monitor:
     def _on_loop_close(self) -> None:
         self._shutdown()
 
-    def _sample(self) -> None:
-        self._watched.sample()
+    def _sample(self, sink: Sink) -> None:
+        if self._watched is not None:
+            self._watched.sample()
         lines: List[Line] = []
         failed: List[Tuple[str, Exception]] = []
         for name, probe in self._probes.items():
@@ -307,7 +345,7 @@ class Monitor:
                     self._failing.pop(name, None)
         for name, error in failed:
             self._read_failed(name, error)
-        self._sink.send(lines)
+        sink.send(lines)
         if self._notes is not None:
             self._notes.sampled(self.utilization, self.cpu)
 
@@ -397,7 +435,8 @@ def _after_fork_in_child() -> None:
         if monitor is not None:
             monitor._stopped = True
             monitor._shut = True
-            monitor._sink.abandon()
+            if monitor._sink is not None:
+                monitor._sink.abandon()
     _monitors.clear()
 
 
@@ -466,7 +505,21 @@ def install(
             "profile: not available on a free-threaded Python running without the GIL, where reading the loop "
             "thread's stack from another thread may crash the process; expected False"
         )
-    target = _target_loop(loop)
+    return _install(settings, _target_loop(loop))
+
+
+def install_lazily(settings: _settings.Settings, loop: asyncio.AbstractEventLoop) -> Monitor:
+    """``install()`` with resolved settings, for ``loopstat-run``: the monitor begins at its first sample.
+
+    Until then it holds two of the loop's timers and nothing else: no socket,
+    no probe, no thread, no close guard. A loop that ends sooner (``asyncio.run()``
+    of a short coroutine) costs next to nothing.
+    """
+    return _install(settings, loop, lazy=True)
+
+
+def _install(settings: _settings.Settings, target: asyncio.AbstractEventLoop, lazy: bool = False) -> Monitor:
+    """The running monitor of ``target``, or a new one started on it."""
     with _monitors_lock:
         ref = _monitors.get(target)
         existing = ref() if ref is not None else None
@@ -478,9 +531,10 @@ def install(
                     "is kept (await monitor.stop() first to change them)"
                 )
             return existing
-        monitor = Monitor(settings, target)
+        monitor = Monitor(settings, target, lazy=lazy)
         _monitors[target] = weakref.ref(monitor)
-        monitor._guard_close()
+        if not lazy:
+            monitor._guard_close()
     if _running_loop() is target:
         monitor._start()
         return monitor

@@ -9,7 +9,7 @@ import pytest
 import loopstat
 from loopstat import monitor as _monitor
 from loopstat._metrics import Line
-from loopstat.probes import Attach, stalls
+from loopstat.probes import Attach, Watched, stalls
 from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.stalls import StallProbe, Stalls
 from loopstat.settings import Settings
@@ -17,7 +17,9 @@ from loopstat.settings import Settings
 
 def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
     """Hand ``(name, type, value)`` lines to the monitor's sink, as a probe would."""
-    monitor._sink.send(lines)
+    sink = monitor._sink
+    assert sink is not None, "the monitor has not begun"
+    sink.send(lines)
 
 
 def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
@@ -58,12 +60,19 @@ def stopped_metrics(probe: str, settings: Settings) -> str:
 
 def blocked_seconds(monitor: loopstat.Monitor) -> float:
     """Seconds the loop's thread spent in the blocking calls the monitor watches, so far."""
-    return monitor._watched.blocked
+    return _watched(monitor).blocked
 
 
 def selector_clock(monitor: loopstat.Monitor) -> Optional[SelectorClock]:
     """The selector clock the monitor's probes share; None on loops without a Python selector."""
-    return monitor._watched.clock()
+    return _watched(monitor).clock()
+
+
+def _watched(monitor: loopstat.Monitor) -> Watched:
+    """The loop as the monitor's probes see it, made when the monitor begins."""
+    found = monitor._watched
+    assert found is not None, "the monitor has not begun"
+    return found
 
 
 def on_loop_close_instead(monkeypatch: pytest.MonkeyPatch, monitor: loopstat.Monitor, then: Callable[[], None]) -> None:

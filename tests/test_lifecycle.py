@@ -15,6 +15,8 @@ import pytest
 import uvloop
 
 import loopstat
+from loopstat._options import resolve
+from loopstat.monitor import install_lazily
 from loopstat.probes import lag as _lag
 from tests.inside import send_lines
 from tests.interrupts import (
@@ -653,3 +655,35 @@ def test_the_close_guard_on_uvloop_is_a_subclass_not_an_attribute_and_goes_with_
         assert type(loop) is uvloop.Loop
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_loopstat_runs_monitor_holds_nothing_before_its_first_sample_and_begins_there(
+    new_loop: Callable[[], asyncio.AbstractEventLoop], receiver: Receiver
+) -> None:
+    """loopstat-run's monitors: a loop that ends before its first sample (``asyncio.run()`` of a short
+    coroutine) got no socket, no probe, no thread and no close guard; one that lives on is monitored."""
+    settings = resolve("127.0.0.1", receiver.port, interval=0.05, environ={})
+    short, loop = new_loop(), new_loop()
+    loop_class = type(loop)
+    try:
+        ended = install_lazily(settings, short)
+        short.run_until_complete(asyncio.sleep(0))
+        assert (ended._sink, ended.probes, ended._close_guard) == (None, (), None)
+        assert (ended.sent, ended.dropped, ended.errors) == (0, 0, 0)
+        short.close()
+        assert not ended.running
+
+        monitor = install_lazily(settings, loop)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert (monitor._sink, monitor.probes, monitor._close_guard) == (None, (), None)
+        loop.run_until_complete(receiver.wait_count("loopstat.tasks", "g", 1))  # begun at the first timer
+        assert {"lag", "tasks", "stalls"} <= set(monitor.probes)
+        assert monitor._close_guard is not None
+        loop.close()  # the close guard releases everything
+        assert not monitor.running
+        assert monitor.probes == ()
+        assert type(loop) is loop_class
+    finally:
+        for each in (short, loop):
+            each.close()

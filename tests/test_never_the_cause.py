@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import loopstat
+from loopstat import bootstrap
+from loopstat import monitor as monitor_module
 from loopstat._options import resolve
 from loopstat.monitor import READ_FAILURES
 from loopstat.probes import executor as executor_probe
@@ -588,6 +590,70 @@ async def test_free_threaded_refuses_profile_naming_the_option(free_threaded: Li
     monitor = loopstat.install("127.0.0.1", 8125)  # no monitor was left behind by the refusal
     assert monitor.settings.profile is False
     await monitor.stop()
+
+
+async def test_unreadable_frames_are_said_once_on_the_loops_thread_and_threading_is_unchanged(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog finds out that stacks cannot be read; the loop's thread says so (a log record made
+    on the watchdog's own thread would register it with threading, as a dummy Thread)."""
+
+    def refuse() -> Dict[int, Any]:
+        raise RuntimeError("other threads' frames are not available")
+
+    monkeypatch.setattr(sys, "_current_frames", refuse)
+    monkeypatch.setattr(frames, "_failed", None)
+    monkeypatch.setattr(frames, "_said", False)
+    before, count = threading.enumerate(), threading.active_count()
+
+    def said() -> List[logging.LogRecord]:
+        return [r for r in loopstat_log.records if "without their location" in r.getMessage()]
+
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.05, stall_threshold=0.05) as monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 2)
+        for _ in range(5):  # a loaded machine may hide one block from the watchdog: the next is seen
+            time.sleep(0.3)
+            if await holds_within(lambda: bool(said()), 2):
+                break
+        assert (threading.enumerate(), threading.active_count()) == (before, count)
+        assert await holds_within(lambda: monitor.stalls >= 1, 5), "the block is still a stall, unlocated"
+    (record,) = said()
+    assert record.levelno == logging.WARNING
+    assert record.thread == threading.get_ident()  # the loop's thread
+    assert "sys._current_frames() failed: RuntimeError: other threads' frames are not available" in record.getMessage()
+
+
+async def test_loopstat_run_on_free_threaded_python_drops_profile_with_one_warning_and_monitors_the_rest(
+    free_threaded: List[int],
+    receiver: Receiver,
+    loopstat_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """install() refuses ``profile=True`` there; loopstat-run, which the application never sees, goes on without it."""
+    for name, value in {"_read": False, "_arguments": None, "_resolved": False, "_settings": None}.items():
+        monkeypatch.setattr(bootstrap, name, value, raising=False)  # as in a new process
+    for variable, text in {"LOOPSTAT_PROFILE": "1", "LOOPSTAT_INTERVAL": "0.05", "DD_DOGSTATSD_URL": ""}.items():
+        monkeypatch.setenv(variable, text)
+    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
+    loop = asyncio.get_running_loop()
+    bootstrap.on_run(loop)
+    ref = monitor_module._monitors.get(loop)
+    monitor = ref() if ref is not None else None
+    assert monitor is not None, "loopstat-run monitors nothing"
+    async with monitor:
+        await receiver.wait_count("loopstat.tasks", "g", 2)
+        assert monitor.settings.profile is False
+        assert {"lag", "tasks", "stalls"} <= set(monitor.probes)
+    assert bootstrap.settings() is bootstrap.settings()  # resolved once: said once
+    said = [r for r in loopstat_log.records if "profile" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            "loopstat-run: profile is off: free-threaded Python without the GIL, where reading another thread's "
+            "stack may crash the process; the other probes run",
+        )
+    ]
 
 
 def test_free_threaded_is_read_from_the_running_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

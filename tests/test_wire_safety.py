@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import socket
 from typing import Dict, Tuple, Union
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 import loopstat
 from loopstat import _origin
 from loopstat._metrics import METRICS, MetricType
+from loopstat._options import forget
 from loopstat.cli.statsd import parse_strict
 from loopstat.settings import MAX_DATAGRAM, Settings, resolve
 from loopstat.sink import Sink
@@ -167,26 +169,92 @@ def test_no_cgroup_or_mountinfo_text_yields_an_id_that_could_alter_a_line(text: 
         assert found is None or CONTAINER_ID.fullmatch(found), found
 
 
-@settings(max_examples=200, deadline=None)
-@given(external=hostile_text | st.text(st.sampled_from("|#,:@ab-"), max_size=20), tags=tag_maps)
-@example(external="it-false|c:spoofed", tags={})
-@example(external="it-false,cn-web,pu-1", tags={"env": "prod"})
-def test_any_external_environment_is_refused_by_name_or_sent_intact_in_its_field(
-    external: str, tags: TagArg, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+external_texts = hostile_text | st.text(st.sampled_from("|#,:@ab-"), max_size=20)
+
+
+def container_in(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Make the process look like it runs in a container; return its ID (the conftest fixture restores it)."""
     cgroup = tmp_path_factory.mktemp("proc") / "cgroup"
     cgroup.write_text("1:cpu:/kubepods/besteffort/pod1/" + "0f" * 32 + "\n")
-    _origin.CGROUP_PATH = str(cgroup)  # the conftest fixture restores it after the test
+    _origin.CGROUP_PATH = str(cgroup)
     _origin.forget()
-    try:
-        settings = resolve("127.0.0.1", 8125, prefix="app", tags=tags, environ={"DD_EXTERNAL_ENV": external})
-    except ValueError as exc:
-        message = str(exc)
-        assert message.startswith(("DD_EXTERNAL_ENV: ", "tags: ")), message
-        return
-    lines = lines_for(settings, 12.5)
-    expected = external.strip()  # as every variable: surrounding spaces do not count
-    for data in lines:
+    return "0f" * 32
+
+
+def fields_sent(settings: Settings) -> set[Tuple[str, str, Tuple[Tuple[str, str], ...]]]:
+    """(container, external environment, tags) of every line one sample sends with ``settings``."""
+    found = set()
+    for data in lines_for(settings, 12.5):
         line = parse_strict(data.decode())
         assert line is not None, data
-        assert (line.container, line.external, line.tags) == ("0f" * 32, expected, settings.tags)
+        found.add((line.container, line.external, line.tags))
+    return found
+
+
+@settings(max_examples=200, deadline=None)
+@given(external=external_texts, tags=tag_maps)
+@example(external="it-false|c:spoofed", tags={})
+@example(external="it-false,cn-web,pu-1", tags={"env": "prod"})
+def test_any_external_env_argument_is_refused_by_name_or_sent_intact_in_its_field(
+    external: str, tags: TagArg, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``external_env=`` is the application's own choice: a value that could alter a line raises, naming it."""
+    container = container_in(tmp_path_factory)
+    try:
+        settings = resolve("127.0.0.1", 8125, prefix="app", tags=tags, external_env=external, environ={})
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith(("external_env: ", "tags: ")), message
+        return
+    # As every option: surrounding spaces do not count.
+    assert fields_sent(settings) == {(container, external.strip(), settings.tags)}
+
+
+class Warnings(logging.Handler):
+    """The warnings loopstat logs while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@settings(max_examples=200, deadline=None)
+@given(external=external_texts, tags=tag_maps)
+@example(external="it-false|c:spoofed", tags={})
+@example(external="it-false,cn-web,pu-1", tags={"env": "prod"})
+def test_any_shared_dd_external_env_is_left_out_with_one_warning_naming_it_or_sent_intact_in_its_field(
+    external: str, tags: TagArg, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """DD_EXTERNAL_ENV is read by every Datadog client of the process: a value loopstat cannot use never
+    raises into the application; it is named in one warning and no ``|e:`` field is sent."""
+    container = container_in(tmp_path_factory)
+    environ = {"DD_EXTERNAL_ENV": external}
+    caught = Warnings()
+    logger = logging.getLogger("loopstat")
+    logger.addHandler(caught)
+    forget()  # an earlier example may have resolved (and warned about) the same value
+    try:
+        try:
+            settings = resolve("127.0.0.1", 8125, prefix="app", tags=tags, environ=environ)
+        except ValueError as exc:  # only the tags argument, the application's own, may raise
+            message = str(exc)
+            assert message.startswith("tags: "), message
+            return
+        again = resolve("127.0.0.1", 8125, prefix="app", tags=tags, environ=environ)
+    finally:
+        logger.removeHandler(caught)
+    assert again == settings
+    named = [message for message in caught.messages if "DD_EXTERNAL_ENV" in message]
+    if settings.external_env is None:
+        if external.strip():  # an empty value is an unset one: nothing to say
+            assert len(named) == 1, caught.messages
+            assert named[0].endswith("DD_EXTERNAL_ENV is not used"), named
+        else:
+            assert named == [], caught.messages
+        assert fields_sent(settings) == {(container, "", settings.tags)}
+    else:
+        assert named == [], caught.messages
+        assert fields_sent(settings) == {(container, external.strip(), settings.tags)}

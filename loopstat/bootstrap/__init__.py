@@ -9,14 +9,16 @@ calls ``on_run()`` (importing this module) when the first event loop runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from loopstat import _options
+from loopstat._options import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ _seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 # install() arguments from the environment, read at the first loop; None: loopstat is off.
 _arguments: Optional[Dict[str, Any]] = None
 _read = False
+# The settings every loop of this process gets, resolved at the first loop; None: loopstat is off.
+_settings: Optional[Settings] = None
+_resolved = False
 
 
 def arguments(environ: Mapping[str, str] = os.environ) -> Optional[Dict[str, Any]]:
@@ -72,15 +77,57 @@ def arguments(environ: Mapping[str, str] = os.environ) -> Optional[Dict[str, Any
         return _arguments
 
 
+def settings(environ: Mapping[str, str] = os.environ) -> Optional[Settings]:
+    """The settings of every monitor loopstat-run starts, resolved once per process; None, with one
+    warning, if they cannot be had.
+
+    A process may run thousands of short loops (``asyncio.run()`` per request):
+    each of them gets these, without resolving them again. Where ``profile`` is
+    not available (a free-threaded Python without the GIL) it is dropped, with
+    one warning, and the rest is monitored.
+    """
+    global _settings, _resolved
+    kwargs = arguments(environ)
+    with _lock:
+        if not _resolved and kwargs is not None:
+            _resolved = True
+            try:
+                found = _options.resolve(**kwargs, environ=environ)
+            except ValueError as exc:  # a shared DD_*/STATSD_* value install() refuses outright
+                log.warning("loopstat-run: loopstat is off: %s", exc)
+            else:
+                if found.profile:
+                    found = _without_unsafe_profile(found)
+                _settings = found
+        return _settings
+
+
+def _without_unsafe_profile(found: Settings) -> Settings:
+    """``found`` without ``profile`` where install() refuses it (a free-threaded Python), with one warning."""
+    from loopstat.probes import frames
+
+    if not frames.free_threaded():
+        return found
+    log.warning("loopstat-run: profile is off: %s; the other probes run", frames.FREE_THREADED)
+    return dataclasses.replace(found, profile=False)
+
+
+# monitor.install_lazily, imported at the first loop (loopstat-run's command line imports this module too).
+_install: Optional[Callable[[Settings, asyncio.AbstractEventLoop], object]] = None
+
+
 def on_run(loop: asyncio.AbstractEventLoop) -> None:
     """Install loopstat on ``loop``, which starts running (called by the sitecustomize's hook); never raises.
 
     A loop is instrumented on its first run only: ``asyncio.run()`` runs its
-    loop again to shut down, after it cancelled the monitor.
+    loop again to shut down, after it cancelled the monitor. The monitor costs
+    next to nothing until its first sample (a loop that ends sooner opened
+    nothing, attached nothing, started no thread).
     """
+    global _install
     try:
-        kwargs = arguments()
-        if kwargs is None:
+        resolved = _settings if _resolved else settings()
+        if resolved is None:
             return
         with _lock:
             try:
@@ -89,9 +136,11 @@ def on_run(loop: asyncio.AbstractEventLoop) -> None:
                 _seen.add(loop)
             except TypeError:  # a loop class without weak references: instrument each run
                 pass
-        import loopstat
+        if _install is None:
+            from loopstat.monitor import install_lazily
 
-        loopstat.install(loop=loop, **kwargs)
+            _install = install_lazily
+        _install(resolved, loop)
     except Exception as exc:
         # Monitoring must never stop the program it watches.
         log.warning("loopstat-run: could not install loopstat on %r: %s", loop, exc)

@@ -63,6 +63,9 @@ FREE_THREADED = "free-threaded Python without the GIL, where reading another thr
 _failed: Optional[str] = None
 # Set once the stall watch has said that stalls go unlocated: said once per process.
 _said = False
+# What the watchdog found out, for the loop's thread to log (level, why): a log record made on
+# the watchdog's hidden thread would register it with threading, as a dummy Thread.
+_untold: Optional[Tuple[int, str]] = None
 _lock = threading.Lock()
 
 
@@ -90,21 +93,40 @@ def stall_stacks_readable() -> bool:
 
 def thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
     """For the stall watchdog: the stack of another thread, as ``walk`` gives it; ([], True) where it
-    cannot be read, which is said once per process."""
+    cannot be read, which is said once per process, by ``tell()`` on a loop's thread."""
     try:
         frames = current_frames()
     except StacksUnreadable as exc:
-        _unlocated(str(exc), logging.WARNING)
+        _unlocated(str(exc), logging.WARNING, later=True)
         return [], True
     return walk(frames.get(thread_id))
 
 
-def _unlocated(why: str, level: int) -> None:
-    global _said
+def tell() -> None:
+    """Log what the watchdog found out (stalls go unlocated), if anything; called on a loop's thread."""
+    global _untold
+    if _untold is None:
+        return
+    with _lock:
+        untold, _untold = _untold, None
+    if untold is not None:
+        _log_unlocated(*untold)
+
+
+def _unlocated(why: str, level: int, later: bool = False) -> None:
+    """Say once per process that stalls go unlocated: now, or ``later`` through ``tell()``."""
+    global _said, _untold
     with _lock:
         if _said:
             return
         _said = True
+        if later:
+            _untold = (level, why)
+            return
+    _log_unlocated(level, why)
+
+
+def _log_unlocated(level: int, why: str) -> None:
     log.log(level, "loopstat: stalls are counted and timed without their location (%s)", why)
 
 

@@ -212,6 +212,7 @@ class StallProbe:
         failed, self.failed_look = self.failed_look, None
         if failed is not None:
             log.debug("loopstat: the watchdog could not inspect the loop:\n%s", failed)
+        _frames.tell()  # what the watchdog found out, logged here: it never logs on its own thread
         # Busy: on the CPU, or blocked in a watched call (a loop that sleeps on its thread is not idle).
         idle = busy is not None and busy < ACTIVE_SHARE * wall + SAMPLE_CPU_SECONDS
         clock = self._clock

@@ -180,16 +180,23 @@ def _unhook(get_only: bool) -> None:
             setattr(module, name, real)
 
 
+# loopstat's on_run(), imported when the first loop runs.
+_on_run_of_loopstat: Optional[Callable[[Any], None]] = None
+
+
 def _on_run(loop: Any) -> None:
-    if _state == "watching":
-        _unhook(get_only=True)
-    try:
-        from loopstat.bootstrap import on_run
-    except Exception as exc:  # ImportError, or a broken install: the program runs on
-        _unhook(get_only=False)
-        _warn(f"loopstat cannot be imported by {sys.executable} ({type(exc).__name__}: {exc})")
-        return
-    on_run(loop)
+    global _on_run_of_loopstat
+    if _on_run_of_loopstat is None:
+        if _state == "watching":
+            _unhook(get_only=True)
+        try:
+            from loopstat.bootstrap import on_run
+        except Exception as exc:  # ImportError, or a broken install: the program runs on
+            _unhook(get_only=False)
+            _warn(f"loopstat cannot be imported by {sys.executable} ({type(exc).__name__}: {exc})")
+            return
+        _on_run_of_loopstat = on_run
+    _on_run_of_loopstat(loop)
 
 
 try:
