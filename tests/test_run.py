@@ -203,6 +203,8 @@ def test_uvicorn_app_is_monitored_without_code_changes(
     port = free_port("tcp")
     command = [LOOPSTAT_RUN, str(BIN / "uvicorn"), "app:app", "--port", str(port), "--loop", loop]
     proc = start_server(command, "Uvicorn running on", spawned, environment(receiver), tmp_path)
+    # loopstat-run's monitor begins at its first sample: the request comes after, to be watched.
+    receiver.settle(lambda lines: any(x.name == "loopstat.tasks" for x in lines))
     assert http_get(port) == b"ok"
     lines = receiver.settle(lambda lines: sum(x.name == "loopstat.tasks" for x in lines) >= 4)
     assert any(x.name == "loopstat.utilization" for x in lines)
@@ -404,7 +406,7 @@ def test_asyncio_looks_as_without_loopstat_run_apart_from_the_hook(tmp_path: Pat
             )
 
         print(originals())
-        asyncio.run(asyncio.sleep(0.1))
+        asyncio.run(asyncio.sleep(0.3))  # a few intervals: the monitor begins at the first, sends from the second
         print(originals())
     """
     app = program(tmp_path, source)
