@@ -31,7 +31,7 @@ from starlette.routing import Route
 import loopstat
 from loopstat import _options
 from loopstat._metrics import LINE_TAG_ROOM, Line
-from loopstat.probes import blocking
+from loopstat.probes import blocking, stand_ins
 from loopstat.probes.blocking import BlockingCalls
 from tests import inside
 from tests.fake_clock import FakeClock as Clock
@@ -52,7 +52,7 @@ async def counting(receiver: Receiver, **settings: Any) -> AsyncIterator[loopsta
     try:
         async with loopstat.install("127.0.0.1", receiver.port, blocking_calls=True, **arguments) as monitor:
             await asyncio.sleep(0)  # the sampler starts, and attaches the probes
-            assert threading.get_ident() in blocking._threads
+            assert threading.get_ident() in stand_ins._threads
             yield monitor
     finally:
         logging.getLogger("loopstat.monitor").removeHandler(faults)
@@ -537,7 +537,7 @@ def test_call_sites_remembered_are_bounded(new_loop: asyncio.AbstractEventLoop) 
 @pytest.fixture
 def unbroken(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fault takes the stand-ins out for the rest of the process: for this test only."""
-    monkeypatch.setattr(blocking, "_broken", False)
+    monkeypatch.setattr(stand_ins, "_broken", False)
 
 
 @pytest.mark.usefixtures("unbroken")
@@ -574,7 +574,7 @@ async def test_a_fault_finding_the_running_loop_passes_the_call_on_and_no_stand_
     def fail() -> Optional[BlockingCalls]:
         raise AttributeError("get_running_loop")
 
-    monkeypatch.setattr(blocking, "_probe_of_running_loop", fail)
+    monkeypatch.setattr(stand_ins, "_probe_of_running_loop", fail)
     async with counting(receiver):
         stood_in = socket.getaddrinfo
         assert stood_in("127.0.0.1", 80)[0][4] == ("127.0.0.1", 80)
@@ -624,7 +624,7 @@ def test_monkeypatch_around_1100_monitored_loops_leaves_getaddrinfo_the_original
     async def test_body(patch: pytest.MonkeyPatch) -> None:
         loopstat.install("127.0.0.1", receiver.port, interval=3600, stall_threshold=None, **settings)
         await asyncio.sleep(0)
-        assert threading.get_ident() in blocking._threads  # counting
+        assert threading.get_ident() in stand_ins._threads  # counting
         patch.setattr(socket, "getaddrinfo", _resolve)
         assert socket.getaddrinfo("example.test", 80)[0][4] == ("example.test", 80)
 
@@ -636,7 +636,7 @@ def test_monkeypatch_around_1100_monitored_loops_leaves_getaddrinfo_the_original
         finally:
             loop.close()  # the monitor ends with its loop, before the patch is undone
         patch.undo()
-        assert blocking.original_of(socket.getaddrinfo) is original
+        assert stand_ins.original_of(socket.getaddrinfo) is original
     assert socket.getaddrinfo("127.0.0.1", 80)[0][4] == ("127.0.0.1", 80)
     assert socket.getaddrinfo is original
     assert_all_original()
@@ -658,7 +658,7 @@ def test_a_probe_dropped_without_close_takes_the_stand_ins_with_it(new_loop: asy
 def test_a_target_whose_owner_refuses_a_stand_in_keeps_its_own_and_the_others_are_stood_in(
     new_loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    refusing = blocking.Target("int.bit_length", int, "bit_length")  # a builtin type: its attributes cannot change
+    refusing = stand_ins.Target("int.bit_length", int, "bit_length")  # a builtin type: its attributes cannot change
     monkeypatch.setattr(blocking, "TARGETS", (*blocking.TARGETS, refusing))
     probe = BlockingCalls(new_loop, lambda: None)
     try:

@@ -167,7 +167,7 @@ _STDLIB = tuple({os.path.join(sysconfig.get_paths()[name], "") for name in ("std
 _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 # The stand-ins for blocking functions (blocking_calls=True) pass the application's
 # calls on: in a stack they count as the function they stand for, Python's own.
-_STAND_INS = os.path.join(_LOOPSTAT, "probes", "blocking.py")
+_STAND_INS = os.path.join(_LOOPSTAT, "probes", "stand_ins.py")
 # (file, function) of loopstat's GC hook (gc=True), which runs inside whatever allocates.
 _GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
 
