@@ -16,43 +16,36 @@ something loopstat must do without it:
   socket (Linux stores the ICMP refusal on it), so errors are seen without a
   reader waking the loop.
 
-With ``socket_path`` (``DD_DOGSTATSD_URL=unix://…``) the socket is a connected
-non-blocking Unix datagram socket instead. Nothing is looked up; its faults are
-immediate: ``connect()`` fails while the socket file is absent or not
-writable, and ``send()`` fails once the Agent has closed its end. A restarted
-Agent binds a new socket under the same name, which an old connection never
+With ``socket_path`` (``DD_DOGSTATSD_URL=unix://…``) the socket is the Agent's
+Unix socket instead, datagram or stream (``unixstream://``). A restarted Agent
+binds a new socket under the same name, which an old connection never
 reaches, so a failed send closes the socket and it is connected again on the
-retry schedule.
-
-``unixstream://`` (or a ``unix://`` path whose file turns out to be a stream
-socket, as Datadog's clients find out) is the Agent's stream socket: each
-datagram's payload goes out after its length, 4 bytes little-endian. A stream
-may take part of a payload: the rest waits in a small buffer and goes first on
-the next send, so a frame is never cut; what does not fit there is dropped
-(counted). A failed send or a closed connection means a new connection on the
 retry schedule; nothing ever waits for the Agent.
+
+Each socket's own habits are in ``loopstat/_transport`` (the UDP lookup, the
+Unix socket's types, the stream's frames); batching, encoding and the fault
+accounts are here.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import logging
 import re
 import socket
-import struct
-import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from aiodogstatsd.protocol import build
 from aiodogstatsd.typedefs import MType
 
-from loopstat import _fork, _origin, _threads, _worker
+from loopstat import _origin, _worker
 from loopstat._clock import Clock
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat._options import socket_type
+from loopstat._transport import FULL, Datagrams, udp, unix
+from loopstat._transport.udp import Address, Lookup, lookups
+from loopstat._transport.unix_stream import Frames
 from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined, sanitize
 
@@ -70,23 +63,10 @@ MAX_RETRY_SECONDS = 60.0
 
 # Lines held for the first connection, at most: a few seconds of samples.
 EARLY_LINES = 200
-# A Unix socket's send buffer bounds its datagrams on some systems (macOS
-# starts at 2 KiB); datadogpy raises it to this, as does loopstat.
-MIN_UNIX_SEND_BUFFER = 32 * 1024
-# Send errors that mean a full buffer, not an absent Agent: drop and go on.
-_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
-# Bytes of frames a stream socket has not taken yet, at most: a few samples' worth.
-MAX_STREAM_BACKLOG = 64 * 1024
-# A stream frame's length prefix, as the Agent reads it.
-_FRAME_LENGTH = struct.Struct("<I")
 # Line tags rendered, kept: probes send a small fixed set (one per blocking call).
 _LINE_TAGS_KEPT = 256
 # A line tag's value as a name component (flavor "statsd", which has no tags).
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-#: Where to send: the socket family and the address to connect to.
-Address = Tuple[int, Tuple[Any, ...]]
-Lookup = Union[Tuple[int, Tuple[Any, ...]], BaseException]
 
 _TYPES = {"g": MType.GAUGE, "ms": MType.TIMING, "c": MType.COUNTER}
 
@@ -107,85 +87,11 @@ def origin_fields(settings: Settings) -> bytes:
     return fields.encode()
 
 
-def lookup(host: str) -> Tuple[int, Tuple[Any, ...]]:
-    """Resolve ``host`` to one (family, address with port 0), IPv4 first: agents listen on IPv4 by default."""
-    infos = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return int(infos[0][0]), tuple(infos[0][4])
-
-
-class _Lookups:
-    """Host lookups in flight in this process: at most one thread per host, whatever the number of sinks.
-
-    A lookup can take as long as the resolver likes (30 s and more when DNS is
-    down); sinks started and stopped meanwhile wait for the same answer
-    instead of starting threads of their own.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: Dict[str, List[Deque[Lookup]]] = {}
-
-    def start(self, host: str, inbox: Deque[Lookup]) -> None:
-        """Have the result for ``host`` appended to ``inbox`` (deque appends are thread-safe)."""
-        with self._lock:
-            waiting = self._waiting.get(host)
-            if waiting is not None:
-                waiting.append(inbox)
-                return
-            self._waiting[host] = [inbox]
-        try:
-            _threads.Hidden("loopstat-lookup", self._work, host)
-        except RuntimeError as exc:  # no thread to be had (interpreter ending, limits): report, never raise
-            self._finish(host, exc)
-
-    def cancel(self, host: str, inbox: Deque[Lookup]) -> None:
-        """A sink that closed no longer wants the answer."""
-        with self._lock:
-            waiting = self._waiting.get(host, [])
-            if any(x is inbox for x in waiting):
-                waiting[:] = [x for x in waiting if x is not inbox]
-
-    def _work(self, host: str) -> None:
-        result: Lookup
-        try:
-            result = lookup(host)
-        except Exception as exc:  # gaierror, UnicodeError, anything: report, never raise
-            result = exc
-        self._finish(host, result)
-
-    def _finish(self, host: str, result: Lookup) -> None:
-        with self._lock:
-            inboxes = self._waiting.pop(host, [])
-        for inbox in inboxes:
-            inbox.append(result)
-
-    def after_fork_in_child(self) -> None:
-        # The lookup threads stayed in the parent; the lock may have been held at fork.
-        self._lock = threading.Lock()
-        self._waiting = {}
-
-
-_lookups = _Lookups()
-
-
-def after_fork_in_child() -> None:
-    """Forget the parent's lookups (through loopstat/_fork.py)."""
-    _lookups.after_fork_in_child()
-
-
-_fork.join(after_in_child=after_fork_in_child)
-
-
 def _fixed_address(settings: Settings) -> Optional[Address]:
     """The address of a Unix socket or an IP address, which need no lookup; None for a host name."""
     if settings.socket_path is not None:
         return socket.AF_UNIX, (socket_type(settings.socket_path)[1],)
-    try:
-        ip = ipaddress.ip_address(settings.host)
-    except ValueError:
-        return None
-    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), (settings.host, 0)
+    return udp.ip_address(settings.host)
 
 
 class Sink:
@@ -208,13 +114,9 @@ class Sink:
         self._fixed = _fixed_address(settings)
         self._unix = settings.socket_path is not None
         self._kind = socket_type(settings.socket_path)[0] if settings.socket_path is not None else "datagram"
-        # On a stream socket: frames (or their rest) not taken yet, and the lines of each, oldest first.
-        self._stream = False
-        self._backlog = bytearray()
-        self._backlog_lines: Deque[Tuple[int, int]] = deque()
         self._max_datagram = MAX_UNIX_DATAGRAM if self._unix else MAX_DATAGRAM
         self._recovery_seconds = 0.0 if self._unix else RECOVERY_SECONDS
-        self._sock: Optional[socket.socket] = None
+        self._transport: Optional[Datagrams] = None
         self._address: Optional[Address] = None
         # Filled by a lookup thread, emptied on the loop's thread.
         self._lookups: Deque[Lookup] = deque()
@@ -255,7 +157,7 @@ class Sink:
 
     def _start_lookup(self) -> None:
         self._looking_up = True
-        _lookups.start(self.settings.host, self._lookups)
+        lookups.start(self.settings.host, self._lookups)
 
     def maintain(self) -> None:
         """Retry a failed lookup or socket, connect to a new address; cheap when all is well."""
@@ -267,7 +169,7 @@ class Sink:
             self._next_lookup = now + self._retry
             if self._fixed is None:
                 self._start_lookup()  # the host may have moved
-            elif self._sock is None:
+            elif self._transport is None:
                 self._connect(self._fixed)  # an address cannot move; its socket may not have opened
         if not self._lookups:
             return
@@ -275,29 +177,22 @@ class Sink:
         self._looking_up = False
         if isinstance(result, BaseException):
             self._fail(f"cannot resolve {self.settings.host!r} ({type(result).__name__}: {result})")
-        elif result != self._address or self._sock is None:
+        elif result != self._address or self._transport is None:
             self._connect(result)
 
     def _connect(self, found: Address) -> None:
         family, found_address = found
-        address: Any = found_address[0]
-        if family != socket.AF_UNIX:
-            address = (address, self.settings.port, *found_address[2:])
-        types = {"datagram": [socket.SOCK_DGRAM], "stream": [socket.SOCK_STREAM]}.get(
-            self._kind, [socket.SOCK_DGRAM, socket.SOCK_STREAM]
-        )
-        for kind in types:
-            try:
-                sock = self._open(family, kind, address)
-            except OSError as exc:
-                if exc.errno == errno.EPROTOTYPE and kind != types[-1]:
-                    continue  # unix://: the file is the other type of socket
-                self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
-                return
-            break
-        self._stream = sock.type == socket.SOCK_STREAM
-        self._drop_backlog()  # a new connection starts with a whole frame
-        old, self._sock, self._address = self._sock, sock, found
+        try:
+            if family == socket.AF_UNIX:
+                sock = unix.connect(self._kind, found_address[0])
+            else:
+                sock = udp.connect(family, (found_address[0], self.settings.port, *found_address[2:]))
+        except OSError as exc:
+            self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
+            return
+        made = Frames if sock.type == socket.SOCK_STREAM else Datagrams
+        # A new connection starts with a whole frame: the old one's backlog is dropped as it closes.
+        old, self._transport, self._address = self._transport, made(sock, self._went_out, self._drop), found
         if old is not None:
             old.close()
         # A new address: find out afresh whether it works.
@@ -307,45 +202,8 @@ class Sink:
         if early:
             self.send(early)
 
-    @staticmethod
-    def _open(family: int, kind: int, address: Any) -> socket.socket:
-        """A connected non-blocking socket; OSError if it cannot be had now (nothing waits)."""
-        sock = socket.socket(family, kind)
-        try:
-            sock.setblocking(False)
-            if family == socket.AF_UNIX and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MIN_UNIX_SEND_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MIN_UNIX_SEND_BUFFER)
-            # UDP: no packet leaves. Unix: the file is checked and the Agent's
-            # socket found at once (a full backlog refuses with EAGAIN).
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _drop_backlog(self) -> None:
-        self.dropped += sum(count for _, count in self._backlog_lines)
-        self._backlog.clear()
-        self._backlog_lines.clear()
-
-    def _send_stream(self, sock: socket.socket, data: bytes, count: int) -> None:
-        """Queue one frame behind what the stream has not taken, then give the stream what it takes now."""
-        frame = _FRAME_LENGTH.pack(len(data)) + data
-        if len(self._backlog) + len(frame) > MAX_STREAM_BACKLOG:
-            self.dropped += count  # the Agent reads too slowly: drop whole frames, never part of one
-        else:
-            self._backlog += frame
-            self._backlog_lines.append((len(frame), count))
-        taken = sock.send(self._backlog)
-        del self._backlog[:taken]
-        # Lines count as sent once their whole frame is taken.
-        while self._backlog_lines and taken >= self._backlog_lines[0][0]:
-            size, lines = self._backlog_lines.popleft()
-            taken -= size
-            self._went_out(lines)
-        if taken and self._backlog_lines:
-            size, lines = self._backlog_lines[0]
-            self._backlog_lines[0] = (size - taken, lines)
+    def _drop(self, count: int) -> None:
+        self.dropped += count
 
     def _fail(self, reason: str) -> None:
         early, self._early = self._early, None
@@ -424,8 +282,8 @@ class Sink:
 
     def send(self, lines: List[Line]) -> None:
         """Send ``(name, type, value)`` lines now, in as few datagrams as fit; what the socket refuses is dropped."""
-        sock = self._sock
-        if sock is None or self._closed:
+        transport = self._transport
+        if transport is None or self._closed:
             early = self._early
             if early is not None and not self._closed and len(early) + len(lines) <= EARLY_LINES:
                 early.extend(lines)
@@ -435,27 +293,19 @@ class Sink:
         datagrams = self.datagrams(lines)
         for index, (data, count) in enumerate(datagrams):
             try:
-                if self._stream:
-                    self._send_stream(sock, data, count)
-                    continue
-                sock.send(data)
+                transport.send(data, count)
             except OSError as exc:
-                if exc.errno in _FULL:
-                    if not self._stream:
-                        self.dropped += count
+                self.dropped += transport.lost(count)
+                if exc.errno in FULL:
                     continue  # the socket's buffer (or the Agent's queue) is full: a burst, not an outage
-                self.dropped += 0 if self._stream else count
                 self.errors += 1
                 self._fail(f"cannot send to {self.settings.address} ({type(exc).__name__}: {exc})")
                 if self._unix:
                     # The Agent closed its end: only a new connection reaches the socket it binds next.
-                    self._sock = None
-                    sock.close()
-                    self._drop_backlog()
+                    self._transport = None
+                    transport.close()
                     self.dropped += sum(rest for _, rest in datagrams[index + 1 :])
                     return
-            else:
-                self._went_out(count)
 
     def abandon(self) -> None:
         """Let go in a forked child: close the child's copy of the socket, never send from it."""
@@ -468,8 +318,7 @@ class Sink:
         early, self._early = self._early, None
         self.dropped += len(early or ())
         if self._looking_up:
-            _lookups.cancel(self.settings.host, self._lookups)
-        self._drop_backlog()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+            lookups.cancel(self.settings.host, self._lookups)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
