@@ -76,6 +76,15 @@ METRICS: Tuple[Metric, ...] = (
         "utilization minus cpu is time callbacks spent blocked off the CPU (synchronous I/O, sleeps, locks)",
     ),
     Metric(
+        "throttled",
+        "g",
+        "ratio",
+        "throttled",
+        "max",
+        "share of the wall time since its previous reading (at most once a second) that the process's cgroup was "
+        "frozen by its CPU limit (CFS quota; cgroup v1 or v2); sent only where the cgroup has a CPU limit",
+    ),
+    Metric(
         "stalls",
         "c",
         "count",

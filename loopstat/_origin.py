@@ -27,7 +27,7 @@ import re
 import threading
 from typing import Callable, Optional
 
-from loopstat import _fork
+from loopstat import _cgroup, _fork
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ MOUNTINFO_PATH = "/proc/self/mountinfo"
 NAMESPACE_PATH = "/proc/self/ns/cgroup"
 # Linux numbers the initial cgroup namespace so (include/linux/proc_ns.h): in it, paths are the host's.
 HOST_CGROUP_NAMESPACE_INODE = 0xEFFFFFFB
-# Files this long are not /proc files: read no further.
-_MAX_READ = 1 << 20
 
 # A container ID as runtimes name it: 64 hex digits (Docker, containerd, CRI-O),
 # a UUID (Garden, some runtimes with "_" separators), or an ECS task's 32 hex digits and a number.
@@ -74,16 +72,7 @@ def from_mountinfo(text: str) -> Optional[str]:
 
 def cgroup2_folder(cgroup: str, mountinfo: str) -> Optional[str]:
     """Where the process's cgroup v2 folder is: the cgroup2 mount point joined with the ``0::`` path."""
-    path = next((line[3:] for line in cgroup.splitlines() if line.startswith("0::")), None)
-    if path is None:
-        return None
-    for line in mountinfo.splitlines():
-        # "<id> <parent> <dev> <root> <mount point> <options> [optional…] - <type> <source> <options>"
-        before, dash, after = line.partition(" - ")
-        fields = before.split(" ")
-        if dash and after.split(" ", 1)[0] == "cgroup2" and len(fields) >= 5:
-            return os.path.normpath(fields[4] + "/" + path.lstrip("/"))
-    return None
+    return _cgroup.folder(cgroup, mountinfo)
 
 
 def from_inode(cgroup: str, mountinfo: str, stat: Callable[[str], os.stat_result] = os.stat) -> Optional[str]:
@@ -93,14 +82,6 @@ def from_inode(cgroup: str, mountinfo: str, stat: Callable[[str], os.stat_result
         return None
     inode = stat(folder).st_ino
     return f"in-{inode}" if inode > 2 else None
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            return file.read(_MAX_READ)
-    except OSError:
-        return ""
 
 
 def _in_host_namespace() -> bool:
@@ -113,10 +94,10 @@ def _in_host_namespace() -> bool:
 def detect() -> Optional[str]:
     """This process's container ID (or ``in-<inode>``), None when it has none or it cannot be read."""
     try:
-        cgroup = _read(CGROUP_PATH)
+        cgroup = _cgroup.read(CGROUP_PATH)
         found = from_cgroup(cgroup)
         if found is None:
-            mountinfo = _read(MOUNTINFO_PATH)
+            mountinfo = _cgroup.read(MOUNTINFO_PATH)
             found = from_mountinfo(mountinfo)
             if found is None and not _in_host_namespace():
                 found = from_inode(cgroup, mountinfo)

@@ -28,6 +28,7 @@ from loopstat.probes import lag as _lag
 from loopstat.probes import profile as _profile
 from loopstat.probes import stalls as _stalls
 from loopstat.probes import tasks as _tasks
+from loopstat.probes import throttled as _throttled
 from loopstat.probes import utilization as _utilization
 from loopstat.probes.stalls import Stall
 from loopstat.sink import Sink
@@ -50,6 +51,7 @@ _ATTACH: Tuple[Tuple[str, Attach], ...] = (
     ("tasks", _tasks.attach),
     ("utilization", _utilization.attach),
     ("cpu", _cpu.attach),
+    ("throttled", _throttled.attach),
     ("stalls", _stalls.attach),
     ("executor", _executor.attach),
     ("gc", _gc.attach),
