@@ -14,23 +14,25 @@ from loopstat import _cgroup
 from loopstat.probes import signals
 from loopstat.probes.causes import CAUSES, During, classify, importing
 
-# A stall of 400 ms the watchdog watched for the last 300 ms.
-STALL = {"duration": 0.4, "wall": 0.3}
+def stall(**signals: Any) -> During:
+    """A stall of 400 ms the watchdog watched for the last 300 ms, with these signals."""
+    arguments: Any = {"duration": 0.4, "wall": 0.3, **signals}
+    return During(**arguments)
 
 
 def cause(**signals: Any) -> str:
-    return classify(During(**{**STALL, **signals})).cause
+    return classify(stall(**signals)).cause
 
 
 def test_a_thread_on_the_cpu_most_of_the_time_is_cpu_bound() -> None:
-    verdict = classify(During(**STALL, cpu=0.29, run_delay=0.005, others_cpu=0.0, gc=0.0, blocked=0.0))
+    verdict = classify(stall(cpu=0.29, run_delay=0.005, others_cpu=0.0, gc=0.0, blocked=0.0))
     assert verdict.cause == "cpu"
     assert verdict.why == "its thread ran on the CPU for 290 ms of the 300 ms watched"
 
 
 def test_a_thread_off_the_cpu_with_nothing_else_running_waits_in_a_call() -> None:
     assert cause(cpu=0.002, run_delay=0.001, others_cpu=0.01) == "blocking_call"
-    verdict = classify(During(**STALL, cpu=0.002, blocked=0.31))
+    verdict = classify(stall(cpu=0.002, blocked=0.31))
     assert (verdict.cause, verdict.why) == (
         "blocking_call",
         "its thread was in blocking calls for 300 ms of the 300 ms watched",
@@ -44,7 +46,7 @@ def test_a_garbage_collection_over_most_of_the_stall_is_gc_even_when_the_watchdo
 
 
 def test_a_cpu_limit_that_froze_a_thread_ready_to_run_is_throttling() -> None:
-    verdict = classify(During(**STALL, cpu=0.06, run_delay=0.24, throttled=0.22))
+    verdict = classify(stall(cpu=0.06, run_delay=0.24, throttled=0.22))
     assert (verdict.cause, verdict.why) == (
         "throttled",
         "the container was CPU-throttled for 220 ms of the 300 ms watched",
@@ -61,7 +63,7 @@ def test_a_thread_ready_to_run_but_without_a_cpu_waited_on_the_scheduler() -> No
 
 
 def test_a_thread_off_the_cpu_while_other_threads_run_waits_for_the_gil() -> None:
-    verdict = classify(During(**STALL, cpu=0.02, run_delay=0.01, others_cpu=0.28))
+    verdict = classify(stall(cpu=0.02, run_delay=0.01, others_cpu=0.28))
     assert (verdict.cause, verdict.why) == (
         "gil",
         "its thread waited for the GIL while other threads ran for 280 ms of the 300 ms watched",
@@ -69,7 +71,7 @@ def test_a_thread_off_the_cpu_while_other_threads_run_waits_for_the_gil() -> Non
 
 
 def test_an_import_names_its_module_whatever_the_thread_did() -> None:
-    verdict = classify(During(**STALL, cpu=0.3, importing="app/slow_module.py"))
+    verdict = classify(stall(cpu=0.3, importing="app/slow_module.py"))
     assert (verdict.cause, verdict.why) == ("import", "it was importing a module (app/slow_module.py)")
     assert cause(cpu=0.0, importing="") == "import"
 
@@ -82,7 +84,7 @@ def test_a_look_kept_out_by_the_gil_until_the_end_means_the_thread_held_it() -> 
 
 def test_without_signals_the_cause_is_unknown_and_says_why() -> None:
     assert classify(During(duration=0.4)).why == "it ended before the watchdog could look"
-    verdict = classify(During(**STALL))
+    verdict = classify(stall())
     assert (verdict.cause, verdict.why) == ("unknown", "no single cause (no signals to tell on this system)")
     assert cause(cpu=0.12, run_delay=0.01, others_cpu=0.05) == "unknown", "a bit of everything"
 
