@@ -14,14 +14,15 @@ from loopstat import _cgroup
 from loopstat.probes import signals
 from loopstat.probes.causes import CAUSES, During, classify, importing
 
-def stall(**signals: Any) -> During:
+
+def stall(**given: Any) -> During:
     """A stall of 400 ms the watchdog watched for the last 300 ms, with these signals."""
-    arguments: Any = {"duration": 0.4, "wall": 0.3, **signals}
+    arguments: Any = {"duration": 0.4, "wall": 0.3, **given}
     return During(**arguments)
 
 
-def cause(**signals: Any) -> str:
-    return classify(stall(**signals)).cause
+def cause(**given: Any) -> str:
+    return classify(stall(**given)).cause
 
 
 def test_a_thread_on_the_cpu_most_of_the_time_is_cpu_bound() -> None:
