@@ -90,7 +90,8 @@ METRICS: Tuple[Metric, ...] = (
         "count",
         "stalls",
         "sum",
-        "1 for each stall: the loop made no progress for longer than `stall_threshold`",
+        "1 for each stall: the loop made no progress for longer than `stall_threshold`; tagged `cause:<name>`, "
+        "one of `cpu`, `blocking_call`, `gc`, `throttled`, `gil`, `import`, `scheduler`, `unknown` (docs/measuring.md)",
     ),
     Metric("stall", "ms", "ms", "stalls", "max", "each stall's full duration, sent when it ends", distribution="stall"),
     Metric(

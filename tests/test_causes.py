@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from time import perf_counter
@@ -11,6 +12,7 @@ from typing import Any, List, Optional
 import pytest
 
 from loopstat import _cgroup
+from loopstat._metrics import METRICS
 from loopstat.probes import signals
 from loopstat.probes.causes import CAUSES, During, classify, importing
 
@@ -69,6 +71,12 @@ def test_a_thread_off_the_cpu_while_other_threads_run_waits_for_the_gil() -> Non
         "gil",
         "its thread waited for the GIL while other threads ran for 280 ms of the 300 ms watched",
     )
+
+
+def test_waiting_for_the_gil_and_for_a_cpu_the_longer_wait_names_the_cause() -> None:
+    # Each time the thread gets the GIL back it may wait for a CPU too, on a busy host.
+    assert cause(cpu=0.02, run_delay=0.08, others_cpu=0.2) == "gil"
+    assert cause(cpu=0.02, run_delay=0.2, others_cpu=0.16) == "scheduler"
 
 
 def test_an_import_names_its_module_whatever_the_thread_did() -> None:
@@ -161,6 +169,11 @@ def test_a_thread_that_is_gone_reads_as_unknown() -> None:
     thread = threading.Thread(target=lambda: holder.append(signals.this_thread()))
     thread.start()
     thread.join()
+    native = holder[0].native
+    deadline = time.monotonic() + 10.0
+    while os.path.exists(f"/proc/self/task/{native}"):  # the kernel lets the thread go a moment after join()
+        assert time.monotonic() < deadline, "the finished thread never left /proc"
+        time.sleep(0.01)
     reading = signals.Signals(lambda: None).read(holder[0])
     assert reading.run_delay is None
     # The kernel may give a finished thread's ID to a new thread: a clock may then read, but never raises.
@@ -201,3 +214,8 @@ def test_long_collections_are_counted_where_they_fall_between_two_readings() -> 
     finally:
         signals.unwatch_gc()
     assert signals._on_gc not in gc.callbacks
+
+
+def test_the_catalogue_names_every_cause_the_stalls_tag_takes() -> None:
+    [stalls] = [metric for metric in METRICS if metric.name == "stalls"]
+    assert all(f"`{name}`" in stalls.doc for name in CAUSES)

@@ -8,12 +8,12 @@ watched, in this order:
 1. ``gc``: the garbage collector ran most of the stall;
    (a look by the watchdog that came only as the stall ended means the thread
    held the GIL: ``import`` if the stack is importing, else ``cpu``)
-2. ``blocking_call``: the thread was in the calls the blocking-call probe watches most of it;
-3. ``throttled``: the cgroup's CPU limit froze it (throttled time, and the thread waited to run);
-4. ``import``: the stack is inside the import system;
+2. ``import``: the stack is inside the import system, whatever the module does;
+3. ``blocking_call``: the thread was in the calls the blocking-call probe watches most of it;
+4. ``throttled``: the cgroup's CPU limit froze it (throttled time, and the thread waited to run);
 5. ``cpu``: the thread ran on the CPU most of it;
-6. ``scheduler``: the thread was ready to run but waited for a CPU (its run queue delay);
-7. ``gil``: the thread was off the CPU while the process's other threads ran;
+6. ``gil``: the thread was off the CPU while the process's other threads ran (longer than it waited for a CPU);
+7. ``scheduler``: the thread was ready to run but waited for a CPU (its run queue delay);
 8. ``blocking_call``: the thread was off the CPU, waiting, in a call no probe watches;
 9. ``unknown``: none of these, or the signals were unavailable.
 """
@@ -111,19 +111,20 @@ def classify(during: During) -> Verdict:
     of = f" of the {_ms(wall)} watched"
     blocked, throttled = during.blocked, during.throttled
     cpu, delay, others = during.cpu, during.run_delay, during.others_cpu
+    if during.importing is not None:
+        return Verdict("import", f"it was importing a module{module}")
     if blocked is not None and blocked >= MOST * wall:
         return Verdict("blocking_call", f"its thread was in blocking calls for {_ms(min(blocked, wall))}{of}")
     # Frozen by the limit, the thread waits in its run queue; off the CPU for other reasons, it does not.
     if throttled is not None and throttled >= SOME * wall and (delay is None or delay >= SOME * wall):
         return Verdict("throttled", f"the container was CPU-throttled for {_ms(min(throttled, wall))}{of}")
-    if during.importing is not None:
-        return Verdict("import", f"it was importing a module{module}")
     if cpu is not None and cpu >= MOST * wall:
         return Verdict("cpu", f"its thread ran on the CPU for {_ms(cpu)}{of}")
+    # Waiting for the GIL, the thread also waits for a CPU each time it gets it: the longer wait names the cause.
+    if cpu is not None and others is not None and others >= MOST * wall and (delay is None or delay < others):
+        return Verdict("gil", f"its thread waited for the GIL while other threads ran for {_ms(others)}{of}")
     if delay is not None and delay >= SOME * wall:
         return Verdict("scheduler", f"its thread waited {_ms(delay)}{of} for a CPU (the host is short of CPU)")
-    if cpu is not None and others is not None and others >= MOST * wall:
-        return Verdict("gil", f"its thread waited for the GIL while other threads ran for {_ms(others)}{of}")
     if cpu is not None and cpu < SOME * wall:
         off = max(0.0, wall - cpu - (delay or 0.0))
         return Verdict("blocking_call", f"its thread was off the CPU, waiting in a call, for {_ms(off)}{of}")

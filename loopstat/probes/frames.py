@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from loopstat import _fork
 from loopstat.probes.gc import _on_gc
+from loopstat.probes.signals import _on_gc as _signals_on_gc
 
 # The watchdog walks at most this many frames from the innermost: it holds the
 # GIL while it walks, and the loop may want it back, whatever the depth.
@@ -168,8 +169,8 @@ _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 # The stand-ins for blocking functions (blocking_calls=True) pass the application's
 # calls on: in a stack they count as the function they stand for, Python's own.
 _STAND_INS = os.path.join(_LOOPSTAT, "probes", "stand_ins.py")
-# (file, function) of loopstat's GC hook (gc=True), which runs inside whatever allocates.
-_GC_HOOK = (_on_gc.__code__.co_filename, _on_gc.__code__.co_name)
+# (file, function) of loopstat's GC hooks (gc=True, and the stall causes'), which run inside whatever allocates.
+_GC_HOOKS = {(hook.__code__.co_filename, hook.__code__.co_name) for hook in (_on_gc, _signals_on_gc)}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -184,6 +185,11 @@ def owner(filename: str) -> int:
     if filename.startswith("<frozen") or filename.startswith(_STDLIB):
         return PYTHON
     return APPLICATION
+
+
+def loopstat_file(filename: str) -> bool:
+    """Whether a file is loopstat's own, stand-ins included: such frames are never shown as the application's."""
+    return filename.startswith(_LOOPSTAT)
 
 
 def callback_frames(frames: Sequence[Frame], whole: bool, outer: Outer) -> Optional[Sequence[Frame]]:
@@ -235,13 +241,14 @@ def blame(frames: Sequence[Frame], whole: bool, outer: Outer) -> Tuple[Optional[
     callback = callback_frames(frames, whole, outer)
     if callback is None:
         return None, False
-    kinds = [owner(f[0]) if (f[0], f[2]) != _GC_HOOK else PYTHON for f in callback]
+    kinds = [owner(f[0]) if (f[0], f[2]) not in _GC_HOOKS else PYTHON for f in callback]
     innermost = next((i for i in reversed(range(len(callback))) if kinds[i] != PYTHON), None)
     if innermost is not None and kinds[innermost] == LOOPSTAT_CODE:
         return callback[innermost], True
     if APPLICATION not in kinds and LOOPSTAT_CODE in kinds:
         return callback[len(kinds) - 1 - kinds[::-1].index(LOOPSTAT_CODE)], True
-    return culprit(callback), False
+    # A stand-in is named as the call it passes on: at the application's line that made it.
+    return culprit([f for f in callback if not loopstat_file(f[0])]), False
 
 
 def locate(frames: Sequence[Frame], outer: Outer = (), whole: bool = True) -> Optional[str]:

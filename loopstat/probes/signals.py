@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
-from loopstat import _cgroup
+from loopstat import _cgroup, _fork
 
 # Collections shorter than this are not kept: a stall is never made of them, and they must not push out long ones.
 GC_KEPT_SECONDS = 0.001
@@ -166,9 +166,12 @@ def unwatch_gc() -> None:
 
 
 def after_fork_in_child() -> None:
-    """Called in a forked child (loopstat/monitor.py holds the one fork hook)."""
+    """Called in a forked child, through loopstat/_fork.py."""
     global _lock, _users
     _lock = threading.Lock()  # another thread may have held it at fork
     _users = 0  # the parent's watches do not run here; a new one adds the hook again
     if _on_gc in gc.callbacks:
         gc.callbacks.remove(_on_gc)
+
+
+_fork.join(after_in_child=after_fork_in_child)

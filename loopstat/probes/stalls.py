@@ -33,11 +33,13 @@ from types import FrameType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from weakref import WeakSet
 
-from loopstat import _threads
+from loopstat import _cgroup, _threads
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
-from loopstat.probes.frames import Frame, Outer, blame, format_stack, outer_of, where
+from loopstat.probes.causes import Verdict
+from loopstat.probes.explain import Explainer, Seen, outermost_coroutine
+from loopstat.probes.frames import Frame, Outer, blame, format_stack, loopstat_file, outer_of, walk, where
 from loopstat.probes.lag import Sampler
 from loopstat.probes.selector_clock import Events, SelectorClock
 
@@ -80,6 +82,14 @@ class Stall:
     stack: str
     #: ``time.time()`` when the stall ended.
     ended: float
+    #: Why: ``cpu``, ``blocking_call``, ``gc``, ``throttled``, ``gil``, ``import``, ``scheduler`` or ``unknown``
+    #: (``loopstat/probes/causes.py``).
+    cause: str = "unknown"
+    #: The figures behind the cause, as the log line says them.
+    reason: str = ""
+    #: ``task '<name>' <coroutine>`` of the task whose step blocked, ``coroutine <name>`` if it has ended
+    #: since, None if the loop was not running a coroutine.
+    task: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class Capture:
     stack: str
     #: Stuck in loopstat's own code: not the application's stall.
     own: bool
+    #: The signals read at the look, for the cause.
+    seen: Optional[Seen] = None
 
 
 class StallProbe:
@@ -114,8 +126,11 @@ class StallProbe:
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
         sampler: Optional[Sampler] = None,
+        explainer: Optional[Explainer] = None,
     ) -> None:
         self.threshold = threshold
+        # Names each stall's cause and task; None: every stall's cause is unknown.
+        self._explainer = explainer
         self.interval = interval
         # The sampler's timers: revived when overdue (signals may have cut off a link and its spare).
         self._sampler = sampler
@@ -267,6 +282,8 @@ class StallProbe:
         if ident != self.thread_id or self._outer_stale:
             self.thread_id = ident
             self._outer_stale = False
+            if self._explainer is not None:
+                self._explainer.learn()
             # The frame that runs the calling callback, and the ones around it:
             # every callback of this run starts with them. Taken from a callback,
             # not in install(), which may run inside a task started eagerly.
@@ -339,7 +356,18 @@ class StallProbe:
                 capture.location,
             )
             return
-        self._on_stall(Stall(duration * 1000.0, capture.location, capture.stack, time.time()))
+        verdict, task = self._explain(capture.seen, started, now)
+        stall = Stall(duration * 1000.0, capture.location, capture.stack, time.time(), verdict.cause, verdict.why, task)
+        self._on_stall(stall)
+
+    def _explain(self, seen: Optional[Seen], started: float, now: float) -> Tuple[Verdict, Optional[str]]:
+        explainer = self._explainer
+        if explainer is not None:
+            try:
+                return explainer.explain(seen, started, now)
+            except Exception:  # a signal that reads oddly: the stall is reported all the same
+                log.debug("loopstat: could not tell the cause of a stall", exc_info=True)
+        return Verdict("unknown", ""), None
 
     def inspect(self, now: float) -> Optional[float]:
         """Called by the watchdog: capture the stack of a stuck loop.
@@ -410,12 +438,26 @@ class StallProbe:
             # to it, reading source lines): after a block in C code that held the
             # GIL, the watchdog gets in just as the call returns, and the loop
             # thread still stands where it made the call.
-            frames, whole = _thread_stack(self.thread_id)
+            frames, whole, coroutine = _thread_stack(self.thread_id)
             seen = self.mark() == mark  # else the loop moved on before the watchdog could look
             when = then()
             if seen:
-                self.capture = capture_stack(mark, frames, whole, self.outer)
+                # The signals next: reading their files lets the loop run on, so only after ``then``.
+                signals = self._read_signals(coroutine, frames)
+                self.capture = capture_stack(mark, frames, whole, self.outer, signals)
         return when
+
+    def _read_signals(self, coroutine: Optional[Tuple[int, str]], frames: List[Frame]) -> Optional[Seen]:
+        explainer = self._explainer
+        if explainer is None:
+            return None
+        try:
+            # A look planned at the wake-up (-inf) was due as the loop woke, at the stall's mark.
+            planned = self._planned if math.isfinite(self._planned) else self.mark()
+            return explainer.seen(coroutine, frames, planned)
+        except Exception:  # the stall is reported without its cause
+            log.debug("loopstat: could not read the signals of a stall", exc_info=True)
+            return None
 
     def _next_look(self, now: float, mark: float, due: float) -> float:
         """Restart the beat if the loop works without it; return when to look again."""
@@ -445,7 +487,11 @@ class StallProbe:
             if self._handle is not None:
                 self._handle.cancel()
         self._handle = None
-        _watchdog.unwatch(self)
+        try:
+            _watchdog.unwatch(self)
+        finally:
+            if self._explainer is not None:
+                self._explainer.close()
 
 
 class _Watchdog:
@@ -553,16 +599,31 @@ def after_fork_in_child() -> None:
     _watchdog = _Watchdog()
 
 
-def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool]:
+def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool, Optional[Tuple[int, str]]]:
+    """The stack of a thread, innermost last, whether whole, and the task's coroutine on it (its frame's ``id()``)."""
     # The frames are dropped before anything slow: held, they would keep the
     # loop's locals alive and make a deep stack slower to unwind.
-    return _frames.thread_stack(thread_id)
+    try:
+        top = _frames.current_frames().get(thread_id)
+    except _frames.StacksUnreadable:
+        frames, whole = _frames.thread_stack(thread_id)  # says why, once per process
+        return frames, whole, None
+    frames, whole = walk(top)
+    return frames, whole, outermost_coroutine(top)
 
 
-def capture_stack(mark: float, frames: Sequence[Frame], whole: bool, outer: Outer) -> Capture:
-    """What the thread that runs a stuck loop was doing, from its stack; called by the watchdog, off the loop."""
+def capture_stack(
+    mark: float, frames: Sequence[Frame], whole: bool, outer: Outer, seen: Optional[Seen] = None
+) -> Capture:
+    """What the thread that runs a stuck loop was doing, from its stack; called by the watchdog, off the loop.
+
+    loopstat's own frames (a stand-in, a GC hook) are left out of the stack and
+    the location: a stand-in shows as the call it passes on, made on the
+    application's line.
+    """
     named, own = blame(frames, whole, outer)
-    return Capture(mark, where(named), format_stack(frames, whole), own)
+    stack = format_stack([f for f in frames if not loopstat_file(f[0])], whole)
+    return Capture(mark, where(named), stack, own, seen)
 
 
 class Stalls:
@@ -571,15 +632,22 @@ class Stalls:
     def __init__(self, watched: Watched, threshold: float) -> None:
         self._watched = watched
         self._log = StallLog()
-        #: The loop's watch, looked at by the watchdog thread.
-        self.watch = StallProbe(
-            watched.loop,
-            threshold,
-            watched.clock(),
-            self._on_stall,
-            watched.settings.interval,
-            watched.sampler,
-        )
+        explainer = _explainer(watched)
+        try:
+            #: The loop's watch, looked at by the watchdog thread.
+            self.watch = StallProbe(
+                watched.loop,
+                threshold,
+                watched.clock(),
+                self._on_stall,
+                watched.settings.interval,
+                watched.sampler,
+                explainer,
+            )
+        except BaseException:
+            if explainer is not None:
+                explainer.close()
+            raise
 
     def _on_stall(self, stall: Stall) -> None:
         watched = self._watched
@@ -588,7 +656,7 @@ class Stalls:
             monitor.stalls += 1
             monitor.last_stall = stall
             self._log.report(stall)
-            watched.send([("stalls", "c", 1), ("stall", "ms", round(stall.duration, 3))])
+            watched.send([("stalls", "c", 1, (("cause", stall.cause),)), ("stall", "ms", round(stall.duration, 3))])
         except Exception:
             watched.fault()
 
@@ -599,6 +667,15 @@ class Stalls:
 
     def close(self) -> None:
         self.watch.close()
+
+
+def _explainer(watched: Watched) -> Optional[Explainer]:
+    """What names the stalls' causes; None if it cannot start (the stalls are reported, their cause unknown)."""
+    try:
+        return Explainer(watched.loop, lambda: watched.blocked, _cgroup.throttling())
+    except Exception:
+        log.debug("loopstat: stalls are reported without their cause", exc_info=True)
+        return None
 
 
 def attach(watched: Watched) -> Optional[Stalls]:
@@ -631,6 +708,10 @@ class StallLog:
         else:
             where = "(it ended before its stack could be captured)"
         more = f" ({held} more there in the last minute)" if held else ""
-        log.warning("loopstat: the event loop was blocked for %.0f ms %s%s", stall.duration, where, more)
+        task = f" ({stall.task})" if stall.task else ""
+        reason = f": {stall.reason}" if stall.reason else ""
+        log.warning(
+            "loopstat: the event loop was blocked for %.0f ms %s%s%s%s", stall.duration, where, task, more, reason
+        )
         if stall.stack:
             log.debug("loopstat: stack of the blocked event loop, innermost call last:\n%s", stall.stack)

@@ -1,0 +1,342 @@
+"""The cause of real stalls, the task that waited, and stacks without loopstat's frames, on asyncio and uvloop.
+
+Each stall is made by its cause for real: a CPU spin, ``time.sleep``, a
+collection of a large cyclic heap, a slow import, a second thread holding the
+GIL, a real cgroup CPU quota (root), a core shared with busy processes. Where
+a cause needs the machine's cooperation (the thread given a CPU, the other
+thread running), the block measures it itself and is repeated until it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+import loopstat
+from loopstat.probes.stalls import Stall
+from tests.receiver import Receiver
+from tests.test_throttled import cpu_group, needs_cpu_v1
+
+THRESHOLD = 0.1
+BLOCK = 0.3
+LOOPSTAT_DIR = os.path.join(os.path.dirname(os.path.abspath(loopstat.__file__)), "")
+
+
+async def wait_for_stalls(monitor: loopstat.Monitor, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while monitor.stalls < count:
+        assert time.monotonic() < deadline, f"{monitor.stalls} stalls seen, expected {count}"
+        await asyncio.sleep(0.01)
+
+
+async def stall_of(monitor: loopstat.Monitor, block: Callable[[], bool], tries: int = 5) -> Stall:
+    """The stall ``block`` makes on the loop, once the conditions its cause needs held (``block`` says so)."""
+    for _ in range(tries):
+        before = monitor.stalls
+        await asyncio.sleep(0.05)  # a fresh turn: the block is a stall of its own
+        held = block()
+        await wait_for_stalls(monitor, before + 1)
+        await asyncio.sleep(0.05)
+        if held and monitor.stalls == before + 1:
+            assert monitor.last_stall is not None
+            return monitor.last_stall
+    pytest.skip(f"the machine never let the block make its cause in {tries} tries")
+
+
+@contextlib.contextmanager
+def favoured() -> Iterator[None]:
+    """As root, the calling thread ahead of every ordinary process for a CPU while it lasts (real-time
+    round-robin): on a machine shared with busy processes a spinning thread would otherwise wait on the
+    scheduler, a cause of its own. (A nice value would not do: it counts only within the session's group.)"""
+    thread = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread, os.SCHED_RR, os.sched_param(1))
+    except (AttributeError, OSError):  # not root: the block measures whether it had the CPU anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
+
+
+def spin(seconds: float) -> bool:
+    """Run Python on the CPU for ``seconds`` of wall time; True if the thread had a CPU most of it."""
+    with favoured():
+        started, used = time.perf_counter(), time.thread_time()
+        while time.perf_counter() < started + seconds:
+            pass
+        return time.thread_time() - used >= 0.7 * seconds
+
+
+async def test_a_cpu_spin_is_cpu(receiver: Receiver) -> None:
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        stall = await stall_of(monitor, lambda: spin(BLOCK))
+    assert stall.cause == "cpu", stall
+
+
+async def test_a_long_c_call_holding_the_gil_is_cpu(receiver: Receiver) -> None:
+    def long_sum() -> bool:
+        with favoured():
+            started = time.perf_counter()
+            sum(range(30_000_000))
+            return time.perf_counter() - started > 2 * THRESHOLD
+
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        stall = await stall_of(monitor, long_sum)
+    assert stall.cause == "cpu", stall
+
+
+@pytest.mark.parametrize("blocking_calls", [None, True])
+async def test_time_sleep_is_a_blocking_call_watched_or_not(receiver: Receiver, blocking_calls: bool) -> None:
+    def sleep() -> bool:
+        time.sleep(BLOCK)
+        return True
+
+    options: Any = {"blocking_calls": blocking_calls}
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD, **options) as monitor:
+        stall = await stall_of(monitor, sleep)
+    assert stall.cause == "blocking_call", stall
+
+
+def cyclic_heap(objects: int) -> List[Any]:
+    heap: List[Any] = []
+    for _ in range(objects):
+        node: List[Any] = [heap]
+        node.append(node)
+        heap.append(node)
+    return heap
+
+
+@pytest.fixture(scope="module")
+def heap_size() -> int:
+    """Objects whose collection takes about twice the stall threshold here (measured, not guessed)."""
+    objects = 100_000
+    while True:
+        heap = cyclic_heap(objects)
+        started = time.perf_counter()
+        gc.collect()
+        took = time.perf_counter() - started
+        del heap
+        gc.collect()
+        if took >= 2 * THRESHOLD or objects >= 20_000_000:
+            return objects
+        objects *= 2
+
+
+async def test_a_full_collection_of_a_large_cyclic_heap_is_gc(receiver: Receiver, heap_size: int) -> None:
+    gc.disable()  # the heap is collected once, in the stall, not while it is built
+    try:
+        heap: List[Any] = cyclic_heap(heap_size)
+
+        def collect() -> bool:
+            nonlocal heap
+            heap = []  # now garbage, in cycles
+            gc.collect()
+            return True
+
+        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+            stall = await stall_of(monitor, collect, tries=1)
+    finally:
+        gc.enable()
+    assert stall.cause == "gc", stall
+
+
+async def test_a_slow_import_is_import_and_names_its_module(receiver: Receiver, tmp_path: Path) -> None:
+    names = iter(f"slow_module_{os.getpid()}_{n}_{id(tmp_path)}" for n in range(100))
+    (tmp_path / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp_path))
+
+    def slow_import() -> bool:
+        name = next(names)
+        (tmp_path / f"{name}.py").write_text(f"import time\ntime.sleep({BLOCK})\n")
+        __import__(name)
+        return True
+
+    try:
+        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+            stall = await stall_of(monitor, slow_import)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert stall.cause == "import", stall
+    assert str(tmp_path) in stall.reason
+
+
+@pytest.fixture
+def gil_holder() -> Iterator[Callable[[], float]]:
+    """A second thread running Python all along; yields a reading of its CPU clock."""
+    done = threading.Event()
+    clock: List[int] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        clock.append(time.pthread_getcpuclockid(threading.get_ident()))
+        ready.set()
+        with favoured():
+            while not done.is_set():
+                pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    ready.wait(5)
+    try:
+        yield lambda: time.clock_gettime(clock[0])
+    finally:
+        done.set()
+        thread.join()
+
+
+async def test_a_loop_thread_waiting_for_the_gil_held_by_another_thread_is_gil(
+    receiver: Receiver, gil_holder: Callable[[], float]
+) -> None:
+    def release_often() -> bool:
+        # Each os.stat() gives the GIL up; taking it back waits for the other thread's switch interval.
+        started, used, others = time.perf_counter(), time.thread_time(), gil_holder()
+        while time.perf_counter() < started + BLOCK:
+            os.stat(".")
+        wall = time.perf_counter() - started
+        return time.thread_time() - used < 0.2 * wall and gil_holder() - others > 0.7 * wall
+
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        stall = await stall_of(monitor, release_often)
+    assert stall.cause == "gil", stall
+
+
+async def test_the_task_that_waited_is_named_in_the_stall_and_its_log_line(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    async def handle_request() -> None:
+        time.sleep(BLOCK)
+        await asyncio.sleep(0.5)  # still waiting when the stall is reported
+
+    async def finished_at_once() -> None:
+        time.sleep(BLOCK)
+
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        task = asyncio.create_task(handle_request(), name="request-12")
+        await wait_for_stalls(monitor, 1)
+        first = monitor.last_stall
+        await task
+        await asyncio.create_task(finished_at_once())
+        await wait_for_stalls(monitor, 2)
+        second = monitor.last_stall
+    assert first is not None
+    assert first.task is not None
+    assert first.task.startswith("task 'request-12' ")
+    assert first.task.endswith("handle_request")
+    assert second is not None
+    assert second.task is not None
+    assert second.task.startswith("coroutine ")
+    assert second.task.endswith("finished_at_once"), "a task that ended is named by its coroutine"
+    [line] = [r.getMessage() for r in loopstat_log.records if "request-12" in r.getMessage()]
+    assert f"({first.task}): {first.reason}" in line
+    stalls = [s for s in receiver.snapshot() if s.name == "loopstat.stalls"]
+    assert stalls
+    assert all(("cause", "blocking_call") in s.tags for s in stalls), "the cause as a tag, never the task"
+    assert not any("request-12" in str(s.tags) for s in receiver.snapshot())
+
+
+async def test_a_stall_inside_a_stand_in_shows_no_loopstat_file(receiver: Receiver) -> None:
+    def sleep() -> bool:
+        time.sleep(BLOCK)
+        return True
+
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD, blocking_calls=True) as monitor:
+        stall = await stall_of(monitor, sleep)
+    assert stall.location is not None
+    assert stall.location.endswith("in sleep")
+    assert LOOPSTAT_DIR not in stall.stack
+    assert LOOPSTAT_DIR not in stall.location
+    assert stall.stack.rstrip().endswith("time.sleep(BLOCK)"), "the application's call is the innermost line"
+
+
+# --- causes that need a cgroup quota or a crowded core: in a process of their own ---------------------------------
+
+APP = r"""
+import asyncio, json, os, sys, time
+import loopstat
+
+loop_name, spins, cpu_seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+if loop_name == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def main():
+    causes = []
+    async with loopstat.install("127.0.0.1", 9, stall_threshold=0.1) as monitor:
+        for _ in range(spins):
+            await asyncio.sleep(0.1)
+            seen = monitor.stalls
+            used = time.thread_time()
+            while time.thread_time() - used < cpu_seconds:  # CPU time, however long the wall time
+                pass
+            while monitor.stalls == seen:
+                await asyncio.sleep(0.01)
+            causes.append([monitor.last_stall.cause, monitor.last_stall.reason])
+    print(json.dumps(causes), flush=True)
+
+
+sys.stdin.readline()  # placed by now
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_app(loop_name: str, place: Callable[[int], None], spins: int = 3, cpu_seconds: float = 0.1) -> List[str]:
+    """The causes the application names for its CPU spins, once ``place`` has put it where they are made."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
+    command = [sys.executable, "-c", APP, loop_name, str(spins), str(cpu_seconds)]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as app:
+        try:
+            place(app.pid)
+            output, errors = app.communicate("go\n", timeout=120)
+        finally:
+            if app.poll() is None:
+                app.kill()
+    assert app.returncode == 0, errors
+    return [cause for cause, _ in json.loads(output)]
+
+
+@needs_cpu_v1
+def test_a_loop_frozen_by_a_real_cgroup_cpu_quota_is_throttled(loop_name: str) -> None:
+    with cpu_group(quota_us=10_000) as group:  # 10 ms per 100 ms: 0.1 s of CPU takes about a second
+
+        def place(pid: int) -> None:
+            with open(os.path.join(group, "cgroup.procs"), "w") as file:
+                file.write(str(pid))
+
+        causes = run_app(loop_name, place)
+    assert causes == ["throttled"] * 3
+
+
+@pytest.mark.e2e  # crowds one core of the machine for a few seconds
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity to share one core")
+def test_a_loop_whose_core_is_crowded_by_other_processes_waited_on_the_scheduler(loop_name: str) -> None:
+    core = min(os.sched_getaffinity(0))
+    hog = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(3)]
+    try:
+        causes = run_app(loop_name, lambda pid: os.sched_setaffinity(pid, {core}), cpu_seconds=0.05)
+    finally:
+        for process in hogs:
+            process.kill()
+            process.wait()
+    assert causes == ["scheduler"] * 3
