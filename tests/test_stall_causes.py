@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 import loopstat
+from loopstat.probes import explain, signals
 from loopstat.probes.stalls import Stall
 from tests.receiver import Receiver
 from tests.test_throttled import cpu_group, needs_cpu_v1
@@ -340,3 +341,56 @@ def test_a_loop_whose_core_is_crowded_by_other_processes_waited_on_the_scheduler
             process.kill()
             process.wait()
     assert causes == ["scheduler"] * 3
+
+
+# --- faults: the stall is reported all the same -------------------------------------------------------------------
+
+
+def sleep_block() -> bool:
+    time.sleep(BLOCK)
+    return True
+
+
+async def test_signals_that_cannot_be_read_leave_the_stall_reported_with_an_unknown_cause(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a later kernel's layout")
+
+    monkeypatch.setattr(signals.Signals, "read", broken)
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        stall = await stall_of(monitor, sleep_block)
+    assert stall.cause == "unknown"
+    assert stall.location is not None
+    assert stall.location.endswith("in sleep_block")
+    [line] = [s for s in receiver.snapshot() if s.name == "loopstat.stalls"]
+    assert ("cause", "unknown") in line.tags
+
+
+async def test_an_explainer_that_cannot_start_leaves_the_stalls_counted(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("no such clock")
+
+    monkeypatch.setattr(explain.Explainer, "__init__", broken)
+    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        stall = await stall_of(monitor, sleep_block)
+    assert (stall.cause, stall.reason, stall.task) == ("unknown", "", None)
+
+
+def test_without_a_per_thread_cpu_clock_the_thread_s_cpu_reads_as_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(time, "pthread_getcpuclockid")
+    thread = signals.this_thread()
+    assert thread.clock is None
+    assert signals.Signals(lambda: None).read(thread).cpu is None
+
+
+def test_every_gc_hook_goes_when_the_last_stall_watch_closes() -> None:
+    async def watch() -> None:
+        async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD):
+            await asyncio.sleep(0.05)  # the probes start with the sampler
+            assert signals._on_gc in gc.callbacks
+
+    asyncio.run(watch())
+    assert signals._on_gc not in gc.callbacks
