@@ -1,11 +1,12 @@
-"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher] [--quick] [--loop …] [--repeats N]``
+"""``python -m bench [overhead|fidelity|all|instructions|idle|launcher|causes] [--quick] [--loop …] [--repeats N]``
 (``instructions`` also takes ``--workload W,…`` and ``--variant V,…``).
 
 Runs the variants side by side and prints markdown tables on stdout; progress
 goes to stderr. Installs nothing: the peers come from the ``bench`` extra
 (monitored-ioloop, for ``instructions`` only, from ``pip install monitored-ioloop``).
 ``instructions`` counts instructions under valgrind (deterministic), and so does
-``launcher`` (what ``loopstat-run`` adds to start-up and to ``asyncio.run()``); ``idle``
+``launcher`` (what ``loopstat-run`` adds to start-up and to ``asyncio.run()``); ``causes``
+scores the cause loopstat names for stalls of each known cause; ``idle``
 measures CPU and wake-ups of idle loops over a long window; the others time
 wall-clock runs, whose ratios come with 95 % confidence intervals.
 
@@ -25,7 +26,20 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from bench import fidelity, idle, instructions, launcher, loops, peers, precise, report, variants, web, workloads
+from bench import (
+    causes,
+    fidelity,
+    idle,
+    instructions,
+    launcher,
+    loops,
+    peers,
+    precise,
+    report,
+    variants,
+    web,
+    workloads,
+)
 from bench.precise import emit, progress
 from bench.udp import Receiver
 
@@ -58,7 +72,10 @@ QUICK = Plan(1, 0.1, 0.02, 1, 0.2, 0.05, 1, 0.2, 0.3, 2, 1, 0.3, (0.08, 0.12), F
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument(
-        "what", nargs="?", default="all", choices=("overhead", "fidelity", "all", "instructions", "idle", "launcher")
+        "what",
+        nargs="?",
+        default="all",
+        choices=("overhead", "fidelity", "all", "instructions", "idle", "launcher", "causes"),
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--loop", default="asyncio,uvloop", help="comma-separated loops (asyncio, uvloop)")
@@ -114,6 +131,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.what == "idle":
         return precise.idle_main(args.quick, args.loops, args.repeats or 1)
+    if args.what == "causes":
+        count = args.repeats or (2 if args.quick else 10)
+        precise.header("loopstat stall causes", args.quick, args.loops)
+        precise.emit(
+            f"#### Stall causes: {count} stalls of each cause per loop, classified right\n\n"
+            + causes.table(args.loops, count)
+        )
+        return 0
     started = time.perf_counter()
     names = list(variants.VARIANTS)
     skipped: Dict[str, str] = {}

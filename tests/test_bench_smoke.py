@@ -15,6 +15,7 @@ from typing import List
 
 import pytest
 
+from bench.causes import INJECTED
 from tests.provision import command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,3 +112,12 @@ def test_quick_idle_run_prints_cpu_and_wakeups_for_both_loops() -> None:
         ["uvloop", "loopstat"],
     ]
     assert found["Targets"].count("idle wake-ups") == 2
+
+
+def test_quick_causes_run_scores_every_injected_cause_on_both_loops() -> None:
+    found = sections(bench("causes").stdout)
+    (table,) = (body for title, body in found.items() if title.startswith("Stall causes"))
+    assert rows(table) == [f"`{cause}`" for cause in INJECTED]
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.split("|")[2:4]]
+        assert all(re.fullmatch(r"\d+/2|not here", cell) for cell in cells), line
