@@ -215,8 +215,9 @@ def test_grafana_dashboard_has_prefix_percentile_service_and_env_variables() -> 
 
 #: (metric, how it combines services and workers, what it is broken down by: "", "service" or "service,worker")
 Combination = Tuple[str, str, str]
-#: The breakdowns the dashboards have: none (a total), by service, by worker process within a service.
-BREAKDOWNS = ("", "service", "service,worker")
+#: The breakdowns the dashboards have: none (a total), by service, by worker process within a service,
+#: and stalls by cause (a tag of a fixed set of values).
+BREAKDOWNS = ("", "service", "service,worker", "cause")
 
 
 def datadog_combinations() -> Set[Combination]:
@@ -228,6 +229,7 @@ def datadog_combinations() -> Set[Combination]:
         by = match.group(3) or ""
         assert by in BREAKDOWNS, query
         name, how, form = datadog_metric(query)
+        assert by != "cause" or name == "stalls", query
         if how in PERCENTILES:
             # A percentile over every pod's samples combines services by itself: only where the worst counts.
             assert (form, ACROSS[name]) == ("distribution", "max"), query
@@ -243,9 +245,9 @@ def grafana_combinations() -> Set[Combination]:
         if "seriesByTag(" not in target:
             continue
         total = re.search(r"\b(\w+)Series\(seriesByTag\(", target)
-        broken_down = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', 'service'(, 'worker')?\)", target)
-        assert bool(total) != bool(broken_down), f"a total or a breakdown by service: {target}"
-        by = "" if total else "service,worker" if broken_down.group(2) else "service"  # type: ignore[union-attr]
+        broken_down = re.search(r"groupByTags\(seriesByTag\(.*\), '(\w+)', '(service|cause)'(, 'worker')?\)", target)
+        assert bool(total) != bool(broken_down), f"a total or a breakdown by service or cause: {target}"
+        by = "" if total else "service,worker" if broken_down.group(3) else broken_down.group(2)  # type: ignore[union-attr]
         if by == "service,worker":
             # Only the series of workers: one without the tag (worker_tag off) is its service's whole.
             assert "'worker=~.+'" in target, target
@@ -274,6 +276,7 @@ def test_both_dashboards_break_the_same_metrics_down_by_service_and_by_worker() 
     datadog = {(metric, by) for metric, _, by in datadog_combinations() if by}
     assert datadog == {(metric, by) for metric, _, by in grafana_combinations() if by}
     assert {(name, "service") for name in ("lag", "utilization", "tasks", "stalls")} <= datadog
+    assert ("stalls", "cause") in datadog
     assert {("lag", "service,worker"), ("tasks", "service,worker")} <= datadog
 
 
