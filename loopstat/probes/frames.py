@@ -169,8 +169,10 @@ _LOOPSTAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 # The stand-ins for blocking functions (blocking_calls=True) pass the application's
 # calls on: in a stack they count as the function they stand for, Python's own.
 _STAND_INS = os.path.join(_LOOPSTAT, "probes", "stand_ins.py")
-# (file, function) of loopstat's GC hooks (gc=True, and the stall causes'), which run inside whatever allocates.
+# (file, function) of loopstat's code the collector runs inside whatever allocates: its GC hooks (gc=True, and
+# the stall causes') and a dropped monitor's finalizer.
 _GC_HOOKS = {(hook.__code__.co_filename, hook.__code__.co_name) for hook in (_on_gc, _signals_on_gc)}
+_GC_HOOKS.add((os.path.join(_LOOPSTAT, "monitor.py"), "__del__"))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
 from time import perf_counter
 from types import FrameType
@@ -671,8 +672,15 @@ class Stalls:
 
 def _explainer(watched: Watched) -> Optional[Explainer]:
     """What names the stalls' causes; None if it cannot start (the stalls are reported, their cause unknown)."""
+    # Weak: a strong one would tie the monitor into a cycle, freed only by a later collection.
+    ref = weakref.ref(watched)
+
+    def blocked() -> Optional[float]:
+        alive = ref()
+        return None if alive is None else alive.blocked
+
     try:
-        return Explainer(watched.loop, lambda: watched.blocked, _cgroup.throttling())
+        return Explainer(watched.loop, blocked, _cgroup.throttling())
     except Exception:
         log.debug("loopstat: stalls are reported without their cause", exc_info=True)
         return None
