@@ -95,7 +95,9 @@ async def test_a_blocking_call_is_named_with_file_line_and_function(
     assert "time.sleep(seconds)" in stall.stack
     [warning] = stall_warnings(loopstat_log)
     assert f"the event loop was blocked for {stall.duration:.0f} ms at " in warning
-    assert warning.endswith(WHERE)
+    # Then the task that waited, and why, with the figures behind it.
+    assert f"{WHERE} ({stall.task}): {stall.reason}" in warning
+    assert warning.endswith(stall.reason)
 
 
 async def test_the_full_stack_goes_to_debug(loopstat_log: pytest.LogCaptureFixture) -> None:
