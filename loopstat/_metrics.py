@@ -67,6 +67,16 @@ METRICS: Tuple[Metric, ...] = (
         "waiting for events (uvloop: its thread's CPU time plus time in watched blocking calls)",
     ),
     Metric(
+        "iteration",
+        "g",
+        "ms",
+        "iteration",
+        "max",
+        "longest turn of the loop since the previous sample: the time it ran events, timers and callbacks without "
+        "returning to its selector, the most any ready callback waited; sees every block, unlike lag "
+        "(stdlib loops, with `utilization`; not on uvloop)",
+    ),
+    Metric(
         "cpu",
         "g",
         "ratio",

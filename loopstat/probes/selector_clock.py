@@ -110,6 +110,10 @@ class SelectorClock:
         self.waiting = False
         #: True once a fault of the clock's own detached it: its readings stopped.
         self.broken = False
+        #: ``perf_counter()`` when the loop last came back from its selector (a wait or a busy poll): its turn began.
+        self.turn = self.woke
+        #: The longest turn since ``take_longest()``: seconds the loop ran without returning to its selector.
+        self.longest = 0.0
         #: Called on the loop's thread each time it comes out of a wait, with
         #: the events that woke it and the time it woke.
         self.on_wake: Optional[Callable[[Events, float], None]] = None
@@ -128,6 +132,8 @@ class SelectorClock:
             if clock._detached:
                 return inner(timeout)
             start = perf_counter()
+            if start - clock.turn > clock.longest:
+                clock.longest = start - clock.turn
             clock.waiting = True
             events: Events = []
             try:
@@ -139,7 +145,7 @@ class SelectorClock:
                     end = perf_counter()
                     clock.waiting = False
                     clock.idle += end - start
-                    clock.woke = end
+                    clock.woke = clock.turn = end
                     if clock.on_wake is not None:
                         clock.on_wake(events, end)
                 except Exception as error:
@@ -149,22 +155,39 @@ class SelectorClock:
             # Another tool's wrapper set on the selector, or state a second object could not share
             # (slots): ours goes around it, on the instance.
             def select_attribute(timeout: Optional[float] = None) -> Events:
-                return inner(0) if timeout == 0 else timed(timeout)
+                if timeout == 0:
+                    clock.turned()
+                    return inner(0)
+                return timed(timeout)
 
             self._stand_in = StandIn(selector, "select", select_attribute)
             return
 
         # The base method bound as a default: read as a local, the cheapest lookup there is.
-        def select(self: selectors.BaseSelector, timeout: Optional[float] = None, _base: Any = base.select) -> Events:
-            # A loop with callbacks ready polls: it is busy and waits for nothing.
+        def select(
+            self: selectors.BaseSelector,
+            timeout: Optional[float] = None,
+            _base: Any = base.select,
+            _now: Any = perf_counter,
+        ) -> Events:
+            # A loop with callbacks ready polls: it is busy and waits for nothing. Its turn ends here.
             if timeout == 0:
+                now = _now()
+                if now - clock.turn > clock.longest:
+                    clock.longest = now - clock.turn
+                clock.turn = now
                 return _base(self, 0)  # type: ignore[no-any-return]
             return timed(timeout)
 
-        def epoll_select(self: Any, timeout: Optional[float] = None) -> Events:
+        def epoll_select(self: Any, timeout: Optional[float] = None, _now: Any = perf_counter) -> Events:
             # Linux's default: the busy loop's poll is done here, one Python frame
             # (about 450 instructions) less on every turn than through the base method.
             if timeout == 0:
+                # A turn ends (the poll itself takes microseconds): the longest since the last sample is P.iteration.
+                now = _now()
+                if now - clock.turn > clock.longest:
+                    clock.longest = now - clock.turn
+                clock.turn = now
                 try:
                     polled = self._selector.poll(0, len(self._fd_to_key) or 1)
                     return ready_of(self._fd_to_key, polled) if polled else []
@@ -187,6 +210,18 @@ class SelectorClock:
         timed_selector.__dict__ = state
         self._timed = timed_selector
         loop._selector = timed_selector  # type: ignore[attr-defined]
+
+    def turned(self) -> None:
+        """A busy poll: the loop's turn ends and the next begins (the hot paths above do this inline)."""
+        now = perf_counter()
+        if now - self.turn > self.longest:
+            self.longest = now - self.turn
+        self.turn = now
+
+    def take_longest(self) -> float:
+        """The longest turn, in seconds, since the previous call (or the attach); a new maximum starts."""
+        longest, self.longest = self.longest, 0.0
+        return longest
 
     @staticmethod
     def selector_of(loop: asyncio.AbstractEventLoop) -> Optional[selectors.BaseSelector]:
