@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from bench import (
+    blocks,
     causes,
     fidelity,
     idle,
@@ -138,6 +139,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"#### Stall causes: {count} stalls of each cause per loop, classified right\n\n"
             + causes.table(args.loops, count)
         )
+        if "asyncio" in args.loops:
+            size = args.repeats or (4 if args.quick else 40)
+            precise.emit(
+                f"#### Short blocks at random moments: {size} of each size on asyncio, seen by each\n\n"
+                + blocks.table(size)
+            )
         return 0
     started = time.perf_counter()
     names = list(variants.VARIANTS)

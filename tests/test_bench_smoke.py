@@ -121,3 +121,6 @@ def test_quick_causes_run_scores_every_injected_cause_on_both_loops() -> None:
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.split("|")[2:4]]
         assert all(re.fullmatch(r"\d+/2|not here", cell) for cell in cells), line
+    (short,) = (body for title, body in found.items() if title.startswith("Short blocks"))
+    assert rows(short) == ["10 ms", "20 ms", "50 ms", "80 ms"]
+    assert all(re.fullmatch(r"(\| \d+/4 ){3}\|", line.split("ms ", 1)[1]) for line in short.splitlines()[2:]), short
