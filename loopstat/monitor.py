@@ -24,6 +24,7 @@ from loopstat.probes import cpu as _cpu
 from loopstat.probes import executor as _executor
 from loopstat.probes import frames as _frames
 from loopstat.probes import gc as _gc
+from loopstat.probes import iteration as _iteration
 from loopstat.probes import lag as _lag
 from loopstat.probes import profile as _profile
 from loopstat.probes import stalls as _stalls
@@ -50,6 +51,7 @@ _ATTACH: Tuple[Tuple[str, Attach], ...] = (
     ("lag", _lag.attach),
     ("tasks", _tasks.attach),
     ("utilization", _utilization.attach),
+    ("iteration", _iteration.attach),
     ("cpu", _cpu.attach),
     ("throttled", _throttled.attach),
     ("stalls", _stalls.attach),
