@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from dataclasses import dataclass
-from time import perf_counter
 from types import FrameType
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -97,16 +96,10 @@ class Explainer:
         """Called on the loop's thread when it may have changed."""
         self.thread = signals.this_thread()
 
-    def seen(self, coroutine: Optional[Tuple[int, str]], frames: Sequence[Frame], planned: float) -> Seen:
-        """Called by the watchdog right after it read the stack of a stuck loop (``frames``, the task's
-        ``coroutine``); ``planned``: when it meant to look."""
-        now = perf_counter()
-        return Seen(
-            self._signals.read(self.thread),
-            max(0.0, now - planned),
-            importing(frames),
-            coroutine,
-        )
+    def seen(self, coroutine: Optional[Tuple[int, str]], frames: Sequence[Frame], late: float) -> Seen:
+        """Called by the watchdog after it read the stack of a stuck loop (``frames``, the task's ``coroutine``);
+        ``late``: how long after it was due the look came."""
+        return Seen(self._signals.read(self.thread), max(0.0, late), importing(frames), coroutine)
 
     def explain(self, seen: Optional[Seen], started: float, now: float) -> Tuple[Verdict, Optional[str]]:
         """The cause of the stall from ``started`` to ``now`` and the task that waited; on the loop's thread."""

@@ -440,22 +440,30 @@ class StallProbe:
             # GIL, the watchdog gets in just as the call returns, and the loop
             # thread still stands where it made the call.
             frames, whole, coroutine = _thread_stack(self.thread_id)
+            looked = perf_counter()
             seen = self.mark() == mark  # else the loop moved on before the watchdog could look
             when = then()
             if seen:
                 # The signals next: reading their files lets the loop run on, so only after ``then``.
-                signals = self._read_signals(coroutine, frames)
+                signals = self._read_signals(coroutine, frames, mark, looked)
                 self.capture = capture_stack(mark, frames, whole, self.outer, signals)
         return when
 
-    def _read_signals(self, coroutine: Optional[Tuple[int, str]], frames: List[Frame]) -> Optional[Seen]:
+    def _read_signals(
+        self, coroutine: Optional[Tuple[int, str]], frames: List[Frame], mark: float, looked: float
+    ) -> Optional[Seen]:
         explainer = self._explainer
         if explainer is None:
             return None
         try:
-            # A look planned at the wake-up (-inf) was due as the loop woke, at the stall's mark.
-            planned = self._planned if math.isfinite(self._planned) else self.mark()
-            return explainer.seen(coroutine, frames, planned)
+            # The watchdog looks at a busy loop by its mark + threshold at the latest (planned earlier,
+            # or at the wake-up, -inf); a resting beat is looked at on the watchdog's own plan.
+            due = mark + self.threshold
+            if self.resting:
+                planned = self._planned if math.isfinite(self._planned) else due
+            else:
+                planned = min(self._planned, due) if math.isfinite(self._planned) else mark
+            return explainer.seen(coroutine, frames, looked - planned)
         except Exception:  # the stall is reported without its cause
             log.debug("loopstat: could not read the signals of a stall", exc_info=True)
             return None
