@@ -26,6 +26,7 @@ from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
 from tests import inside
 from tests.interrupts import interrupting_at_the_call_of
+from tests.machine import runqueue_seconds
 from tests.receiver import Receiver
 
 
@@ -56,10 +57,11 @@ async def wait_for_stalls(monitor: loopstat.Monitor, count: int, timeout: float 
 
 
 async def located_stall(monitor: loopstat.Monitor, seconds: float = 0.3, tries: int = 5) -> int:
-    """Block the loop in ``blocking_function`` until a stall is counted and located; return the blocks made.
+    """Block the loop in ``blocking_function`` until a stall is counted and located there; return the blocks made.
 
     On a loaded machine the watchdog thread may get the CPU only after a block
-    ended, too late to name it: then the block is made again, twice as long.
+    ended, too late to name it, and the machine may stall the loop itself:
+    then the block is made again, twice as long.
     """
     blocks = 0
     while blocks < tries:
@@ -67,7 +69,8 @@ async def located_stall(monitor: loopstat.Monitor, seconds: float = 0.3, tries: 
         blocking_function(seconds)
         blocks += 1
         await wait_for_stalls(monitor, counted + 1)
-        if monitor.last_stall is not None and monitor.last_stall.location is not None:
+        stall = monitor.last_stall
+        if stall is not None and stall.location is not None and stall.location.endswith(WHERE):
             break
         seconds *= 2
     return blocks  # after as many tries, the caller's checks say what is missing
@@ -112,14 +115,19 @@ async def test_the_full_stack_goes_to_debug(loopstat_log: pytest.LogCaptureFixtu
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_each_stall_sends_a_count_and_its_duration(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="app") as monitor:
-        await asyncio.sleep(0.2)
-        blocking_function(0.25)
-        await asyncio.sleep(0.2)
-        blocking_function(0.35)
+        blocked, stolen = [], []
+        for seconds in (0.25, 0.35):
+            waited = runqueue_seconds()
+            await asyncio.sleep(0.2)
+            blocked.append(blocking_function(seconds))
+            stolen.append((runqueue_seconds() - waited) * 1000.0)
         await wait_for_stalls(monitor, 2)
         stalls = await receiver.wait_count("app.stall", "ms", 2)
     assert receiver.values("app.stalls", "c") == [1, 1]
-    assert sorted(stalls) == pytest.approx([250, 350], abs=10 + 0.05 * 350)
+    for reported, block, lost in zip(stalls, blocked, stolen):
+        # Each stall is its block, within 10 ms + 5%; it may also hold the time the machine kept the
+        # ready loop thread off the CPU just before the block (measured, so a wrong duration still fails).
+        assert block - 10 - 0.05 * block <= reported <= block + lost + 10 + 0.05 * block, (reported, block, lost)
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
@@ -634,7 +642,8 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
         loop.run_until_complete(monitor.stop())
     finally:
         loop.close()
-    assert monitor.stalls == blocks
+    # The stall the test made is seen and located; a loaded machine may add stalls of its own to the count.
+    assert monitor.stalls >= blocks
     assert monitor.last_stall is not None
     assert monitor.last_stall.location is not None
     assert monitor.last_stall.location.endswith(WHERE)
