@@ -89,7 +89,7 @@ def shutdown(monitor: loopstat.Monitor) -> None:
 def recorded_stalls(monitor: loopstat.Monitor) -> List[Stall]:
     """Every stall the monitor reports from now on, in order (``last_stall`` keeps only the latest)."""
     watch = stall_watch(monitor)
-    assert watch is not None, "stalls are off"
+    assert watch is not None, "no stall watch: stalls are off, or the monitor has not started yet"
     seen: List[Stall] = []
     report = watch._on_stall
 

@@ -778,13 +778,14 @@ async def test_a_stall_in_a_timer_due_with_the_samplers_is_counted(receiver: Rec
     loop = asyncio.get_running_loop()
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.2) as monitor:
         await asyncio.sleep(0.5)
+        seen = inside.recorded_stalls(monitor)  # a loaded machine may add stalls of its own
         blocked: list[float] = []
         loop.call_at(inside.next_sample(monitor), lambda: blocked.append(blocking_function(0.3)))
-        await wait_for_stalls(monitor, 1)
-        await asyncio.sleep(0.3)
-    assert monitor.stalls == 1
-    assert monitor.last_stall is not None
-    assert monitor.last_stall.duration >= 250
+        deadline = time.monotonic() + 30
+        while not any(stall.duration >= 250 for stall in seen):
+            assert time.monotonic() < deadline, f"the 300 ms block was not counted; seen: {seen}"
+            await asyncio.sleep(0.01)
+    assert blocked
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env

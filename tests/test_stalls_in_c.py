@@ -157,8 +157,8 @@ async def stall_of(name: str, **options: Any) -> None:
     for _ in range(TRIES):
         argument = call.argument(size)  # made before the monitor starts: making a big one is a stall too
         async with loopstat.install("127.0.0.1", 9, **options) as monitor:
-            seen = inside.recorded_stalls(monitor)
             await asyncio.sleep(0.1)  # the loop waits, then wakes to the call, as for a request
+            seen = inside.recorded_stalls(monitor)
             blocked = call.app(argument)
             if blocked >= AT_LEAST_MS:
                 stall = await stall_of_the_call(seen, where, blocked)
