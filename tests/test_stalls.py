@@ -814,3 +814,15 @@ async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle() -> None
     assert all(duration >= 0.9 * min(blocked) for duration in durations), durations
     for duration, block in zip(durations[1:], blocked[1:]):
         assert_duration_close(duration, block)
+
+
+def test_a_dropped_monitors_finalizer_run_inside_the_applications_call_leaves_the_stall_to_it() -> None:
+    """The collector runs a dropped monitor's ``__del__`` inside whatever allocates (a big ``json.loads``):
+    the watchdog may get in there, and the stall is still the application's, at its line."""
+    monitor_file = loopstat.monitor.__file__
+    app = (__file__, 97, "load_report")
+    inside_finalizer = [app, (monitor_file, 243, "__del__"), (monitor_file, 230, "_shutdown")]
+    assert stacks.blame(inside_finalizer, True, ()) == (app, False)
+    # loopstat's own code that is no finalizer stays loopstat's.
+    in_its_own_code = [app, (monitor_file, 230, "_shutdown")]
+    assert stacks.blame(in_its_own_code, True, ()) == (in_its_own_code[1], True)
