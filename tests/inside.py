@@ -7,6 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import pytest
 
 import loopstat
+from loopstat import Stall
 from loopstat import monitor as _monitor
 from loopstat._metrics import Line
 from loopstat.probes import Attach, Watched, stalls
@@ -83,3 +84,42 @@ def on_loop_close_instead(monkeypatch: pytest.MonkeyPatch, monitor: loopstat.Mon
 def shutdown(monitor: loopstat.Monitor) -> None:
     """Release everything the monitor holds at once, as its close guard does; for a loop closed past the guard."""
     monitor._shutdown()
+
+
+def recorded_stalls(monitor: loopstat.Monitor) -> List[Stall]:
+    """Every stall the monitor reports from now on, in order (``last_stall`` keeps only the latest)."""
+    watch = stall_watch(monitor)
+    assert watch is not None, "no stall watch: stalls are off, or the monitor has not started yet"
+    seen: List[Stall] = []
+    report = watch._on_stall
+
+    def recording(stall: Stall) -> None:
+        seen.append(stall)
+        report(stall)
+
+    watch._on_stall = recording
+    return seen
+
+
+class _LagRecording(loopstat.Monitor):
+    """A monitor that keeps every lag its sampler sets, not only the latest."""
+
+    lags_seen: List[float]
+
+    @property
+    def lag(self) -> float:
+        return float(self.__dict__["lag"])
+
+    @lag.setter
+    def lag(self, value: float) -> None:
+        self.__dict__["lag"] = value
+        self.lags_seen.append(value)
+
+
+def recorded_lags(monitor: loopstat.Monitor) -> List[float]:
+    """Every lag the monitor's sampler sets from now on (the next sample may overwrite ``monitor.lag`` at once)."""
+    assert type(monitor) is loopstat.Monitor
+    seen: List[float] = []
+    monitor.__dict__["lags_seen"] = seen
+    monitor.__class__ = _LagRecording
+    return seen

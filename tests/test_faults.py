@@ -10,6 +10,7 @@ import pytest
 
 import loopstat
 from loopstat.probes import Watched
+from tests import inside
 from tests.receiver import Receiver
 
 
@@ -19,10 +20,12 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def lag_follows_a_block(monitor: loopstat.Monitor) -> None:
     """Assert the monitor keeps sampling: a 150 ms block shows in monitor.lag."""
+    # Every lag set is kept: at a 10 ms interval the next sample may overwrite it before this task looks.
+    lags = inside.recorded_lags(monitor)
     time.sleep(0.15)
-    deadline = time.monotonic() + 5
-    while monitor.lag < 100:
-        assert time.monotonic() < deadline, "monitor.lag did not follow the block"
+    deadline = time.monotonic() + 30
+    while max(lags, default=0.0) < 100:
+        assert time.monotonic() < deadline, f"monitor.lag did not follow the block: {lags}"
         await asyncio.sleep(0.005)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,9 +33,8 @@ def new_loop():
 LAST = [("last", "g", 1.0)]
 
 async def main():
-    # -X dev warns of steps over 100 ms and loopstat of stalls over 100 ms: beside a CPU hog
-    # per core, any step can take 140 ms. A second still shows a start or stop that blocks.
-    asyncio.get_running_loop().slow_callback_duration = 1.0
+    # -X dev warns of steps over 100 ms (the test runs again when one was slow), and loopstat
+    # of stalls over 100 ms: beside a CPU hog per core, any step can take 140 ms.
     monitor = loopstat.install("127.0.0.1", {port}, interval=0.05, stall_threshold=1.0)
     await asyncio.sleep(0.1)
     # Right after a sample, so the next one is a whole interval away: the ending
@@ -83,6 +83,25 @@ def run_app(tmp_path: Path, source: str, options: Sequence[str], **fields: objec
     return subprocess.run([sys.executable, *options, str(script)], capture_output=True, text=True, timeout=60)
 
 
+# asyncio's warning, under -X dev, of a step that took over 100 ms.
+SLOW_STEP = re.compile(r"Executing .* took \d+\.\d+ seconds")
+# Runs of a program whose only complaint was a slow step: beside a CPU hog per core, a step of the
+# program's own may take 140 ms now and then, but a start or stop that blocks is slow every time.
+SLOW_STEP_TRIES = 5
+
+
+def run_app_at_a_quiet_moment(
+    tmp_path: Path, source: str, options: Sequence[str], **fields: object
+) -> subprocess.CompletedProcess[str]:
+    """Run the program as ``run_app`` does, again while the only thing it wrote to stderr was slow steps."""
+    for _ in range(SLOW_STEP_TRIES):
+        done = run_app(tmp_path, source, options, **fields)
+        lines = done.stderr.splitlines()
+        if not lines or not all(SLOW_STEP.fullmatch(line) for line in lines):
+            break
+    return done
+
+
 @pytest.fixture
 def busy_cores() -> Iterator[None]:
     """Keep every core busy with processes that spin, as on a loaded machine; killed at the end."""
@@ -101,10 +120,10 @@ def busy_cores() -> Iterator[None]:
 def test_ending_the_loop_leaves_no_warnings_and_flushes(
     tmp_path: Path, receiver: Receiver, loop: str, end: str
 ) -> None:
-    """Under ``-X dev`` asyncio warns of slow steps: loopstat's own start and stop must not be one (1 s, for load)."""
+    """Under ``-X dev`` asyncio warns of slow steps (over 100 ms): loopstat's own start and stop must not be one."""
     # The warning about the loop left open is the application's, not loopstat's.
     options = ("-X", "dev", "-W", "error", "-W", "ignore:unclosed event loop:ResourceWarning")
-    done = run_app(tmp_path, APP, options, port=receiver.port, loop=loop, end=end)
+    done = run_app_at_a_quiet_moment(tmp_path, APP, options, port=receiver.port, loop=loop, end=end)
     assert done.stderr == ""
     assert done.stdout == "clean exit\n"
     assert done.returncode == 0
@@ -123,7 +142,6 @@ def new_loop():
     return asyncio.new_event_loop()
 
 async def main():
-    asyncio.get_running_loop().slow_callback_duration = 1.0  # as in APP: a loaded machine's steps
     async with loopstat.install("127.0.0.1", {port}, interval=0.01, stall_threshold=1.0):
         await asyncio.sleep(0.2)
 
@@ -143,7 +161,7 @@ print("threads:", threading.active_count())
 def test_a_fork_after_the_last_monitor_stopped_finds_no_watchdog_thread(
     tmp_path: Path, receiver: Receiver, loop: str
 ) -> None:
-    done = run_app(tmp_path, FORK_APP, ("-X", "dev", "-W", "error"), port=receiver.port, loop=loop)
+    done = run_app_at_a_quiet_moment(tmp_path, FORK_APP, ("-X", "dev", "-W", "error"), port=receiver.port, loop=loop)
     assert done.stderr == ""
     assert done.stdout == "threads: 1\n"
     assert done.returncode == 0

@@ -26,6 +26,7 @@ from loopstat.probes import gc as gc_probe
 from loopstat.probes import stalls
 from tests import inside
 from tests.interrupts import interrupting_at_the_call_of
+from tests.machine import runqueue_seconds
 from tests.receiver import Receiver
 
 
@@ -56,10 +57,11 @@ async def wait_for_stalls(monitor: loopstat.Monitor, count: int, timeout: float 
 
 
 async def located_stall(monitor: loopstat.Monitor, seconds: float = 0.3, tries: int = 5) -> int:
-    """Block the loop in ``blocking_function`` until a stall is counted and located; return the blocks made.
+    """Block the loop in ``blocking_function`` until a stall is counted and located there; return the blocks made.
 
     On a loaded machine the watchdog thread may get the CPU only after a block
-    ended, too late to name it: then the block is made again, twice as long.
+    ended, too late to name it, and the machine may stall the loop itself:
+    then the block is made again, twice as long.
     """
     blocks = 0
     while blocks < tries:
@@ -67,7 +69,8 @@ async def located_stall(monitor: loopstat.Monitor, seconds: float = 0.3, tries: 
         blocking_function(seconds)
         blocks += 1
         await wait_for_stalls(monitor, counted + 1)
-        if monitor.last_stall is not None and monitor.last_stall.location is not None:
+        stall = monitor.last_stall
+        if stall is not None and stall.location is not None and stall.location.endswith(WHERE):
             break
         seconds *= 2
     return blocks  # after as many tries, the caller's checks say what is missing
@@ -114,14 +117,19 @@ async def test_the_full_stack_goes_to_debug(loopstat_log: pytest.LogCaptureFixtu
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_each_stall_sends_a_count_and_its_duration(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="app") as monitor:
-        await asyncio.sleep(0.2)
-        blocking_function(0.25)
-        await asyncio.sleep(0.2)
-        blocking_function(0.35)
+        blocked, stolen = [], []
+        for seconds in (0.25, 0.35):
+            waited = runqueue_seconds()
+            await asyncio.sleep(0.2)
+            blocked.append(blocking_function(seconds))
+            stolen.append((runqueue_seconds() - waited) * 1000.0)
         await wait_for_stalls(monitor, 2)
         stalls = await receiver.wait_count("app.stall", "ms", 2)
     assert receiver.values("app.stalls", "c") == [1, 1]
-    assert sorted(stalls) == pytest.approx([250, 350], abs=10 + 0.05 * 350)
+    for reported, block, lost in zip(stalls, blocked, stolen):
+        # Each stall is its block, within 10 ms + 5%; it may also hold the time the machine kept the
+        # ready loop thread off the CPU just before the block (measured, so a wrong duration still fails).
+        assert block - 10 - 0.05 * block <= reported <= block + lost + 10 + 0.05 * block, (reported, block, lost)
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
@@ -639,7 +647,8 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
         loop.run_until_complete(monitor.stop())
     finally:
         loop.close()
-    assert monitor.stalls == blocks
+    # The stall the test made is seen and located; a loaded machine may add stalls of its own to the count.
+    assert monitor.stalls >= blocks
     assert monitor.last_stall is not None
     assert monitor.last_stall.location is not None
     assert monitor.last_stall.location.endswith(WHERE)
@@ -774,13 +783,14 @@ async def test_a_stall_in_a_timer_due_with_the_samplers_is_counted(receiver: Rec
     loop = asyncio.get_running_loop()
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.2) as monitor:
         await asyncio.sleep(0.5)
+        seen = inside.recorded_stalls(monitor)  # a loaded machine may add stalls of its own
         blocked: list[float] = []
         loop.call_at(inside.next_sample(monitor), lambda: blocked.append(blocking_function(0.3)))
-        await wait_for_stalls(monitor, 1)
-        await asyncio.sleep(0.3)
-    assert monitor.stalls == 1
-    assert monitor.last_stall is not None
-    assert monitor.last_stall.duration >= 250
+        deadline = time.monotonic() + 30
+        while not any(stall.duration >= 250 for stall in seen):
+            assert time.monotonic() < deadline, f"the 300 ms block was not counted; seen: {seen}"
+            await asyncio.sleep(0.01)
+    assert blocked
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
@@ -809,3 +819,15 @@ async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle() -> None
     assert all(duration >= 0.9 * min(blocked) for duration in durations), durations
     for duration, block in zip(durations[1:], blocked[1:]):
         assert_duration_close(duration, block)
+
+
+def test_a_dropped_monitors_finalizer_run_inside_the_applications_call_leaves_the_stall_to_it() -> None:
+    """The collector runs a dropped monitor's ``__del__`` inside whatever allocates (a big ``json.loads``):
+    the watchdog may get in there, and the stall is still the application's, at its line."""
+    monitor_file = loopstat.monitor.__file__
+    app = (__file__, 97, "load_report")
+    inside_finalizer = [app, (monitor_file, 243, "__del__"), (monitor_file, 230, "_shutdown")]
+    assert stacks.blame(inside_finalizer, True, ()) == (app, False)
+    # loopstat's own code that is no finalizer stays loopstat's.
+    in_its_own_code = [app, (monitor_file, 230, "_shutdown")]
+    assert stacks.blame(in_its_own_code, True, ()) == (in_its_own_code[1], True)

@@ -15,13 +15,14 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 
 import loopstat
 from loopstat import Stall
 from loopstat.probes import frames, stalls
+from tests import inside
 from tests.test_stalls import line_of
 
 # How long each C call is sized to last, and the least a test accepts to have
@@ -131,17 +132,15 @@ CALLS: Dict[str, Call] = {
 sizes: Dict[str, int] = {}
 
 
-async def stall_of_the_call(monitor: loopstat.Monitor, where: str, blocked: float, timeout: float = 30.0) -> Stall:
-    """The stall the call made: located at ``where``, or unlocated but as long as the call.
+async def stall_of_the_call(seen: List[Stall], where: str, blocked: float, timeout: float = 30.0) -> Stall:
+    """The stall the call made, among those ``seen``: located at ``where``, or unlocated but as long as the call.
 
-    A loaded machine may add stalls of its own (short of CPU), before or after it.
+    A loaded machine may add stalls of its own (short of CPU), before or after it,
+    and report one right after the call's, so every stall reported is looked at.
     """
-    seen: list[Stall] = []
     deadline = time.monotonic() + timeout
     while True:
-        stall = monitor.last_stall
-        if stall is not None and stall not in seen:
-            seen.append(stall)
+        for stall in seen:
             if stall.location is not None and stall.location.endswith(where):
                 return stall
             if stall.location is None and stall.duration >= blocked / 2:
@@ -159,9 +158,10 @@ async def stall_of(name: str, **options: Any) -> None:
         argument = call.argument(size)  # made before the monitor starts: making a big one is a stall too
         async with loopstat.install("127.0.0.1", 9, **options) as monitor:
             await asyncio.sleep(0.1)  # the loop waits, then wakes to the call, as for a request
+            seen = inside.recorded_stalls(monitor)
             blocked = call.app(argument)
             if blocked >= AT_LEAST_MS:
-                stall = await stall_of_the_call(monitor, where, blocked)
+                stall = await stall_of_the_call(seen, where, blocked)
                 # Unlocated: the watchdog thread got no CPU during the call, so never asked to look.
                 if stall.location is not None:
                     break

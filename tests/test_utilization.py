@@ -14,13 +14,16 @@ import pytest
 
 import loopstat
 from loopstat.probes.selector_clock import SelectorClock
+from tests.machine import runqueue_seconds
 from tests.receiver import Receiver
 
 
-async def duty_cycle(busy_share: float, seconds: float, period: float = 0.02) -> Tuple[float, float]:
+async def duty_cycle(busy_share: float, seconds: float, period: float = 0.02) -> Tuple[float, float, float]:
     """Keep the loop busy for ``busy_share`` of each period; return the busy share really achieved,
-    in wall time and in the thread's CPU time (less, when other processes take the core)."""
+    in wall time and in the thread's CPU time (less, when other processes take the core), and the
+    share of wall time the thread waited, runnable, for a core."""
     busy = cpu = 0.0
+    waited = runqueue_seconds()
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         spin_from, cpu_from = time.perf_counter(), time.thread_time()
@@ -30,7 +33,7 @@ async def duty_cycle(busy_share: float, seconds: float, period: float = 0.02) ->
         cpu += time.thread_time() - cpu_from
         await asyncio.sleep((1 - busy_share) * period)
     wall = time.perf_counter() - started
-    return busy / wall, cpu / wall
+    return busy / wall, cpu / wall, (runqueue_seconds() - waited) / wall
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
@@ -43,7 +46,7 @@ async def test_utilization_and_cpu_follow_the_busy_share_of_cpu_work(
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.1, stall_threshold=None):
         await duty_cycle(busy_share, 0.3)  # warm-up: the first window starts at install()
         seen = len(receiver.values("loopstat.utilization", "g"))
-        truth, on_cpu = await duty_cycle(busy_share, 2.0)
+        truth, on_cpu, stolen = await duty_cycle(busy_share, 2.0)
         window = receiver.values("loopstat.utilization", "g")[seen:]
         cpu = receiver.values("loopstat.cpu", "g")[seen:]
     assert len(window) >= 10
@@ -51,7 +54,12 @@ async def test_utilization_and_cpu_follow_the_busy_share_of_cpu_work(
     # Stdlib loops: wall time not spent waiting, within 5 points. uvloop: the thread's CPU time (here
     # all the busy time is the spin's), within 10 points; a spin the machine preempted is idle there.
     expected, bound = (truth, 0.05) if stdlib else (on_cpu, 0.1)
-    assert abs(measured - expected) <= bound, f"utilization {measured:.3f}, busy {truth:.3f}, on the CPU {on_cpu:.3f}"
+    # On stdlib loops, time the machine kept the ready thread off the CPU outside the selector is not
+    # waiting either: the gauge may rise by that share, no more (a gauge off by more still fails).
+    above = stolen if stdlib else 0.0
+    assert expected - bound <= measured <= expected + above + bound, (
+        f"utilization {measured:.3f}, busy {truth:.3f}, on the CPU {on_cpu:.3f}, waiting for a core {stolen:.3f}"
+    )
     # Spinning is CPU work: the thread's CPU share follows it.
     cpu_share = sum(cpu) / len(cpu)
     assert abs(cpu_share - on_cpu) <= 0.1, f"cpu {cpu_share:.3f}, spinning on the CPU {on_cpu:.3f}"
