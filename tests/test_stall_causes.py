@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
@@ -155,7 +156,8 @@ async def test_a_full_collection_of_a_large_cyclic_heap_is_gc(receiver: Receiver
 
 
 async def test_a_slow_import_is_import_and_names_its_module(receiver: Receiver, tmp_path: Path) -> None:
-    names = iter(f"slow_module_{os.getpid()}_{n}_{id(tmp_path)}" for n in range(100))
+    # Never a name imported before in this process (an earlier test's module would come from sys.modules: no block).
+    names = iter(f"slow_module_{uuid.uuid4().hex}" for _ in range(100))
     (tmp_path / "__init__.py").write_text("")
     sys.path.insert(0, str(tmp_path))
 
