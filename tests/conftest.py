@@ -77,6 +77,19 @@ else:
             return policy
         return asyncio.DefaultEventLoopPolicy()
 
+    @pytest.fixture(autouse=True)
+    def close_leftover_loop() -> Iterator[None]:
+        """Close the unused loop pytest-asyncio 1.2 leaves set on the policy after a test.
+
+        Dropped unclosed, its ResourceWarning (an error here) would land on whichever later test the
+        collector runs in.
+        """
+        yield
+        policy = asyncio.get_event_loop_policy()
+        loop = getattr(getattr(policy, "_local", None), "_loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running() and not loop.is_closed():
+            loop.close()
+
 
 @pytest.fixture(autouse=True)  # autouse: every test's closure has it, so any async test can be parametrized (3.9)
 def loop_kind(request: pytest.FixtureRequest) -> str:
