@@ -42,8 +42,10 @@ TAGS = {"service": "demo"}
 #: Sample often, so a short demo still shows a few samples per phase.
 INTERVAL = 0.1
 STALL_SECONDS = 0.1
-#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold.
-WORK_SECONDS = 0.15
+#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold,
+#: and than two sample intervals. The sampler's next timer is armed as a block ends, an interval later;
+#: with back-to-back blocks it falls inside the next one, and lag shows the part of it that is left.
+WORK_SECONDS = 0.25
 #: Time between two requests of one worker.
 PAUSE_SECONDS = 0.05
 WORKERS = 2
