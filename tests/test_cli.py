@@ -440,7 +440,9 @@ def test_demo_in_a_terminal_at_80x24_shows_phases_metrics_with_units_and_the_blo
         assert row(during, name)[0] == name.strip()
     assert row(during, "loopstat.lag")[2].endswith(" ms")
     assert row(during, "loopstat.utilization")[2].endswith("%")
-    assert row(during, "loopstat.stalls")[2].endswith("/s")
+    stalls = row(during, "loopstat.stalls")
+    assert stalls[1].startswith("cause:"), "stalls are broken down by their cause tag"
+    assert stalls[3].endswith("/s")
     assert_nothing_wraps_letter_by_letter(during)
     assert term.wait_exit(30) == 0
     screen = term.text()
@@ -461,7 +463,8 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
     assert list(rows) == ["healthy", "I/O on loop", "I/O in thread", "CPU on loop", "CPU in process"]
     summary = out.split("\n\nloopstat demo: what the service's loop went through")[1]
     assert max(map(len, summary.splitlines())) < 80, "no line of the summary wraps in an 80-column terminal"
-    # Each blocked request holds the loop for 150 ms, past the stall threshold (100 ms).
+    # Each blocked request holds the loop for 250 ms, past the stall threshold (100 ms); lag sees 150 ms of it
+    # (the sampler's timer, armed as one block ends, is due 100 ms into the next).
     for on_loop, moved, advice in (
         ("I/O on loop", "I/O in thread", "to a thread (asyncio.to_thread, run_in_executor)"),
         ("CPU on loop", "CPU in process", "to a process pool (threads share the GIL)"),
@@ -569,3 +572,65 @@ def test_sigint_to_a_piped_demo_exits_130_with_the_phases_that_ran() -> None:
     assert proc.returncode == 130
     assert err == ""
     assert list(summary_rows(out)) == ["healthy (cut)"]
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+
+
+def _can_throttle() -> bool:
+    """Whether this machine lets the demo make its throttled cgroup: root and a writable v1 cpu controller."""
+    return os.geteuid() == 0 and os.access(CPU_V1 / "cpu.cfs_quota_us", os.W_OK)
+
+
+def demo_groups() -> List[Path]:
+    return sorted(CPU_V1.glob("loopstat-demo-*")) if CPU_V1.is_dir() else []
+
+
+def test_the_throttled_phase_runs_under_a_real_cpu_quota_shows_throttled_and_causes_and_leaves_no_cgroup() -> None:
+    before = demo_groups()
+    command = [*LOOPSTAT, "demo", "--seconds", "5", "--throttle"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    out = done.stdout
+    assert demo_groups() == before, "the demo's cgroup is removed"
+    if not _can_throttle():
+        assert re.search(r"^  no throttled phase: \S.*$", out, re.M), out
+        assert list(summary_rows(out))[-1] == "CPU in process"
+        return
+    assert "# phase 6/6: CPU work on the loop under a 20 % CPU quota" in out
+    rows = summary_rows(out)
+    assert list(rows)[-1] == "throttled"
+    # The view's rows while the service is in the group: its throttled share and its stalls tagged with their cause.
+    during = out.split("# phase 6/6")[1].split("\n\nloopstat demo:")[0]
+    assert re.search(r"^loopstat\.throttled g service:demo last=", during, re.M)
+    assert re.search(r"^loopstat\.stalls c cause:throttled,service:demo ", during, re.M)
+    assert "loopstat.throttled" not in out.split("# phase 6/6")[0], "sent only while the process has a CPU limit"
+    # 250 ms of CPU in every 300 ms asked for, 20 ms in every 100 ms allowed: frozen most of the time.
+    [share] = re.findall(r"^  throttled: the CPU quota froze the service (\S+)% of the time;$", out, re.M)
+    assert float(share) > 30
+    [causes] = re.findall(r"^    its stalls by cause: (.*)$", out, re.M)
+    assert causes.startswith("throttled "), "most of its stalls are the quota's"
+    assert int(rows["throttled"][3]) >= 1
+    assert float(rows["throttled"][2][:-1]) < 35, "the loop thread gets little more than its 20 % of a core"
+
+
+def test_ctrl_c_in_the_throttled_phase_removes_the_cgroup() -> None:
+    if not _can_throttle():
+        pytest.skip("needs root and a writable cgroup v1 cpu controller")
+    before = demo_groups()
+    proc = subprocess.Popen(
+        [*LOOPSTAT, "demo", "--seconds", "5", "--throttle"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("# phase 6/6"):
+            break
+    [group] = set(demo_groups()) - set(before)
+    assert str(proc.pid) in (group / "cgroup.procs").read_text().split(), "the demo's process is in the group"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err == ""
+    assert list(summary_rows(out))[-1] == "throttled (cut)"
+    assert not group.exists()

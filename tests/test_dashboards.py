@@ -322,3 +322,41 @@ def test_every_datadog_graph_has_the_unit_of_what_it_shows() -> None:
                     )
                 # A ratio (0 to 1) is shown in percent: multiplied by 100.
                 assert (expected == "ratio") == formula["formula"].endswith("* 100"), formula
+
+
+def grafana_overlaps(panels: List[Any]) -> List[Tuple[str, str]]:
+    """Pairs of panel titles whose gridPos rectangles share a cell (Grafana would stack one on the other)."""
+    found: List[Tuple[str, str]] = []
+    for index, first in enumerate(panels):
+        a = first["gridPos"]
+        for second in panels[index + 1 :]:
+            b = second["gridPos"]
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            if not apart:
+                found.append((first["title"], second["title"]))
+    return found
+
+
+def test_no_two_grafana_panels_overlap() -> None:
+    panels = json.loads((DASHBOARDS / "grafana-graphite.json").read_text())["panels"]
+    assert panels
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert min(grid["x"], grid["y"]) >= 0, panel["title"]
+        assert min(grid["w"], grid["h"]) > 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, f"wider than Grafana's 24 columns: {panel['title']}"
+    assert grafana_overlaps(panels) == []
+
+
+def test_an_overlap_is_found_where_rectangles_share_a_cell_and_not_where_they_only_touch() -> None:
+    # Without this, a check that never finds anything would pass for the wrong reason.
+    def panel(title: str, x: int, y: int, w: int, h: int) -> Any:
+        return {"title": title, "gridPos": {"x": x, "y": y, "w": w, "h": h}}
+
+    assert grafana_overlaps([panel("a", 0, 0, 8, 8), panel("b", 7, 7, 8, 8)]) == [("a", "b")]
+    assert grafana_overlaps([panel("a", 0, 0, 8, 8), panel("b", 8, 0, 8, 8), panel("c", 0, 8, 8, 8)]) == []

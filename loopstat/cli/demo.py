@@ -5,25 +5,32 @@ service's loop is blocked), with loopstat installed and sending to the
 receiver. Each of its requests asks a slow backend (served by the receiver's
 loop) for a report, or crunches numbers. Five phases: awaiting the backend;
 reading it with a blocking socket on the loop, then in a thread; pure-Python
-CPU work on the loop, then in a process pool. The summary holds what the
+CPU work on the loop, then in a process pool. With ``--throttle``, a sixth:
+the same CPU work on the loop in a cgroup with a CPU quota, where the kernel
+throttles it for real (root and a writable cgroup ``cpu`` controller only;
+skipped otherwise, with the reason in the summary). The summary holds what the
 receiver saw in each phase, and advice drawn from those numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import errno
 import logging
 import multiprocessing
 import os
 import signal
 import tempfile
 import threading
+import uuid
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, TextIO, Tuple, Union
 
 import loopstat
+from loopstat import _cgroup
 from loopstat import settings as _settings
 from loopstat._notes import loop_name
 from loopstat.cli import fmt, statsd
@@ -35,8 +42,10 @@ TAGS = {"service": "demo"}
 #: Sample often, so a short demo still shows a few samples per phase.
 INTERVAL = 0.1
 STALL_SECONDS = 0.1
-#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold.
-WORK_SECONDS = 0.15
+#: How long the backend takes to answer, and each request's CPU work: longer than the stall threshold,
+#: and than two sample intervals. The sampler's next timer is armed as a block ends, an interval later;
+#: with back-to-back blocks it falls inside the next one, and lag shows the part of it that is left.
+WORK_SECONDS = 0.25
 #: Time between two requests of one worker.
 PAUSE_SECONDS = 0.05
 WORKERS = 2
@@ -75,6 +84,84 @@ PHASES = (
     Phase("CPU on loop", "CPU-bound Python on the loop: crunch_numbers() never awaits", "crunch"),
     Phase("CPU in process", "the same crunch_numbers() in a ProcessPoolExecutor", "crunch", "process"),
 )
+#: With ``--throttle``: the CPU work on the loop again, with the process in a cgroup whose quota is 20 % of a core.
+THROTTLED = Phase("throttled", "CPU work on the loop under a 20 % CPU quota: the kernel freezes it", "crunch")
+#: The quota: 20 ms of CPU in each 100 ms period, as a container limited to 0.2 CPU has.
+PERIOD_US = 100_000
+QUOTA_US = 20_000
+#: The throttled phase lasts at least this long: loopstat reads the throttled time once a second.
+THROTTLED_MIN_SECONDS = 3.0
+
+
+class CpuGroup:
+    """A child cgroup with a CPU quota, for the throttled phase: made, entered, left and removed by the demo.
+
+    A child of the process's own group: in the v1 ``cpu`` hierarchy with ``cpu.cfs_period_us`` and
+    ``cpu.cfs_quota_us``, else in v2 with ``cpu.max`` (``cpu`` must be in the parent's ``subtree_control``).
+    The process is moved with ``cgroup.procs``, which moves all its threads (the view too, which hardly uses
+    the CPU); the pool's processes, started before, stay where they are.
+    """
+
+    def __init__(self, version: Literal[1, 2], home: str, path: str) -> None:
+        self.version = version
+        #: The folder the process was in, where it goes back to.
+        self.home = home
+        self.path = path
+        self.inside = False
+
+    @classmethod
+    def make(cls) -> Union[CpuGroup, str]:
+        """A new group with the quota, or why none can be made here (one short phrase)."""
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            return "it needs root, to make a cgroup with a CPU quota"
+        cgroup, mountinfo = _cgroup.read(_cgroup.CGROUP_PATH), _cgroup.read(_cgroup.MOUNTINFO_PATH)
+        v1 = _cgroup.folder(cgroup, mountinfo, "cpu")
+        home = v1 if v1 is not None else _cgroup.folder(cgroup, mountinfo)
+        if home is None:
+            return "no cgroup cpu controller was found"
+        version: Literal[1, 2] = 1 if v1 is not None else 2
+        group = cls(version, home, os.path.join(home, f"loopstat-demo-{uuid.uuid4().hex[:12]}"))
+        try:
+            os.mkdir(group.path)
+        except OSError as exc:
+            return f"no cgroup could be made ({os.strerror(exc.errno or errno.EIO)})"
+        try:
+            if version == 1:
+                group._write("cpu.cfs_period_us", str(PERIOD_US))
+                group._write("cpu.cfs_quota_us", str(QUOTA_US))
+            else:
+                group._write("cpu.max", f"{QUOTA_US} {PERIOD_US}")
+        except OSError as exc:
+            group.remove()
+            return f"the cgroup's CPU quota could not be set ({os.strerror(exc.errno or errno.EIO)})"
+        atexit.register(group.remove)  # also when the demo ends some other way than through its finally
+        return group
+
+    def _write(self, name: str, text: str, folder: Optional[str] = None) -> None:
+        with open(os.path.join(folder or self.path, name), "w", encoding="ascii") as file:
+            file.write(text)
+
+    def enter(self) -> None:
+        """Move the process (every thread of it) into the group."""
+        self.inside = True  # set first: a move that half worked is still undone by remove()
+        self._write("cgroup.procs", str(os.getpid()))
+
+    def leave(self) -> None:
+        """Move the process back to the group it was in."""
+        if self.inside:
+            self._write("cgroup.procs", str(os.getpid()), self.home)
+            self.inside = False
+
+    def remove(self) -> None:
+        """Leave the group and delete it; quiet and idempotent (it runs again at exit)."""
+        with suppress(OSError):  # rmdir says what is left
+            self.leave()
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logging.getLogger("loopstat").warning("loopstat demo: could not remove the cgroup %s: %s", self.path, exc)
 
 
 #: The service's blocking functions. They are compiled under a file name of their
@@ -150,6 +237,11 @@ class Service:
         self.monitor: Optional[loopstat.Monitor] = None
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
+        # Set to install loopstat anew: it finds the process's CPU limit when it starts.
+        self._restart = threading.Event()
+        # Stalls counted by the monitors before the current one; with it under the lock, read from the demo's thread.
+        self._stalls_before = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="loopstat-demo-service", daemon=True)
         # Spawned, not forked: this process has threads.
         self._pool = ProcessPoolExecutor(WORKERS, multiprocessing.get_context("spawn"))
@@ -164,6 +256,16 @@ class Service:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._thread.start()
+
+    @property
+    def stalls(self) -> int:
+        """Stalls counted so far, by every monitor the service has had."""
+        with self._lock:
+            return self._stalls_before + (0 if self.monitor is None else self.monitor.stalls)
+
+    def restart(self) -> None:
+        """Install loopstat anew once the requests in progress finish (after a move to another cgroup)."""
+        self._restart.set()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -190,14 +292,26 @@ class Service:
             self.error = exc
 
     async def _serve(self) -> None:
-        async with loopstat.install(
-            host="127.0.0.1", port=self.port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, stall_threshold=STALL_SECONDS
-        ) as self.monitor:
-            await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
+        while not self._stop.is_set():
+            self._restart.clear()
+            async with loopstat.install(
+                host="127.0.0.1",
+                port=self.port,
+                prefix=PREFIX,
+                tags=TAGS,
+                interval=INTERVAL,
+                stall_threshold=STALL_SECONDS,
+            ) as monitor:
+                with self._lock:
+                    self.monitor = monitor
+                await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
+            with self._lock:
+                self._stalls_before += monitor.stalls
+                self.monitor = None
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._restart.is_set():
             await asyncio.sleep(PAUSE_SECONDS)
             phase = self.phase
             if phase.work == "await":
@@ -230,6 +344,9 @@ class PhaseTally:
     stalls_seen: int = 0
     stall: Optional[loopstat.Stall] = None
     requests: int = 0
+    #: The throttled shares sent (only under a CPU limit), and the stalls by their cause tag.
+    throttled: List[float] = field(default_factory=list)
+    causes: Dict[str, float] = field(default_factory=dict)
 
 
 class Tally:
@@ -244,10 +361,12 @@ class Tally:
         self._board = board
         self._service = service
         self._switched = board.now()
+        #: Why the throttled phase did not run, when it was asked for and could not.
+        self.skipped: Optional[str] = None
         board.listen(self._on_sample)
 
-    def switch(self, index: int) -> None:
-        self.phases.append(PhaseTally(PHASES[index], stalls_seen=self.phases[-1].stalls_seen if self.phases else 0))
+    def switch(self, phase: Phase) -> None:
+        self.phases.append(PhaseTally(phase, stalls_seen=self.phases[-1].stalls_seen if self.phases else 0))
         self._switched = self._board.now()
 
     def _on_sample(self, now: float, sample: statsd.Sample) -> None:
@@ -262,9 +381,14 @@ class Tally:
             tally.utilization.append(sample.value)
         elif sample.name == f"{PREFIX}.cpu":
             tally.cpu.append(sample.value)
+        elif sample.name == f"{PREFIX}.throttled":
+            tally.throttled.append(sample.value)
+        elif sample.name == f"{PREFIX}.stalls" and sample.type == "c":
+            cause = dict(sample.tags).get("cause", "unknown")
+            tally.causes[cause] = tally.causes.get(cause, 0.0) + sample.value
+        tally.stalls_seen = max(tally.stalls_seen, self._service.stalls)
         monitor = self._service.monitor
         if monitor is not None:
-            tally.stalls_seen = max(tally.stalls_seen, monitor.stalls)
             stall = monitor.last_stall
             if stall is not None and stall.location and tally.phase.blocks:
                 tally.stall = stall
@@ -297,8 +421,23 @@ class Tally:
                 rows.append(f"  {tally.phase.name} stalled at {tally.stall.location.replace(folder, '', 1)}")
         if any(tally.stall is not None for tally in self.phases):
             rows.append(f"  the service's code, to read: {self.service_file}")
+        for tally in self.phases:
+            if tally.phase is THROTTLED:
+                rows += throttled_lines(tally)
+        if self.skipped is not None:
+            rows.append(f"  no throttled phase: {self.skipped}")
         rows += advice({tally.phase.name: tally.lag_max for tally in self.phases if tally.lag_max is not None})
         return "\n".join(rows) + "\n"
+
+
+def throttled_lines(tally: PhaseTally) -> List[str]:
+    """What the throttled phase showed: the share of time the kernel froze the service, and the stalls' causes."""
+    share = fmt.value(sum(tally.throttled) / len(tally.throttled), "%") if tally.throttled else "-"
+    causes = ", ".join(f"{cause} {count:.0f}" for cause, count in sorted(tally.causes.items(), key=lambda c: -c[1]))
+    return [
+        f"  throttled: the CPU quota froze the service {share} of the time;",
+        f"    its stalls by cause: {causes or 'none'}",
+    ]
 
 
 def advice(lags: Dict[str, float]) -> List[str]:
@@ -346,26 +485,49 @@ def _logs_to(handler: logging.Handler) -> Iterator[None]:
         logger.propagate = propagate
 
 
-async def _phases(view: View, service: Service, tally: Tally, stop: asyncio.Event, seconds: float) -> None:
-    """Take the service through every phase, ``seconds`` in all, unless ``stop`` is set first."""
+async def _phases(
+    view: View, service: Service, tally: Tally, stop: asyncio.Event, seconds: float, group: Optional[CpuGroup] = None
+) -> None:
+    """Take the service through every phase, ``seconds`` in all, unless ``stop`` is set first.
+
+    With ``group``, the throttled phase comes last: the process is in the group for that phase only.
+    """
     loop = asyncio.get_running_loop()
-    for index, phase in enumerate(PHASES):
+    phases: Sequence[Phase] = PHASES if group is None else (*PHASES, THROTTLED)
+    for index, phase in enumerate(phases):
+        length = seconds / len(phases)
+        if phase is THROTTLED and group is not None:
+            try:
+                group.enter()
+            except OSError as exc:
+                tally.skipped = f"the process could not join the cgroup ({os.strerror(exc.errno or errno.EIO)})"
+                return
+            service.restart()  # loopstat finds the CPU limit as it starts
+            length = max(length, THROTTLED_MIN_SECONDS)
         before = service.requests
         service.phase = phase
-        tally.switch(index)
-        view.set_status(f"phase {index + 1}/{len(PHASES)}: {phase.text}")
+        tally.switch(phase)
+        view.set_status(f"phase {index + 1}/{len(phases)}: {phase.text}")
         view.tick()  # show the new phase now, not at the next redraw
-        await redraw_until(view, stop, loop.time() + seconds / len(PHASES), REDRAW_SECONDS)
+        try:
+            await redraw_until(view, stop, loop.time() + length, REDRAW_SECONDS)
+        finally:
+            if phase is THROTTLED and group is not None:
+                group.leave()
         tally.phases[index].requests = service.requests - before
         if stop.is_set():
             return
 
 
-async def demo(seconds: float, out: TextIO, err: TextIO) -> int:
-    """Run the demo for ``seconds`` (or until Ctrl-C), write a summary to ``out``; return the exit status."""
+async def demo(seconds: float, out: TextIO, err: TextIO, throttle: bool = False) -> int:
+    """Run the demo for ``seconds`` (or until Ctrl-C), write a summary to ``out``; return the exit status.
+
+    ``throttle``: add the throttled phase where a cgroup with a CPU quota can be made.
+    """
     board = Board()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    group: Optional[CpuGroup] = None
     with stop_on_signals(stop) as received:
         transport, port = await listen(board, "127.0.0.1", 0)
         backend = await asyncio.start_server(_backend, "127.0.0.1", 0)
@@ -378,12 +540,15 @@ async def demo(seconds: float, out: TextIO, err: TextIO) -> int:
             service_file = write_service()
             service = Service(port, backend.sockets[0].getsockname()[1])
             tally = Tally(board, service, service_file, service.loop_name())
+            if throttle:
+                made = CpuGroup.make()
+                group, tally.skipped = (None, made) if isinstance(made, str) else (made, None)
             title = f"loopstat demo · service on {tally.loop.split()[0]}"
             view_cm = open_view(board, address("127.0.0.1", port), out, err, title)
             with view_cm as view, _logs_to(_ToView(view, loop)):
                 service.start()
                 try:
-                    await _phases(view, service, tally, stop, seconds)
+                    await _phases(view, service, tally, stop, seconds, group)
                 finally:
                     await service.stop()
                 await asyncio.sleep(0.05)  # the last datagrams, sent as the monitor stopped
@@ -393,6 +558,8 @@ async def demo(seconds: float, out: TextIO, err: TextIO) -> int:
             out.write(tally.summary(interrupted=bool(received)))
             out.flush()
         finally:
+            if group is not None:
+                group.remove()  # the process left it after its phase; now the group goes
             backend.close()
             transport.close()
     return 128 + received[0] if received else 0

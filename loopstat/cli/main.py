@@ -84,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
         default=DEMO_SECONDS,
         help=f"length of the demo (default: {DEMO_SECONDS:g})",
     )
+    demo.add_argument(
+        "--throttle",
+        action="store_true",
+        help="add a last phase: the CPU work on the loop in a cgroup with a 20%% CPU quota, throttled by the "
+        "kernel (needs root and the cgroup cpu controller; skipped otherwise, saying why)",
+    )
 
     commands.add_parser(
         "run",
@@ -106,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "watch":
             return _watch(args.host, args.port, args.stale)
-        return _demo(args.seconds)
+        return _demo(args.seconds, args.throttle)
     except BrokenPipeError:
         return _pipe_closed()
     except KeyboardInterrupt:
@@ -134,13 +140,13 @@ def _watch(host: str, port: int, stale: float) -> int:
     return 0
 
 
-def _demo(seconds: float) -> int:
+def _demo(seconds: float, throttle: bool = False) -> int:
     from loopstat.cli.board import ListenError
     from loopstat.cli.demo import DemoError, demo
     from loopstat.cli.watch import NeedsRich
 
     try:
-        return asyncio.run(demo(seconds, sys.stdout, sys.stderr))
+        return asyncio.run(demo(seconds, sys.stdout, sys.stderr, throttle))
     except (ListenError, NeedsRich, DemoError) as exc:
         print(f"loopstat demo: {exc}", file=sys.stderr)
         return 1
