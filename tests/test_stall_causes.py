@@ -32,6 +32,8 @@ from tests.test_throttled import cpu_group, needs_cpu_v1
 
 THRESHOLD = 0.1
 BLOCK = 0.3
+# The reason of a stall the watchdog never looked at: its signals were never read.
+UNSEEN = "it ended before the watchdog could look"
 LOOPSTAT_DIR = os.path.join(os.path.dirname(os.path.abspath(loopstat.__file__)), "")
 
 
@@ -50,9 +52,10 @@ async def stall_of(monitor: loopstat.Monitor, block: Callable[[], bool], tries: 
         held = block()
         await wait_for_stalls(monitor, before + 1)
         await asyncio.sleep(0.05)
-        if held and monitor.stalls == before + 1:
-            assert monitor.last_stall is not None
-            return monitor.last_stall
+        stall = monitor.last_stall
+        # A cause is read from what the watchdog saw; a loaded machine can keep it from looking at all.
+        if held and monitor.stalls == before + 1 and stall is not None and stall.reason != UNSEEN:
+            return stall
     pytest.skip(f"the machine never let the block make its cause in {tries} tries")
 
 
