@@ -44,7 +44,10 @@ INJECTED = tuple(cause for cause in CAUSES if cause != "unknown")
 
 @contextlib.contextmanager
 def favoured() -> Iterator[None]:
-    """As root, the calling thread at real-time priority while it lasts; elsewhere nothing changes."""
+    """As root, the calling thread ahead of every ordinary process for a CPU while it lasts (real-time
+    round-robin): on a machine shared with busy processes a spinning thread would otherwise wait on the
+    scheduler, a cause of its own. (A nice value would not do: it counts only within the session's group.)
+    Not root: nothing changes, and the block measures whether it had the CPU anyway."""
     thread = threading.get_native_id()
     try:
         os.sched_setscheduler(thread, os.SCHED_RR, os.sched_param(1))

@@ -10,7 +10,6 @@ thread running), the block measures it itself and is repeated until it held.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 import loopstat
+from bench.causes import favoured  # one real-time-priority helper for the bench and the tests
 from loopstat.probes import explain, signals
 from loopstat.probes.stalls import Stall
 from tests.receiver import Receiver
@@ -60,23 +60,6 @@ async def stall_of(monitor: loopstat.Monitor, block: Callable[[], bool], tries: 
         if held and monitor.stalls == before + 1 and stall is not None and stall.reason != UNSEEN:
             return stall
     pytest.skip(f"the machine never let the block make its cause in {tries} tries")
-
-
-@contextlib.contextmanager
-def favoured() -> Iterator[None]:
-    """As root, the calling thread ahead of every ordinary process for a CPU while it lasts (real-time
-    round-robin): on a machine shared with busy processes a spinning thread would otherwise wait on the
-    scheduler, a cause of its own. (A nice value would not do: it counts only within the session's group.)"""
-    thread = threading.get_native_id()
-    try:
-        os.sched_setscheduler(thread, os.SCHED_RR, os.sched_param(1))
-    except (AttributeError, OSError):  # not root: the block measures whether it had the CPU anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
 
 
 def spin(seconds: float) -> bool:
