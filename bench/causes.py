@@ -166,7 +166,8 @@ async def _classify(cause: str, count: int) -> List[str]:
     block, undo = _blocks(cause)
     found: List[str] = []
     try:
-        async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD) as monitor:
+        # The gc cause is read from a gc callback, which only gc=True installs.
+        async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD, gc=cause == "gc") as monitor:
             for _ in range(count):
                 await asyncio.sleep(0.1)
                 seen = monitor.stalls

@@ -139,7 +139,7 @@ async def test_a_full_collection_of_a_large_cyclic_heap_is_gc(receiver: Receiver
             # Sized on a busier moment, the collection may now be too short to be a stall at all.
             return time.perf_counter() - started > 1.5 * THRESHOLD
 
-        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD, gc=True) as monitor:
             stall = await stall_of(monitor, collect, tries=1)
     finally:
         gc.enable()
@@ -379,11 +379,14 @@ def test_without_a_per_thread_cpu_clock_the_thread_s_cpu_reads_as_unknown(monkey
     assert signals.Signals(lambda: None).read(thread).cpu is None
 
 
-def test_every_gc_hook_goes_when_the_last_stall_watch_closes() -> None:
-    async def watch() -> None:
-        async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD):
+def test_every_gc_hook_goes_when_the_last_stall_watch_closes_and_none_comes_without_gc() -> None:
+    async def watch(with_gc: bool) -> None:
+        async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD, gc=with_gc):
             await asyncio.sleep(0.05)  # the probes start with the sampler
-            assert signals._on_gc in gc.callbacks
+            # A Python gc callback is where a Ctrl-C can land and be lost: only gc=True adds one.
+            assert (signals._on_gc in gc.callbacks) is with_gc
 
-    asyncio.run(watch())
+    asyncio.run(watch(True))
+    assert signals._on_gc not in gc.callbacks
+    asyncio.run(watch(False))
     assert signals._on_gc not in gc.callbacks

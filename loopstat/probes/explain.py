@@ -84,13 +84,18 @@ class Explainer:
         loop: asyncio.AbstractEventLoop,
         blocked: Callable[[], Optional[float]],
         throttling: Optional[_cgroup.Throttling] = None,
+        gc: bool = False,
     ) -> None:
         self._loop = loop
         self._signals = signals.Signals(blocked, throttling)
         #: The loop's thread, as learned on it.
         self.thread = signals.this_thread()
         self._closed = False
-        signals.watch_gc()
+        # A Python gc callback is a place a Ctrl-C can land and be lost ("Exception ignored"): only with gc=True,
+        # which asks for one anyway; without it a collection's stall is named by what else was seen (cpu).
+        self._gc = gc
+        if gc:
+            signals.watch_gc()
 
     def learn(self) -> None:
         """Called on the loop's thread when it may have changed."""
@@ -126,4 +131,5 @@ class Explainer:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            signals.unwatch_gc()
+            if self._gc:
+                signals.unwatch_gc()

@@ -244,9 +244,16 @@ def blame(frames: Sequence[Frame], whole: bool, outer: Outer) -> Tuple[Optional[
     if callback is None:
         return None, False
     kinds = [owner(f[0]) if (f[0], f[2]) not in _GC_HOOKS else PYTHON for f in callback]
-    # loopstat's finalizers (a dropped monitor's __del__) run, like the GC hook, inside whatever allocates:
+    # loopstat's GC hooks and finalizers (a dropped monitor's __del__) run inside whatever allocates:
     # what they call is theirs too, not the application's.
-    finalizer = next((i for i, f in enumerate(callback) if f[2] == "__del__" and owner(f[0]) == LOOPSTAT_CODE), None)
+    finalizer = next(
+        (
+            i
+            for i, f in enumerate(callback)
+            if (f[0], f[2]) in _GC_HOOKS or (f[2] == "__del__" and owner(f[0]) == LOOPSTAT_CODE)
+        ),
+        None,
+    )
     if finalizer is not None and APPLICATION in kinds[:finalizer]:
         kinds[finalizer:] = [PYTHON] * (len(kinds) - finalizer)
     innermost = next((i for i in reversed(range(len(callback))) if kinds[i] != PYTHON), None)

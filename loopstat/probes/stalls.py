@@ -688,7 +688,7 @@ def _explainer(watched: Watched) -> Optional[Explainer]:
         return None if alive is None else alive.blocked
 
     try:
-        return Explainer(watched.loop, blocked, _cgroup.throttling())
+        return Explainer(watched.loop, blocked, _cgroup.throttling(), gc=watched.settings.gc)
     except Exception:
         log.debug("loopstat: stalls are reported without their cause", exc_info=True)
         return None
