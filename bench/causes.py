@@ -73,7 +73,7 @@ def _spin_cpu(seconds: float) -> None:
         pass
 
 
-def _cyclic_heap(objects: int) -> List[Any]:
+def cyclic_heap(objects: int) -> List[Any]:
     heap: List[Any] = []
     for _ in range(objects):
         node: List[Any] = [heap]
@@ -86,7 +86,7 @@ def _heap_size() -> int:
     """Objects whose collection takes about twice the stall threshold here."""
     objects = 100_000
     while objects < 20_000_000:
-        heap = _cyclic_heap(objects)
+        heap = cyclic_heap(objects)
         started = time.perf_counter()
         gc.collect()
         took = time.perf_counter() - started
@@ -128,7 +128,7 @@ def _blocks(cause: str) -> Tuple[Callable[[], None], Callable[[], None]]:
         gc.disable()
 
         def collect() -> None:
-            _cyclic_heap(size)  # garbage in cycles at once
+            cyclic_heap(size)  # garbage in cycles at once
             gc.collect()
 
         return collect, gc.enable

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 import loopstat
-from bench.causes import favoured  # one real-time-priority helper for the bench and the tests
+from bench.causes import cyclic_heap, favoured  # one copy each, for the bench and the tests
 from loopstat.probes import explain, signals
 from loopstat.probes.stalls import Stall
 from tests.receiver import Receiver
@@ -99,15 +99,6 @@ async def test_time_sleep_is_a_blocking_call_watched_or_not(receiver: Receiver, 
     async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD, **options) as monitor:
         stall = await stall_of(monitor, sleep)
     assert stall.cause == "blocking_call", stall
-
-
-def cyclic_heap(objects: int) -> List[Any]:
-    heap: List[Any] = []
-    for _ in range(objects):
-        node: List[Any] = [heap]
-        node.append(node)
-        heap.append(node)
-    return heap
 
 
 @pytest.fixture(scope="module")
