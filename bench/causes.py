@@ -33,11 +33,11 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+from loopstat._cgroup import cpu_quota_group, quota_unavailable
 from loopstat.probes.causes import CAUSES
 
 THRESHOLD = 0.1
 BLOCK = 0.3
-CPU_V1 = "/sys/fs/cgroup/cpu"
 # Every cause but ``unknown``, in the table's order.
 INJECTED = tuple(cause for cause in CAUSES if cause != "unknown")
 
@@ -192,34 +192,12 @@ def child(loop: str, cause: str, count: int) -> List[str]:
     return asyncio.run(_classify(cause, count))
 
 
-def _cpu_v1() -> bool:
-    return os.geteuid() == 0 and os.access(os.path.join(CPU_V1, "cpu.cfs_quota_us"), os.W_OK)
-
-
 @contextlib.contextmanager
 def _placed(cause: str) -> Iterator[Callable[[int], None]]:
     """Where the child runs for ``cause``: a throttled cgroup, a crowded core, or as it is."""
     if cause == "throttled":
-        group = os.path.join(CPU_V1, f"loopstat-bench-{uuid.uuid4().hex[:12]}")
-        os.mkdir(group)
-        try:
-            with open(os.path.join(group, "cpu.cfs_period_us"), "w") as file:
-                file.write("100000")
-            with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as file:
-                file.write("10000")
-
-            def into_group(pid: int) -> None:
-                with open(os.path.join(group, "cgroup.procs"), "w") as file:
-                    file.write(str(pid))
-
-            yield into_group
-        finally:
-            for _ in range(50):  # the group goes once its process has exited
-                try:
-                    os.rmdir(group)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with cpu_quota_group(10_000, name="loopstat-bench") as group:
+            yield group.add
     elif cause == "scheduler":
         core = min(os.sched_getaffinity(0))
         hog = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass\n"
@@ -236,7 +214,7 @@ def _placed(cause: str) -> Iterator[Callable[[int], None]]:
 
 def run(loop: str, cause: str, count: int) -> Optional[List[str]]:
     """The causes loopstat named for ``count`` stalls of ``cause`` on ``loop``; None where it cannot be made here."""
-    if cause == "throttled" and not _cpu_v1():
+    if cause == "throttled" and quota_unavailable() is not None:
         return None
     if cause == "scheduler" and not hasattr(os, "sched_setaffinity"):
         return None

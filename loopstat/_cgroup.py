@@ -9,16 +9,26 @@ the nearest one from the process's folder up to the mount: v1
 ``cpu.stat`` counts throttled time: v1 ``throttled_time`` in nanoseconds, v2
 ``throttled_usec``. The kernel adds it per CPU, so with several threads
 throttled at once it grows faster than the wall clock.
+
+``cpu_quota_group`` makes a child group with a CPU quota (for the demo, the
+bench and the tests: loopstat itself only reads).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import errno
+import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Tuple
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Optional, Tuple
 
 CGROUP_PATH = "/proc/self/cgroup"
 MOUNTINFO_PATH = "/proc/self/mountinfo"
+log = logging.getLogger("loopstat")
 # Files this long are not cgroup or /proc files: read no further.
 _MAX_READ = 1 << 20
 
@@ -128,3 +138,120 @@ def find_throttling(cgroup: str, mountinfo: str, read: Read = read) -> Optional[
 def throttling(read: Read = read) -> Optional[Throttling]:
     """This process's CPU limit, from its /proc files; None where it has none or they cannot be read."""
     return find_throttling(read(CGROUP_PATH), read(MOUNTINFO_PATH), read)
+
+
+class CgroupError(Exception):
+    """No group with a CPU quota can be made here; the message says why in one short phrase."""
+
+
+def quota_home(cgroup: str, mountinfo: str) -> Tuple[Literal[1, 2], str]:
+    """(version, folder) where a child group with a CPU quota goes: the process's own v1 ``cpu`` folder, else v2's."""
+    v1 = folder(cgroup, mountinfo, "cpu")
+    home = v1 if v1 is not None else folder(cgroup, mountinfo)
+    if home is None:
+        raise CgroupError("no cgroup cpu controller was found")
+    return (1 if v1 is not None else 2), home
+
+
+def quota_unavailable() -> Optional[str]:
+    """Why no group with a CPU quota can be made by this process (one short phrase); None where one can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "it needs root, to make a cgroup with a CPU quota"
+    try:
+        version, home = quota_home(read(CGROUP_PATH), read(MOUNTINFO_PATH))
+    except CgroupError as exc:
+        return str(exc)
+    quota = "cpu.cfs_quota_us" if version == 1 else "cpu.max"
+    # v2's own folder has no cpu.max at the root: what a child gets is enabled by the parent's subtree_control.
+    if not os.access(home, os.W_OK) or (version == 1 and not os.access(os.path.join(home, quota), os.W_OK)):
+        return f"the cgroup cpu controller at {home} is not writable"
+    return None
+
+
+@dataclass
+class QuotaGroup:
+    """A child cgroup with a CPU quota: processes are moved in with ``add`` and back to ``parent`` with ``release``."""
+
+    version: Literal[1, 2]
+    #: The folder it was made in, where its processes go back to.
+    parent: str
+    path: str
+    _removed: bool = field(default=False, repr=False)
+
+    def _write(self, name: str, text: str, where: Optional[str] = None) -> None:
+        with open(os.path.join(where or self.path, name), "w", encoding="ascii") as file:
+            file.write(text)
+
+    def add(self, pid: int) -> None:
+        """Move the process ``pid`` (every thread of it) into the group."""
+        self._write("cgroup.procs", str(pid))
+
+    def release(self, pid: int) -> None:
+        """Move the process ``pid`` back to the parent group."""
+        self._write("cgroup.procs", str(pid), self.parent)
+
+    def pids(self) -> Tuple[int, ...]:
+        """The processes in the group now."""
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), encoding="ascii") as file:
+                return tuple(int(pid) for pid in file.read().split())
+        except OSError:
+            return ()
+
+    def remove(self) -> None:
+        """Move the processes left back to the parent and delete the group; quiet, idempotent (it runs at exit too)."""
+        if self._removed:
+            return
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # gone meanwhile: rmdir below says if it matters
+                self.release(pid)
+        for attempt in range(50):  # a process that has just exited may still hold the group for a moment
+            try:
+                os.rmdir(self.path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or attempt == 49:
+                    log.warning("loopstat: could not remove the cgroup %s: %s", self.path, exc)
+                    return
+                time.sleep(0.1)
+        self._removed = True
+        atexit.unregister(self.remove)
+
+
+@contextlib.contextmanager
+def cpu_quota_group(
+    quota_us: Optional[int],
+    period_us: int = 100_000,
+    name: str = "loopstat",
+    home: Optional[Tuple[Literal[1, 2], str]] = None,
+) -> Iterator[QuotaGroup]:
+    """A new child group allowed ``quota_us`` of CPU per ``period_us`` (None: no limit), removed on the way out.
+
+    It is made in ``home`` (version, folder), by default the process's own cpu group. Removed however the
+    block ends, and at exit should an interrupt cut the removal short. CgroupError where none can be made.
+    """
+    if home is None:
+        home = quota_home(read(CGROUP_PATH), read(MOUNTINFO_PATH))
+    version, parent = home
+    group = QuotaGroup(version, parent, os.path.join(parent, f"{name}-{uuid.uuid4().hex[:12]}"))
+    try:
+        os.mkdir(group.path)
+    except OSError as exc:
+        raise CgroupError(f"no cgroup could be made ({os.strerror(exc.errno or errno.EIO)})") from None
+    atexit.register(group.remove)
+    try:
+        try:
+            if version == 1:
+                group._write("cpu.cfs_period_us", str(period_us))
+                group._write("cpu.cfs_quota_us", str(-1 if quota_us is None else quota_us))
+            else:
+                group._write("cpu.max", f"{'max' if quota_us is None else quota_us} {period_us}")
+        except OSError as exc:
+            raise CgroupError(
+                f"the cgroup's CPU quota could not be set ({os.strerror(exc.errno or errno.EIO)})"
+            ) from None
+        yield group
+    finally:
+        group.remove()

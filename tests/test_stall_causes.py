@@ -25,10 +25,11 @@ import pytest
 
 import loopstat
 from bench.causes import cyclic_heap, favoured  # one copy each, for the bench and the tests
+from loopstat import _cgroup
 from loopstat.probes import explain, signals
 from loopstat.probes.stalls import Stall
 from tests.receiver import Receiver
-from tests.test_throttled import cpu_group, needs_cpu_v1
+from tests.test_throttled import needs_cpu_quota
 
 THRESHOLD = 0.1
 BLOCK = 0.3
@@ -300,15 +301,11 @@ def run_app(loop_name: str, place: Callable[[int], None], spins: int = 3, cpu_se
     return [cause for cause, _ in json.loads(output)]
 
 
-@needs_cpu_v1
+@needs_cpu_quota
 def test_a_loop_frozen_by_a_real_cgroup_cpu_quota_is_throttled(loop_name: str) -> None:
-    with cpu_group(quota_us=10_000) as group:  # 10 ms per 100 ms: 0.1 s of CPU takes about a second
-
-        def place(pid: int) -> None:
-            with open(os.path.join(group, "cgroup.procs"), "w") as file:
-                file.write(str(pid))
-
-        causes = run_app(loop_name, place)
+    # 10 ms per 100 ms: 0.1 s of CPU takes about a second.
+    with _cgroup.cpu_quota_group(10_000, name="loopstat-test") as group:
+        causes = run_app(loop_name, group.add)
     assert causes == ["throttled"] * 3
 
 

@@ -7,14 +7,12 @@ v2 is read from files shaped like a real v2 host's.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List
 
 import pytest
 
@@ -138,9 +136,7 @@ def test_an_unreadable_cpu_stat_sends_nothing_and_the_next_readable_one_starts_a
     assert lines == [("throttled", "g", 0.1)]
 
 
-# --- a real process in a real cgroup v1 group with a CPU quota ----------------------------------------------------
-
-CPU_V1 = "/sys/fs/cgroup/cpu"
+# --- a real process in a real cgroup with a CPU quota ----------------------------------------------------------
 
 # The application: waits to be moved, then runs a CPU-bound monitored loop for ``seconds``, saying when it starts
 # and ends on stdout.
@@ -169,48 +165,18 @@ asyncio.run(main())
 """
 
 
-def _cpu_v1_writable() -> bool:
-    return os.geteuid() == 0 and os.path.isfile(os.path.join(CPU_V1, "cpu.cfs_quota_us")) and os.access(CPU_V1, os.W_OK)
-
-
-needs_cpu_v1 = pytest.mark.skipif(
-    not _cpu_v1_writable(), reason=f"needs root and the cgroup v1 cpu controller at {CPU_V1} to set a CPU quota"
+needs_cpu_quota = pytest.mark.skipif(
+    _cgroup.quota_unavailable() is not None, reason=f"no cgroup with a CPU quota: {_cgroup.quota_unavailable()}"
 )
 
 
-@contextlib.contextmanager
-def cpu_group(quota_us: Optional[int]) -> Iterator[str]:
-    """A new group of the v1 cpu controller, with a quota (µs per 100 ms period) or none; removed afterwards."""
-    path = os.path.join(CPU_V1, f"loopstat-test-{uuid.uuid4().hex[:12]}")
-    os.mkdir(path)
-    try:
-        with open(os.path.join(path, "cpu.cfs_period_us"), "w") as file:
-            file.write("100000")
-        with open(os.path.join(path, "cpu.cfs_quota_us"), "w") as file:
-            file.write(str(-1 if quota_us is None else quota_us))
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            with open(os.path.join(path, "cgroup.procs")) as file:
-                pids = file.read().split()
-            for pid in pids:  # a process left behind goes back to the root group
-                with open(os.path.join(CPU_V1, "cgroup.procs"), "w") as file:
-                    file.write(pid)
-        for _ in range(50):  # the group goes once its last process has left
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.1)
+def _throttled_seconds(group: _cgroup.QuotaGroup) -> float:
+    seconds = _cgroup.Throttling(group.version, group.path).seconds()
+    assert seconds is not None, f"{group.path}/cpu.stat has no throttled time"
+    return seconds
 
 
-def _throttled_ns(group: str) -> int:
-    with open(os.path.join(group, "cpu.stat")) as file:
-        fields = dict(line.split() for line in file if line.strip())
-    return int(fields["throttled_time"])
-
-
-def _run_in(group: str, receiver: Receiver, seconds: float) -> Dict[str, float]:
+def _run_in(group: _cgroup.QuotaGroup, receiver: Receiver, seconds: float) -> Dict[str, float]:
     """Run the application in ``group``; the kernel's throttled time and the wall time from its start to its end."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
     command = [sys.executable, "-c", APP, str(receiver.port), str(seconds)]
@@ -220,26 +186,27 @@ def _run_in(group: str, receiver: Receiver, seconds: float) -> Dict[str, float]:
         assert app.stdin is not None
         assert app.stdout is not None
         try:
-            with open(os.path.join(group, "cgroup.procs"), "w") as file:
-                file.write(str(app.pid))
+            group.add(app.pid)
             app.stdin.write("go\n")
             app.stdin.flush()
             assert app.stdout.readline() == "started\n"
-            started, throttled = time.perf_counter(), _throttled_ns(group)
+            started, throttled = time.perf_counter(), _throttled_seconds(group)
             assert app.stdout.readline() == "done\n"
-            ended, throttled = time.perf_counter(), _throttled_ns(group) - throttled
+            ended, throttled = time.perf_counter(), _throttled_seconds(group) - throttled
             _, errors = app.communicate(timeout=60)
         finally:
             if app.poll() is None:
                 app.kill()
     assert app.returncode == 0, errors
     receiver.quiet()
-    return {"wall": ended - started, "throttled": throttled / 1e9}
+    return {"wall": ended - started, "throttled": throttled}
 
 
-@needs_cpu_v1
+@needs_cpu_quota
 def test_p_throttled_matches_the_kernel_s_throttled_time_under_a_real_cpu_quota(receiver: Receiver) -> None:
-    with cpu_group(quota_us=20_000) as group:  # 20 ms of CPU per 100 ms: a spinning thread is frozen ~80 % of it
+    with _cgroup.cpu_quota_group(
+        20_000, name="loopstat-test"
+    ) as group:  # 20 ms of CPU per 100 ms: a spinning thread is frozen ~80 % of it
         kernel = _run_in(group, receiver, seconds=4.0)
     shares = receiver.values("loopstat.throttled", "g")
     assert len(shares) >= 3, shares
@@ -249,9 +216,64 @@ def test_p_throttled_matches_the_kernel_s_throttled_time_under_a_real_cpu_quota(
     assert abs(sum(shares) / len(shares) - expected) <= 0.1, (shares, kernel)
 
 
-@needs_cpu_v1
+@needs_cpu_quota
 def test_p_throttled_is_not_sent_without_a_cpu_limit(receiver: Receiver) -> None:
-    with cpu_group(quota_us=None) as group:
+    with _cgroup.cpu_quota_group(None, name="loopstat-test") as group:
         _run_in(group, receiver, seconds=1.5)
     assert receiver.values("loopstat.utilization", "g"), "the application sent nothing at all"
     assert receiver.values("loopstat.throttled", "g") == []
+
+
+def _own_cpu_folder() -> str:
+    return _cgroup.quota_home(_cgroup.read(_cgroup.CGROUP_PATH), _cgroup.read(_cgroup.MOUNTINFO_PATH))[1]
+
+
+def _interrupted_with(pid: int, groups: List[_cgroup.QuotaGroup]) -> None:
+    """Put ``pid`` in a new quota group, check it is there under the quota, and get a Ctrl-C."""
+    with _cgroup.cpu_quota_group(20_000, name="loopstat-test") as group:
+        groups.append(group)
+        group.add(pid)
+        assert group.pids() == (pid,)
+        with open(os.path.join(group.path, "cpu.cfs_quota_us" if group.version == 1 else "cpu.max")) as file:
+            assert file.read().split()[0] == "20000"
+        raise KeyboardInterrupt
+
+
+@needs_cpu_quota
+def test_a_quota_group_is_removed_with_its_process_moved_back_when_the_block_is_interrupted() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    groups: List[_cgroup.QuotaGroup] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _interrupted_with(sleeper.pid, groups)
+        [group] = groups
+        assert not os.path.exists(group.path)
+        with open(os.path.join(group.parent, "cgroup.procs")) as file:
+            assert str(sleeper.pid) in file.read().split(), "the process left behind went back to the parent"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_where_no_group_can_be_made_the_error_says_why(tmp_path: Path) -> None:
+    with pytest.raises(_cgroup.CgroupError, match=r"^no cgroup cpu controller was found$"):
+        _cgroup.quota_home("0::/\n", "no cgroup mounts\n")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with (
+        pytest.raises(_cgroup.CgroupError, match=r"^no cgroup could be made \(Not a directory\)$"),
+        _cgroup.cpu_quota_group(20_000, home=(1, str(not_a_folder))),
+    ):
+        pass
+
+
+@needs_cpu_quota
+def test_a_quota_the_kernel_refuses_is_a_clear_error_and_leaves_no_group() -> None:
+    before = set(os.listdir(_own_cpu_folder()))
+    # Below the kernel's 1 ms minimum.
+    with (
+        pytest.raises(_cgroup.CgroupError, match=r"^the cgroup's CPU quota could not be set \(Invalid argument\)$"),
+        _cgroup.cpu_quota_group(1, name="loopstat-test"),
+    ):
+        pass
+    assert set(os.listdir(_own_cpu_folder())) == before

@@ -15,7 +15,6 @@ receiver saw in each phase, and advice drawn from those numbers.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import errno
 import logging
 import multiprocessing
@@ -23,11 +22,10 @@ import os
 import signal
 import tempfile
 import threading
-import uuid
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, TextIO, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import loopstat
 from loopstat import _cgroup
@@ -93,75 +91,19 @@ QUOTA_US = 20_000
 THROTTLED_MIN_SECONDS = 3.0
 
 
-class CpuGroup:
-    """A child cgroup with a CPU quota, for the throttled phase: made, entered, left and removed by the demo.
+def throttle_group(stack: ExitStack) -> Union[_cgroup.QuotaGroup, str]:
+    """A child cgroup with the quota for the throttled phase, removed when ``stack`` closes; or why none can be made.
 
-    A child of the process's own group: in the v1 ``cpu`` hierarchy with ``cpu.cfs_period_us`` and
-    ``cpu.cfs_quota_us``, else in v2 with ``cpu.max`` (``cpu`` must be in the parent's ``subtree_control``).
     The process is moved with ``cgroup.procs``, which moves all its threads (the view too, which hardly uses
     the CPU); the pool's processes, started before, stay where they are.
     """
-
-    def __init__(self, version: Literal[1, 2], home: str, path: str) -> None:
-        self.version = version
-        #: The folder the process was in, where it goes back to.
-        self.home = home
-        self.path = path
-        self.inside = False
-
-    @classmethod
-    def make(cls) -> Union[CpuGroup, str]:
-        """A new group with the quota, or why none can be made here (one short phrase)."""
-        if not hasattr(os, "geteuid") or os.geteuid() != 0:
-            return "it needs root, to make a cgroup with a CPU quota"
-        cgroup, mountinfo = _cgroup.read(_cgroup.CGROUP_PATH), _cgroup.read(_cgroup.MOUNTINFO_PATH)
-        v1 = _cgroup.folder(cgroup, mountinfo, "cpu")
-        home = v1 if v1 is not None else _cgroup.folder(cgroup, mountinfo)
-        if home is None:
-            return "no cgroup cpu controller was found"
-        version: Literal[1, 2] = 1 if v1 is not None else 2
-        group = cls(version, home, os.path.join(home, f"loopstat-demo-{uuid.uuid4().hex[:12]}"))
-        try:
-            os.mkdir(group.path)
-        except OSError as exc:
-            return f"no cgroup could be made ({os.strerror(exc.errno or errno.EIO)})"
-        try:
-            if version == 1:
-                group._write("cpu.cfs_period_us", str(PERIOD_US))
-                group._write("cpu.cfs_quota_us", str(QUOTA_US))
-            else:
-                group._write("cpu.max", f"{QUOTA_US} {PERIOD_US}")
-        except OSError as exc:
-            group.remove()
-            return f"the cgroup's CPU quota could not be set ({os.strerror(exc.errno or errno.EIO)})"
-        atexit.register(group.remove)  # also when the demo ends some other way than through its finally
-        return group
-
-    def _write(self, name: str, text: str, folder: Optional[str] = None) -> None:
-        with open(os.path.join(folder or self.path, name), "w", encoding="ascii") as file:
-            file.write(text)
-
-    def enter(self) -> None:
-        """Move the process (every thread of it) into the group."""
-        self.inside = True  # set first: a move that half worked is still undone by remove()
-        self._write("cgroup.procs", str(os.getpid()))
-
-    def leave(self) -> None:
-        """Move the process back to the group it was in."""
-        if self.inside:
-            self._write("cgroup.procs", str(os.getpid()), self.home)
-            self.inside = False
-
-    def remove(self) -> None:
-        """Leave the group and delete it; quiet and idempotent (it runs again at exit)."""
-        with suppress(OSError):  # rmdir says what is left
-            self.leave()
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logging.getLogger("loopstat").warning("loopstat demo: could not remove the cgroup %s: %s", self.path, exc)
+    why = _cgroup.quota_unavailable()
+    if why is not None:
+        return why
+    try:
+        return stack.enter_context(_cgroup.cpu_quota_group(QUOTA_US, PERIOD_US, name="loopstat-demo"))
+    except _cgroup.CgroupError as exc:
+        return str(exc)
 
 
 #: The service's blocking functions. They are compiled under a file name of their
@@ -486,7 +428,12 @@ def _logs_to(handler: logging.Handler) -> Iterator[None]:
 
 
 async def _phases(
-    view: View, service: Service, tally: Tally, stop: asyncio.Event, seconds: float, group: Optional[CpuGroup] = None
+    view: View,
+    service: Service,
+    tally: Tally,
+    stop: asyncio.Event,
+    seconds: float,
+    group: Optional[_cgroup.QuotaGroup] = None,
 ) -> None:
     """Take the service through every phase, ``seconds`` in all, unless ``stop`` is set first.
 
@@ -498,7 +445,7 @@ async def _phases(
         length = seconds / len(phases)
         if phase is THROTTLED and group is not None:
             try:
-                group.enter()
+                group.add(os.getpid())
             except OSError as exc:
                 tally.skipped = f"the process could not join the cgroup ({os.strerror(exc.errno or errno.EIO)})"
                 return
@@ -513,7 +460,7 @@ async def _phases(
             await redraw_until(view, stop, loop.time() + length, REDRAW_SECONDS)
         finally:
             if phase is THROTTLED and group is not None:
-                group.leave()
+                group.release(os.getpid())
         tally.phases[index].requests = service.requests - before
         if stop.is_set():
             return
@@ -527,8 +474,8 @@ async def demo(seconds: float, out: TextIO, err: TextIO, throttle: bool = False)
     board = Board()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    group: Optional[CpuGroup] = None
-    with stop_on_signals(stop) as received:
+    group: Optional[_cgroup.QuotaGroup] = None
+    with stop_on_signals(stop) as received, ExitStack() as cgroups:
         transport, port = await listen(board, "127.0.0.1", 0)
         backend = await asyncio.start_server(_backend, "127.0.0.1", 0)
         try:
@@ -541,7 +488,7 @@ async def demo(seconds: float, out: TextIO, err: TextIO, throttle: bool = False)
             service = Service(port, backend.sockets[0].getsockname()[1])
             tally = Tally(board, service, service_file, service.loop_name())
             if throttle:
-                made = CpuGroup.make()
+                made = throttle_group(cgroups)
                 group, tally.skipped = (None, made) if isinstance(made, str) else (made, None)
             title = f"loopstat demo · service on {tally.loop.split()[0]}"
             view_cm = open_view(board, address("127.0.0.1", port), out, err, title)
@@ -558,8 +505,6 @@ async def demo(seconds: float, out: TextIO, err: TextIO, throttle: bool = False)
             out.write(tally.summary(interrupted=bool(received)))
             out.flush()
         finally:
-            if group is not None:
-                group.remove()  # the process left it after its phase; now the group goes
             backend.close()
             transport.close()
     return 128 + received[0] if received else 0
