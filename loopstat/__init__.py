@@ -1,7 +1,8 @@
 """loopstat: the health of asyncio event loops (lag, tasks, utilization, stalls), sent to StatsD/DogStatsD."""
 
+from loopstat._install import install
 from loopstat._options import Flavor
-from loopstat.monitor import Monitor, install
+from loopstat.monitor import Monitor
 from loopstat.probes.stalls import Stall
 from loopstat.settings import Settings
 

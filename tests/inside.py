@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable, List, Optional, Tuple
 
 import pytest
 
 import loopstat
-from loopstat import Stall
-from loopstat import monitor as _monitor
+from loopstat import Stall, _probe_set, _registry
 from loopstat._metrics import Line
 from loopstat.probes import Attach, Watched, stalls
 from loopstat.probes.selector_clock import SelectorClock
@@ -25,7 +25,7 @@ def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
 
 def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
     """The watch the stall watchdog keeps on the monitor's loop, or None when stalls are off."""
-    return next((probe.watch for probe in monitor._probes.values() if isinstance(probe, Stalls)), None)
+    return next((probe.watch for probe in monitor._probes.running.values() if isinstance(probe, Stalls)), None)
 
 
 def watchdog_looks() -> int:
@@ -40,7 +40,13 @@ def next_sample(monitor: loopstat.Monitor) -> float:
 
 def attached_probes() -> List[Tuple[str, str]]:
     """Each probe the monitor attaches, in its order: the name it goes by and the module its attach() is in."""
-    return [(name, attach.__module__) for name, attach in _monitor._ATTACH]
+    return [(name, attach.__module__) for name, attach in _probe_set.ATTACH]
+
+
+def installed_monitor(loop: asyncio.AbstractEventLoop) -> Optional[loopstat.Monitor]:
+    """The monitor ``install()`` keeps for ``loop``, if any."""
+    with _registry.lock:
+        return _registry.find(loop)
 
 
 def start(monitor: loopstat.Monitor) -> None:
@@ -50,13 +56,13 @@ def start(monitor: loopstat.Monitor) -> None:
 
 def attach_instead(monkeypatch: pytest.MonkeyPatch, name: str, attach: Attach) -> None:
     """Make monitors started from now on attach the probe ``name`` with ``attach`` (undone with ``monkeypatch``)."""
-    probes = tuple((n, attach if n == name else a) for n, a in _monitor._ATTACH)
-    monkeypatch.setattr(_monitor, "_ATTACH", probes)
+    probes = tuple((n, attach if n == name else a) for n, a in _probe_set.ATTACH)
+    monkeypatch.setattr(_probe_set, "ATTACH", probes)
 
 
 def stopped_metrics(probe: str, settings: Settings) -> str:
     """The metrics the warning about a lost probe names, as they go on the wire."""
-    return _monitor._stopped_metrics(probe, settings)
+    return _probe_set.stopped_metrics(probe, settings)
 
 
 def blocked_seconds(monitor: loopstat.Monitor) -> float:

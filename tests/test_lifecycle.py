@@ -15,8 +15,8 @@ import pytest
 import uvloop
 
 import loopstat
+from loopstat._install import install_lazily
 from loopstat._options import resolve
-from loopstat.monitor import install_lazily
 from loopstat.probes import lag as _lag
 from tests.inside import send_lines
 from tests.interrupts import (

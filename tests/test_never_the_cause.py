@@ -33,9 +33,8 @@ import pytest
 
 import loopstat
 from loopstat import bootstrap
-from loopstat import monitor as monitor_module
 from loopstat._options import resolve
-from loopstat.monitor import READ_FAILURES
+from loopstat._probe_set import READ_FAILURES
 from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames
 from loopstat.probes import gc as gc_probe
@@ -640,8 +639,7 @@ async def test_loopstat_run_on_free_threaded_python_drops_profile_with_one_warni
     monkeypatch.setenv("STATSD_PORT", str(receiver.port))
     loop = asyncio.get_running_loop()
     bootstrap.on_run(loop)
-    ref = monitor_module._monitors.get(loop)
-    monitor = ref() if ref is not None else None
+    monitor = inside.installed_monitor(loop)
     assert monitor is not None, "loopstat-run monitors nothing"
     async with monitor:
         await receiver.wait_count("loopstat.tasks", "g", 2)

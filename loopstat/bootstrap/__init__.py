@@ -112,7 +112,7 @@ def _without_unsafe_profile(found: Settings) -> Settings:
     return dataclasses.replace(found, profile=False)
 
 
-# monitor.install_lazily, imported at the first loop (loopstat-run's command line imports this module too).
+# _install.install_lazily, imported at the first loop (loopstat-run's command line imports this module too).
 _install: Optional[Callable[[Settings, asyncio.AbstractEventLoop], object]] = None
 
 
@@ -137,7 +137,7 @@ def on_run(loop: asyncio.AbstractEventLoop) -> None:
             except TypeError:  # a loop class without weak references: instrument each run
                 pass
         if _install is None:
-            from loopstat.monitor import install_lazily
+            from loopstat._install import install_lazily
 
             _install = install_lazily
         _install(resolved, loop)

@@ -9,8 +9,8 @@ send between samples through ``Watched.send`` (a stall as it ends, the last
 blocking calls at close), and several keep their latest reading on the
 monitor for the application (``monitor.lag``, ``tasks``, ``cpu``,
 ``utilization``, ``stalls``, ``own``). A new probe is one module, its rows in
-the catalogue and its entry in the monitor's tuple of probes
-(``monitor._ATTACH``, which a test holds to the catalogue).
+the catalogue and its entry in the tuple of probes
+(``ATTACH`` in ``loopstat/_probe_set.py``, which a test holds to the catalogue).
 """
 
 from __future__ import annotations
