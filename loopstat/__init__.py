@@ -3,7 +3,7 @@
 from loopstat._install import install
 from loopstat._options import Flavor
 from loopstat.monitor import Monitor
-from loopstat.probes.stalls import Stall
+from loopstat.probes.stall_capture import Stall
 from loopstat.settings import Settings
 
 __all__ = ["Flavor", "Monitor", "Settings", "Stall", "__version__", "install"]

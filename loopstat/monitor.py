@@ -19,8 +19,8 @@ from loopstat._probe_set import ProbeSet
 from loopstat._rate_limit import RateLimit
 from loopstat.probes import Watched
 from loopstat.probes import lag as _lag
-from loopstat.probes import stalls as _stalls
-from loopstat.probes.stalls import Stall
+from loopstat.probes import watchdog as _watchdog
+from loopstat.probes.stall_capture import Stall
 from loopstat.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,8 @@ class Monitor:
         await self.stop()
 
 
-# The stall probe's module joins through here until it joins itself.
-_fork.join(before=_stalls.before_fork, after_in_child=_stalls.after_fork_in_child)
+# The stall watchdog's module joins here, after every module it may wait on at a fork.
+_fork.join(before=_watchdog.before_fork, after_in_child=_watchdog.after_fork_in_child)
 # After the sink's own hook (it joined first): closing a sink may take its lock.
 _fork.join(after_in_child=_registry.after_fork_in_child)
 # Every module of loopstat has joined by now: the one pair of fork hooks walks them.

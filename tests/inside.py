@@ -10,9 +10,10 @@ import pytest
 import loopstat
 from loopstat import Stall, _probe_set, _registry
 from loopstat._metrics import Line
-from loopstat.probes import Attach, Watched, stalls
+from loopstat.probes import Attach, Watched, watchdog
 from loopstat.probes.selector_clock import SelectorClock
-from loopstat.probes.stalls import StallProbe, Stalls
+from loopstat.probes.stall_watch import StallProbe
+from loopstat.probes.stalls import Stalls
 from loopstat.settings import Settings
 
 
@@ -30,7 +31,12 @@ def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
 
 def watchdog_looks() -> int:
     """How many times the stall watchdog thread has looked at the loops (each one a wake-up)."""
-    return stalls._watchdog.looks
+    return watchdog.current.looks
+
+
+def the_watchdog() -> watchdog.Watchdog:
+    """The stall watchdog of this process (a forked child gets a new one)."""
+    return watchdog.current
 
 
 def next_sample(monitor: loopstat.Monitor) -> float:

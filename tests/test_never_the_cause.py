@@ -38,7 +38,7 @@ from loopstat._probe_set import READ_FAILURES
 from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames
 from loopstat.probes import gc as gc_probe
-from loopstat.probes import stalls as stalls_probe
+from loopstat.probes.stall_watch import StallProbe
 from loopstat.probes.thread_clock import ThreadClock
 from tests import inside
 from tests.receiver import Line, Receiver
@@ -670,13 +670,13 @@ def test_free_threaded_is_read_from_the_running_interpreter(monkeypatch: pytest.
 async def test_a_stall_watch_that_cannot_start_leaves_nothing_on_the_loop(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watches: List[Tuple[stalls_probe.StallProbe, float]] = []
+    watches: List[Tuple[StallProbe, float]] = []
 
-    def refuse(probe: stalls_probe.StallProbe) -> None:
+    def refuse(probe: StallProbe) -> None:
         watches.append((probe, probe.beat))
         raise RuntimeError("cannot release un-acquired lock")  # as under gevent's patched threading
 
-    monkeypatch.setattr(stalls_probe._watchdog, "watch", refuse)
+    monkeypatch.setattr(inside.the_watchdog(), "watch", refuse)
     async with loopstat.install("127.0.0.1", receiver.port, interval=0.01, stall_threshold=0.02) as monitor:
         await receiver.wait_count("loopstat.tasks", "g", 10)
         ((watch, beat),) = watches

@@ -27,7 +27,7 @@ import loopstat
 from bench.causes import cyclic_heap, favoured  # one copy each, for the bench and the tests
 from loopstat import _cgroup
 from loopstat.probes import explain, signals
-from loopstat.probes.stalls import Stall
+from loopstat.probes.stall_capture import Stall
 from tests.receiver import Receiver
 from tests.test_throttled import needs_cpu_quota
 

@@ -23,7 +23,7 @@ import loopstat
 from loopstat import _threads
 from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
-from loopstat.probes import stalls
+from loopstat.probes import stall_watch, stalls, watchdog
 from tests import inside
 from tests.interrupts import interrupting_at_the_call_of
 from tests.machine import runqueue_seconds
@@ -673,7 +673,7 @@ def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_an
     loop = new_loop(kind)
     try:
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
-        sys.settrace(interrupting_at_the_call_of(getattr(stalls.StallProbe, cut_off).__code__))
+        sys.settrace(interrupting_at_the_call_of(getattr(stall_watch.StallProbe, cut_off).__code__))
         try:
             with pytest.raises(KeyboardInterrupt):
                 loop.run_until_complete(waits_and_works(5.0))
@@ -751,20 +751,20 @@ def test_loops_closed_at_any_moment_in_many_threads_leave_nothing_behind(kind: s
 async def test_an_idle_loop_wakes_the_watchdog_about_once_a_second_not_at_every_sample() -> None:
     """The sampler's own wake-ups leave the watchdog asleep, on stdlib loops and (once it rests) on uvloop."""
     async with loopstat.install("127.0.0.1", 9, interval=0.05) as monitor:
-        await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.5)  # uvloop's beat rests after this long idle
+        await asyncio.sleep(stall_watch.REST_AFTER_SECONDS + 0.5)  # uvloop's beat rests after this long idle
         looks = inside.watchdog_looks()
         await asyncio.sleep(2.0)  # 40 samples
         looks = inside.watchdog_looks() - looks
         assert monitor.stalls == 0
     # One look a second while parked, and a few around the transitions; 40 if samples woke it.
-    assert looks <= 2 / stalls.PARKED_SECONDS + 3
+    assert looks <= 2 / watchdog.PARKED_SECONDS + 3
 
 
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_a_stall_after_a_long_idle_is_still_counted_and_the_beat_resumes(receiver: Receiver) -> None:
     """On uvloop the beat rests while the loop idles; the sampler then counts the stall, and the beat resumes."""
     async with loopstat.install("127.0.0.1", receiver.port) as monitor:
-        await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.6)
+        await asyncio.sleep(stall_watch.REST_AFTER_SECONDS + 0.6)
         spin_until = time.perf_counter() + 0.4
         while time.perf_counter() < spin_until:  # CPU-bound: its duration shows in the thread's CPU time
             pass
@@ -801,7 +801,7 @@ async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle() -> None
         receiver = Receiver()
         try:
             async with loopstat.install("127.0.0.1", receiver.port) as monitor:
-                await asyncio.sleep(stalls.REST_AFTER_SECONDS + 0.5)  # idle: the beat may rest
+                await asyncio.sleep(stall_watch.REST_AFTER_SECONDS + 0.5)  # idle: the beat may rest
                 blocked = []
                 for _ in range(8):
                     await asyncio.sleep(0.2)
