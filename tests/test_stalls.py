@@ -23,7 +23,7 @@ import loopstat
 from loopstat import _threads
 from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
-from loopstat.probes import stall_watch, stalls, watchdog
+from loopstat.probes import stall_watch, watchdog
 from tests import inside
 from tests.interrupts import interrupting_at_the_call_of
 from tests.machine import runqueue_seconds
@@ -636,7 +636,7 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
         await asyncio.sleep(0.2)
         return await located_stall(monitor)
 
-    monkeypatch.setattr(stalls, "perf_counter", interrupting_perf_counter)
+    monkeypatch.setattr(stall_watch, "perf_counter", interrupting_perf_counter)
     try:
         task = loop.create_task(first())
         with pytest.raises(KeyboardInterrupt):

@@ -21,7 +21,7 @@ import pytest
 
 import loopstat
 from loopstat import Stall
-from loopstat.probes import frames, stalls
+from loopstat.probes import frames, stall_capture
 from tests import inside
 from tests.test_stalls import line_of
 
@@ -198,5 +198,5 @@ async def test_a_stack_slow_to_describe_is_still_reported_with_its_stall(monkeyp
         time.sleep(0.03)
         return real(*args)
 
-    monkeypatch.setattr(stalls, "format_stack", from_a_slow_disk)
+    monkeypatch.setattr(stall_capture, "format_stack", from_a_slow_disk)
     await stall_of("sum")
