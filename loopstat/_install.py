@@ -8,8 +8,7 @@ import os
 import weakref
 from typing import Literal, Optional, Union
 
-from loopstat import _registry
-from loopstat import settings as _settings
+from loopstat import _options, _registry
 from loopstat.monitor import Monitor, running_loop
 from loopstat.probes import frames as _frames
 from loopstat.tags import TagsArg
@@ -45,10 +44,10 @@ def install(
     socket_path: Union[str, os.PathLike[str], None] = None,
     prefix: Optional[str] = None,
     tags: TagsArg = None,
-    interval: float = _settings.DEFAULT_INTERVAL,
+    interval: float = _options.DEFAULT_INTERVAL,
     flavor: Literal["dogstatsd", "statsd"] = "dogstatsd",
     loop: Optional[asyncio.AbstractEventLoop] = None,
-    stall_threshold: Optional[float] = _settings.DEFAULT_STALL_THRESHOLD,
+    stall_threshold: Optional[float] = _options.DEFAULT_STALL_THRESHOLD,
     utilization: bool = True,
     executor: bool = True,
     gc: bool = False,
@@ -67,7 +66,7 @@ def install(
     """
     # Every argument but the loop is a row of the option table, checked there by name.
     arguments = {name: value for name, value in locals().items() if name != "loop"}
-    settings = _settings.resolve(**arguments, environ=os.environ)
+    settings = _options.resolve(**arguments, environ=os.environ)
     if settings.profile and _frames.free_threaded():
         raise ValueError(
             "profile: not available on a free-threaded Python running without the GIL, where reading the loop "
@@ -76,7 +75,7 @@ def install(
     return _install(settings, _target_loop(loop))
 
 
-def install_lazily(settings: _settings.Settings, loop: asyncio.AbstractEventLoop) -> Monitor:
+def install_lazily(settings: _options.Settings, loop: asyncio.AbstractEventLoop) -> Monitor:
     """``install()`` with resolved settings, for ``loopstat-run``: the monitor begins at its first sample.
 
     Until then it holds two of the loop's timers and nothing else: no socket,
@@ -86,7 +85,7 @@ def install_lazily(settings: _settings.Settings, loop: asyncio.AbstractEventLoop
     return _install(settings, loop, lazy=True)
 
 
-def _install(settings: _settings.Settings, target: asyncio.AbstractEventLoop, lazy: bool = False) -> Monitor:
+def _install(settings: _options.Settings, target: asyncio.AbstractEventLoop, lazy: bool = False) -> Monitor:
     """The running monitor of ``target``, or a new one started on it."""
     with _registry.lock:
         existing = _registry.find(target)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Dict, List, Tuple
 
-from loopstat import settings as _settings
+from loopstat import _options
 from loopstat._metrics import METRICS, Line
 from loopstat.probes import Attach, Probe, Watched
 from loopstat.probes import blocking as _blocking
@@ -49,7 +49,7 @@ ATTACH: Tuple[Tuple[str, Attach], ...] = (
 class ProbeSet:
     """One monitor's probes: attached, read and closed each on its own."""
 
-    def __init__(self, settings: _settings.Settings) -> None:
+    def __init__(self, settings: _options.Settings) -> None:
         self.settings = settings
         #: The probes running, by name, in the catalogue's order.
         self.running: Dict[str, Probe] = {}
@@ -102,7 +102,7 @@ class ProbeSet:
         _lost(name, self.settings, exc, failures)
 
 
-def stopped_metrics(probe: str, settings: _settings.Settings) -> str:
+def stopped_metrics(probe: str, settings: _options.Settings) -> str:
     """The metrics a probe sends, from the catalogue, named as they go on the wire, with their verb."""
     on = settings.distributions
     wire = (m.distribution if on and m.distribution else m.name for m in METRICS if m.probe == probe)
@@ -110,7 +110,7 @@ def stopped_metrics(probe: str, settings: _settings.Settings) -> str:
     return f"{names[0]} is" if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} are"
 
 
-def _lost(probe: str, settings: _settings.Settings, exc: Exception, failures: int = 0) -> None:
+def _lost(probe: str, settings: _options.Settings, exc: Exception, failures: int = 0) -> None:
     """The one warning about a probe left out at start, or closed after ``failures`` failed reads."""
     reason = f"{type(exc).__name__}: {exc}"
     if len(reason) > REASON_CHARS:

@@ -11,8 +11,7 @@ import weakref
 from types import TracebackType
 from typing import List, Optional, Set, Tuple, Type
 
-from loopstat import _close_guard, _fork, _notes, _registry
-from loopstat import settings as _settings
+from loopstat import _close_guard, _fork, _notes, _options, _registry
 from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat._probe_set import ProbeSet
@@ -31,7 +30,7 @@ class Monitor:
 
     def __init__(
         self,
-        settings: _settings.Settings,
+        settings: _options.Settings,
         loop: asyncio.AbstractEventLoop,
         clock: Optional[Clock] = None,
         lazy: bool = False,
@@ -75,7 +74,7 @@ class Monitor:
         # A failing sample is logged at most once a minute; the rest are counted.
         self._fault_log: RateLimit[None] = RateLimit(clock=clock or time.monotonic)
         # Other settings a later install() asked for, each warned about once.
-        self._asked: Set[_settings.Settings] = set()
+        self._asked: Set[_options.Settings] = set()
         if not lazy:
             self._prepare()
         # The probes running, each kept apart from the others.

@@ -42,11 +42,10 @@ from aiodogstatsd.typedefs import MType
 from loopstat import _origin, _worker
 from loopstat._clock import Clock
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
-from loopstat._options import socket_type
+from loopstat._options import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings, socket_type
 from loopstat._transport import FULL, Datagrams, udp, unix
 from loopstat._transport.udp import Address, Lookup, lookups
 from loopstat._transport.unix_stream import Frames
-from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings
 from loopstat.tags import joined, sanitize
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ import pytest
 import loopstat
 from loopstat import Stall, _probe_set, _registry
 from loopstat._metrics import Line
+from loopstat._options import Settings
 from loopstat.probes import Attach, Watched, watchdog
 from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.stall_watch import StallProbe
 from loopstat.probes.stalls import Stalls
-from loopstat.settings import Settings
 
 
 def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:

@@ -212,7 +212,7 @@ def test_ten_thousand_bad_tags_make_a_few_short_warnings(
     monkeypatch: pytest.MonkeyPatch, loopstat_log: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("DD_TAGS", ",".join(f"{i}key{i}:{'v' * 250}" for i in range(10_000)))
-    settings = loopstat.settings.resolve(environ=os.environ)
+    settings = _options.resolve(environ=os.environ)
     assert 0 < len(settings.tags) < 10_000
     messages = [record.getMessage() for record in loopstat_log.records]
     assert 1 <= len(messages) <= 3
@@ -233,7 +233,7 @@ def test_ten_thousand_bad_tags_make_a_few_short_warnings(
 def test_a_warning_about_a_huge_variable_is_one_short_line(
     loopstat_log: pytest.LogCaptureFixture, name: str, value: str
 ) -> None:
-    loopstat.settings.resolve(environ={name: value})
+    _options.resolve(environ={name: value})
     [warning] = [record.getMessage() for record in loopstat_log.records]
     assert warning.startswith(f"loopstat: {name}: ")
     assert len(warning) <= 450
@@ -241,20 +241,20 @@ def test_a_warning_about_a_huge_variable_is_one_short_line(
 
 
 def test_tags_from_a_generator_are_read_once_and_kept() -> None:
-    settings = loopstat.settings.resolve(tags=(f"k{i}:v" for i in range(3)), environ={})
+    settings = _options.resolve(tags=(f"k{i}:v" for i in range(3)), environ={})
     assert dict(settings.tags) == {"k0": "v", "k1": "v", "k2": "v"}
 
 
 def test_a_changed_environment_is_read_again() -> None:
-    first = loopstat.settings.resolve(environ={"DD_ENV": "a"})
-    second = loopstat.settings.resolve(environ={"DD_ENV": "b"})
+    first = _options.resolve(environ={"DD_ENV": "a"})
+    second = _options.resolve(environ={"DD_ENV": "b"})
     assert (dict(first.tags), dict(second.tags)) == ({"env": "a"}, {"env": "b"})
 
 
 def test_true_is_not_mistaken_for_a_cached_1_second_interval() -> None:
-    assert loopstat.settings.resolve(interval=1, environ={}).interval == 1.0
+    assert _options.resolve(interval=1, environ={}).interval == 1.0
     with pytest.raises(ValueError, match=r"^interval: True"):
-        loopstat.settings.resolve(interval=True, environ={})
+        _options.resolve(interval=True, environ={})
 
 
 def test_the_readme_configuration_table_is_the_option_table() -> None:
@@ -317,13 +317,13 @@ tag_items = st.text(alphabet=st.characters() | st.sampled_from("|#,:@\n\r ;=~!_-
 @hypothesis.given(items=st.lists(tag_items, max_size=30))
 def test_every_tag_sent_starts_with_a_letter_and_reads_back_as_sent(items: list[str]) -> None:
     try:
-        resolved = loopstat.settings.resolve(tags=items, environ={})
+        resolved = _options.resolve(tags=items, environ={})
     except ValueError as exc:
         message = str(exc)
         assert message.startswith("tags: "), message
         return
     text = joined(resolved.tags)
-    assert len(text.encode()) <= loopstat.settings.MAX_DATAGRAM
+    assert len(text.encode()) <= _options.MAX_DATAGRAM
     read_back = []
     for tag in text.split(",") if text else []:
         assert re.fullmatch(r"[^\W\d_][\w\-./]*(:[\w\-./:]+)?", tag), tag
@@ -335,7 +335,7 @@ def test_every_tag_sent_starts_with_a_letter_and_reads_back_as_sent(items: list[
 
 
 def test_a_long_tag_without_value_is_cut_to_200_characters() -> None:
-    resolved = loopstat.settings.resolve(tags=["canary" + "x" * 300], environ={})
+    resolved = _options.resolve(tags=["canary" + "x" * 300], environ={})
     assert resolved.tags == (("canary" + "x" * 194, ""),)
 
 
@@ -343,4 +343,4 @@ def test_a_list_that_contains_itself_is_refused_as_tags() -> None:
     tags: list[object] = []
     tags.append(tags)
     with pytest.raises(ValueError, match=r"^tags: tags must be strings, got list"):
-        loopstat.settings.resolve(tags=tags, environ={})
+        _options.resolve(tags=tags, environ={})

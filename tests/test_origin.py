@@ -25,10 +25,9 @@ import pytest
 import loopstat
 from loopstat import _origin
 from loopstat._metrics import DISTRIBUTED, METRICS, Line
-from loopstat._options import MAX_DATAGRAM, MAX_EXTERNAL_ENV, run_arguments
+from loopstat._options import MAX_DATAGRAM, MAX_EXTERNAL_ENV, Settings, resolve, run_arguments
 from loopstat.cli import fmt
 from loopstat.cli.statsd import parse_strict
-from loopstat.settings import Settings, resolve
 from loopstat.sink import Sink
 from tests.receiver import Receiver
 

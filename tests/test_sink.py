@@ -19,8 +19,8 @@ import loopstat
 from loopstat import _threads
 from loopstat import sink as sink_module
 from loopstat._metrics import Line
+from loopstat._options import MAX_DATAGRAM, resolve
 from loopstat.cli import statsd
-from loopstat.settings import MAX_DATAGRAM, resolve
 from loopstat.sink import Sink
 
 NOTES = "loopstat._notes"

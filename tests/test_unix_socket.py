@@ -28,7 +28,7 @@ import pytest
 import loopstat
 from loopstat import bootstrap
 from loopstat._metrics import Line
-from loopstat.settings import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, resolve
+from loopstat._options import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, resolve
 from loopstat.sink import Sink
 from tests.receiver import Receiver
 

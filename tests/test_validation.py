@@ -9,6 +9,7 @@ import re
 import pytest
 
 import loopstat
+from loopstat import _options
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ def test_stall_threshold_must_be_seconds_from_10_ms_to_a_day_or_none(threshold: 
 
 
 def test_the_lower_bounds_themselves_are_accepted() -> None:
-    settings = loopstat.settings.resolve(interval=0.001, stall_threshold=0.01, environ={})
+    settings = _options.resolve(interval=0.001, stall_threshold=0.01, environ={})
     assert (settings.interval, settings.stall_threshold) == (0.001, 0.01)
 
 
@@ -63,7 +64,7 @@ def test_host_must_be_a_name_or_address(host: object) -> None:
 
 @pytest.mark.parametrize("host", ["dd-agent", "datadog_agent", "agent.local.", "127.0.0.1", "::1", "bücher.example"])
 def test_host_names_and_addresses_are_accepted(host: str) -> None:
-    assert loopstat.settings.resolve(host, environ={}).host == host
+    assert _options.resolve(host, environ={}).host == host
 
 
 @pytest.mark.parametrize("flavor", ["datadog", "", None, "DOGSTATSD"])
@@ -159,12 +160,12 @@ def test_a_malformed_shared_variable_is_named_in_one_warning_and_not_used(
     loopstat_log: pytest.LogCaptureFixture, name: str, value: str, message: str
 ) -> None:
     # Other clients read DD_* and STATSD_* too: a value loopstat cannot use never stops the application.
-    settings = loopstat.settings.resolve(environ={name: value})
+    settings = _options.resolve(environ={name: value})
     warnings = [record.getMessage() for record in loopstat_log.records]
     assert len(warnings) == 1, warnings
     assert re.search(message, warnings[0]), warnings[0]
     assert warnings[0].endswith(f"; {name} is not used")
-    assert settings == loopstat.settings.resolve(environ={})
+    assert settings == _options.resolve(environ={})
 
 
 def test_install_without_a_running_loop_or_loop_argument_says_how_to_call_it() -> None:

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 import loopstat
 from loopstat import _origin
 from loopstat._metrics import METRICS, MetricType
-from loopstat._options import forget
+from loopstat._options import MAX_DATAGRAM, Settings, forget, resolve
 from loopstat.cli.statsd import parse_strict
-from loopstat.settings import MAX_DATAGRAM, Settings, resolve
 from loopstat.sink import Sink
 from loopstat.tags import sanitize
 from tests.receiver import Receiver

@@ -279,13 +279,24 @@ def socket_type(socket_path: str) -> Tuple[SocketType, str]:
     return "auto", socket_path
 
 
-class SocketPath(Validator[Optional[str]]):
-    """The Agent's Unix socket: an absolute path, or ``unix://``, ``unixgram://``, ``unixstream://`` and the path."""
+class NoneOr(Validator[Optional[str]]):
+    """A text setting that may also be None (unset); a variable holds the text itself."""
 
     type_doc = "str or None"
 
     def accepted(self) -> str:
         return f"None, or {self.accepted_text()}"
+
+    def check(self, value: object, source: str) -> Optional[str]:
+        return None if value is None else self.check_set(value, source)
+
+    def check_set(self, value: object, source: str) -> str:
+        """The checked value of an argument that is not None."""
+        raise NotImplementedError
+
+
+class SocketPath(NoneOr):
+    """The Agent's Unix socket: an absolute path, or ``unix://``, ``unixgram://``, ``unixstream://`` and the path."""
 
     def accepted_text(self) -> str:
         return (
@@ -293,9 +304,7 @@ class SocketPath(Validator[Optional[str]]):
             "or unix://, unixgram:// or unixstream:// and that path"
         )
 
-    def check(self, value: object, source: str) -> Optional[str]:
-        if value is None:
-            return None
+    def check_set(self, value: object, source: str) -> str:
         return self._path(os.fspath(value) if isinstance(value, os.PathLike) else value, source, text=False)
 
     def parse(self, text: str, source: str) -> str:
@@ -330,15 +339,11 @@ class SocketPath(Validator[Optional[str]]):
         return value
 
 
-class ExternalEnv(Validator[Optional[str]]):
+class ExternalEnv(NoneOr):
     """The external environment Datadog's admission controller injects (``it-false,cn-web,pu-<pod uid>``)."""
 
-    type_doc = "str or None"
     # Printable ASCII but "|" (which ends a DogStatsD field) and spaces: the characters the admission controller writes.
     _FORM = re.compile(rf"[!-{{}}~]{{1,{MAX_EXTERNAL_ENV}}}")
-
-    def accepted(self) -> str:
-        return "None, or " + self.accepted_text()
 
     def accepted_text(self) -> str:
         return (
@@ -346,9 +351,7 @@ class ExternalEnv(Validator[Optional[str]]):
             "(as Datadog's admission controller writes it: it-false,cn-web,pu-{pod UID})"
         )
 
-    def check(self, value: object, source: str) -> Optional[str]:
-        if value is None:
-            return None
+    def check_set(self, value: object, source: str) -> str:
         if not isinstance(value, str) or not self._FORM.fullmatch(value):
             raise self._bad(value, source)
         return value

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO
 
 import loopstat
-from loopstat import _cgroup
-from loopstat import settings as _settings
+from loopstat import _cgroup, _options
 from loopstat.cli import fmt, statsd
 from loopstat.cli.board import Board, listen
 from loopstat.cli.demo_service import (
@@ -260,7 +259,7 @@ async def demo(seconds: float, out: TextIO, err: TextIO, throttle: bool = False)
         try:
             try:
                 # Same checks install() makes in the service thread, here, to fail in one line.
-                _settings.resolve("127.0.0.1", port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, environ=os.environ)
+                _options.resolve("127.0.0.1", port, prefix=PREFIX, tags=TAGS, interval=INTERVAL, environ=os.environ)
             except ValueError as exc:
                 raise DemoError(str(exc)) from None
             service_file = write_service()

@@ -19,9 +19,9 @@ import asyncio
 from typing import TYPE_CHECKING, Callable, List, Optional, Protocol, Tuple
 
 from loopstat._metrics import Line
+from loopstat._options import Settings
 from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.thread_clock import ThreadClock
-from loopstat.settings import Settings
 
 if TYPE_CHECKING:
     from loopstat.monitor import Monitor
