@@ -280,9 +280,9 @@ class Monitor:
         await self.stop()
 
 
-# The stall watchdog's module joins here, after every module it may wait on at a fork.
+# The stall watchdog and the registry join here, not as they are imported: their hooks keep the order they had.
 _fork.join(before=_watchdog.before_fork, after_in_child=_watchdog.after_fork_in_child)
-# After the sink's own hook (it joined first): closing a sink may take its lock.
+# The registry's after the sink's own hook (it joined first): closing a sink may take its lock.
 _fork.join(after_in_child=_registry.after_fork_in_child)
 # Every module of loopstat has joined by now: the one pair of fork hooks walks them.
 _fork.register(os.environ)
