@@ -37,9 +37,10 @@ from bench.web import ROOT, child_env
 
 VALGRIND = ("--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
 # Without time-driven work: their busy runs would only repeat the parked one.
-TIMERLESS = ("none", "monitored-ioloop")
+TIMERLESS = ("none", "threaded", "monitored-ioloop")
 COUNTED = (
     "none",
+    "threaded",
     "naive",
     "loopstat",
     "loopstat-lag",

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -25,9 +26,12 @@ VARIANTS = ("none", "naive", "loopstat", "loopstat-all", "aiodebug", "loopmon")
 # peer that is a loop of its own rather than something attached to a running loop.
 PROBE_VARIANTS = ("loopstat-lag", "loopstat-utilization", "loopstat-stalls", "loopstat-gc", "loopstat-blocking")
 LOOP_VARIANTS = ("monitored-ioloop",)
+# Only the instruction counts too: the baseline in a process that has started a thread (see ``Threaded``).
+BASELINE_VARIANTS = ("threaded",)
 
 DESCRIPTIONS = {
     "none": "no monitor (the baseline)",
+    "threaded": "no monitor, in a process that has started and ended one thread (as one that used an executor has)",
     "naive": "a hand-written monitor: sleep overshoot with loop.time() every 0.25 s, len(all_tasks()); sends nothing",
     "loopstat": "loopstat.install() with its defaults",
     "loopstat-all": "loopstat.install() with every probe on (gc=True and blocking_calls=True too)",
@@ -105,7 +109,7 @@ def probe_args_missing() -> List[str]:
 
 def missing(name: str) -> Optional[str]:
     """Why variant ``name`` cannot run here, or None when it can."""
-    known = VARIANTS + PROBE_VARIANTS + LOOP_VARIANTS
+    known = VARIANTS + BASELINE_VARIANTS + PROBE_VARIANTS + LOOP_VARIANTS
     if name not in known:
         return f"unknown variant {name!r} (known: {', '.join(known)})"
     if name == "loopstat-all" or name in PROBE_VARIANTS:
@@ -133,6 +137,24 @@ class Attached:
 
     async def detach(self) -> None:
         """Stop the monitor and undo anything it patched."""
+
+
+class Threaded(Attached):
+    """No monitor, after one thread has come and gone: the share of a watchdog thread that is not its work.
+
+    Once a process has started a thread, glibc treats it as multi-threaded for good: every
+    system call that is a cancellation point (the loop's ``epoll_wait``) costs a few dozen
+    instructions more, whatever the threads do. A process that has used an executor or
+    resolved a name on uvloop pays it with or without loopstat.
+    """
+
+    name = "threaded"
+
+    def __init__(self) -> None:
+        super().__init__()
+        thread = threading.Thread(target=lambda: None, name="bench-threaded")
+        thread.start()
+        thread.join()
 
 
 class Naive(Attached):
@@ -262,6 +284,7 @@ class Loopmon(Attached):
 # (port, parked) -> the variant attached to the running loop
 FACTORIES: Dict[str, Callable[[int, bool], Attached]] = {
     "none": lambda port, parked: Attached(),
+    "threaded": lambda port, parked: Threaded(),
     "naive": lambda port, parked: Naive(PARKED_SECONDS if parked else NAIVE_INTERVAL),
     **{name: partial(Loopstat, name=name) for name in PROBE_ARGS_OF},
     "aiodebug": Aiodebug,
