@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from loopstat.cli import statsd
 from loopstat.cli.series import Series
@@ -17,6 +17,15 @@ Key = Tuple[str, str, Tuple[str, ...]]
 STALE_MARK = 5.0
 #: Default seconds without data after which a row is dropped.
 STALE_DROP = 60.0
+
+#: The loop a sender watches, as its metrics tell it: only a stdlib selector loop sends ``iteration``
+#: (loopstat times its selector); ``utilization`` (on by default) comes from every loop, on uvloop
+#: from the thread's CPU time. A sender that sends neither (utilization off) is not named.
+SELECTOR_LOOP = "asyncio (selector timed)"
+NO_SELECTOR_LOOP = "uvloop or alike (no Python selector)"
+# Samples of utilization without iteration before a loop is named as one without a selector:
+# a sample's lines may come in two datagrams, the iteration line in the second.
+NO_ITERATION_SAMPLES = 2
 
 
 class Board:
@@ -83,6 +92,26 @@ class Board:
 
     def now(self) -> float:
         return self._clock()
+
+    def loops(self) -> Dict[str, str]:
+        """The loop each sender watches (``SELECTOR_LOOP`` or ``NO_SELECTOR_LOOP``), for senders whose metrics tell."""
+        iteration: Set[str] = set()
+        utilization: Dict[str, int] = {}
+        for series in self.series.values():
+            if series.type != "g":
+                continue
+            if _named(series.name, "iteration"):
+                iteration.add(series.sender)
+            elif _named(series.name, "utilization"):
+                utilization[series.sender] = max(utilization.get(series.sender, 0), series.received)
+        kinds = {sender: NO_SELECTOR_LOOP for sender, n in utilization.items() if n >= NO_ITERATION_SAMPLES}
+        kinds.update((sender, SELECTOR_LOOP) for sender in iteration)
+        return kinds
+
+
+def _named(name: str, metric: str) -> bool:
+    """Whether ``name`` is loopstat's ``metric`` under any prefix."""
+    return name == metric or name.endswith("." + metric)
 
 
 class ListenError(Exception):

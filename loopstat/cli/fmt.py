@@ -58,6 +58,11 @@ def tags(values: Tuple[str, ...]) -> str:
     return ",".join(values)
 
 
+def sender(name: str) -> str:
+    """How a sender is named on screen: by its ``service`` tag."""
+    return f"service:{name}" if name else "(no service tag)"
+
+
 def sparkline(values: Sequence[Optional[float]]) -> str:
     """One character per value, scaled from 0 (or the lowest value, if negative) to the highest."""
     present = [value for value in values if value is not None]

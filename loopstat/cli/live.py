@@ -147,10 +147,14 @@ class Live:
 
         out = [line(header, "bold")]
         sender: Optional[str] = None
+        loops = board.loops()
         for index, series in enumerate(rows):
             if series.sender != sender:
                 sender = series.sender
-                out.append(Text(f"service:{sender}" if sender else "(no service tag)", "bold", no_wrap=True))
+                group = Text(fmt.sender(sender), "bold", no_wrap=True, overflow="ellipsis")
+                if sender in loops:
+                    group.append(f"  loop: {loops[sender]}", "")
+                out.append(group)
             stale = columns["stale"][index] != ""
             out.append(line({name: columns[name][index] for name in COLUMNS}, "dim" if stale else ""))
         if len(out) > height:

@@ -43,6 +43,8 @@ class Plain:
         self._bad_reported = 0
         #: Lines of each series already accounted for by a printed line.
         self._printed: Dict[Tuple[str, str, Tuple[str, ...]], int] = {}
+        #: The loop of each sender as last noted.
+        self._loops: Dict[str, str] = {}
 
     def lines(self) -> List[str]:
         """``name type tags last=… min=… avg=… max=… n=…`` of the series fed since the previous call."""
@@ -70,7 +72,18 @@ class Plain:
         self.out.write(f"# {text}\n")
         self.out.flush()
 
+    def loop_notes(self) -> List[str]:
+        """``loop of service:<sender>: <kind>`` for each sender whose loop is newly told by its metrics."""
+        notes = []
+        for sender, kind in sorted(self.board.loops().items()):
+            if self._loops.get(sender) != kind:
+                self._loops[sender] = kind
+                notes.append(f"loop of {fmt.sender(sender)}: {kind}")
+        return notes
+
     def tick(self) -> None:
+        for text in self.loop_notes():
+            self.out.write(f"# {text}\n")
         for line in self.lines():
             self.out.write(line + "\n")
         self.out.flush()
