@@ -9,6 +9,7 @@ import time
 import pytest
 
 import loopstat
+from loopstat import sink as sink_module
 from loopstat.probes import Watched
 from tests import inside
 from tests.receiver import Receiver
@@ -66,8 +67,10 @@ async def test_agent_started_after_the_app_receives_metrics_without_a_restart(fr
 
 
 async def test_agent_restart_resumes_sending_with_one_warning_per_outage(
-    free_port: int, loopstat_log: pytest.LogCaptureFixture
+    free_port: int, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Loopback refuses every datagram at once (no ICMP rate limit there): a short recovery spell tells as well.
+    monkeypatch.setattr(sink_module, "RECOVERY_SECONDS", 0.3)
     async with loopstat.install("127.0.0.1", free_port, interval=0.01):
         for outage in (1, 2):
             agent = Receiver(free_port)

@@ -25,6 +25,7 @@ import sysconfig
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -72,7 +73,7 @@ async def main():
         monitor = loopstat.install("127.0.0.1", int(os.environ["APP_PORT"]), **json.loads(os.environ["APP_INSTALL"]))
     loop = asyncio.get_running_loop()
     results = []
-    for i in range(40):
+    for i in range(20):
         results.append(await loop.run_in_executor(None, work, i * 100))
         results.append(sum(await asyncio.gather(*(child(j) for j in range(5)))))
         await asyncio.sleep(0.02)
@@ -160,10 +161,15 @@ def run_app(tmp_path: Path, loop: str, simulation: Simulation, port: Optional[in
 
 def run_both(tmp_path: Path, loop: str, simulation: Simulation, receiver: Receiver, **install: Any) -> Run:
     """Run the application without loopstat and with it; hold the monitored run to the plain one and return it."""
-    plain = run_app(tmp_path, loop, simulation)
+    # Side by side, each in a folder of its own: the runs mostly wait, and neither sees the other.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "monitored").mkdir()
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(run_app, tmp_path / "plain", loop, simulation)
+        monitored = run_app(tmp_path / "monitored", loop, simulation, receiver.port, interval=INTERVAL, **install)
+        plain = running.result()
     assert plain.returncode == 3, f"the application itself fails under this simulation:\n{plain.stderr}"
     assert plain.stderr == ""
-    monitored = run_app(tmp_path, loop, simulation, receiver.port, interval=INTERVAL, **install)
     assert (monitored.stdout, monitored.returncode) == (plain.stdout, plain.returncode), monitored.stderr
     assert "Traceback" not in monitored.stderr, monitored.stderr
     assert monitored.report, f"the monitored application did not report:\n{monitored.stderr}"

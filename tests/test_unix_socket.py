@@ -27,6 +27,7 @@ import pytest
 
 import loopstat
 from loopstat import bootstrap
+from loopstat import sink as sink_module
 from loopstat._metrics import Line
 from loopstat._options import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, resolve
 from loopstat.sink import Sink
@@ -158,8 +159,10 @@ async def test_socket_file_absent_at_start_gives_one_warning_then_metrics_arrive
 
 
 async def test_agent_restart_removing_and_binding_the_socket_again_gives_one_warning_and_one_recovery_per_outage(
-    path: str, loopstat_log: pytest.LogCaptureFixture
+    path: str, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Reconnects tried sooner than the default second: some fail during the outage, one warning all the same.
+    monkeypatch.setattr(sink_module, "FIRST_RETRY_SECONDS", 0.1)
     agent = Receiver(path=path)
     try:
         async with loopstat.install(socket_path=path, interval=0.02, stall_threshold=None) as monitor:

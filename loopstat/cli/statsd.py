@@ -11,6 +11,7 @@ of its own for tests and the bench (any loop, or none, can be under watch);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import socket
@@ -209,6 +210,8 @@ class Receiver:
                 continue
             except OSError:
                 return
+            if not self._open:  # woken by close()
+                return
             at = self._clock()
             with self._lock:
                 self.count += 1
@@ -231,6 +234,9 @@ class Receiver:
     def close(self) -> None:
         """Stop receiving and close the port."""
         self._open = False
+        # A datagram to itself wakes the thread at once, not a poll later.
+        with contextlib.suppress(OSError):
+            self._sock.sendto(b"", self._sock.getsockname())
         self._thread.join()
         self._sock.close()
 
