@@ -1,11 +1,12 @@
 """Run every stage of the test suite, whatever fails, and sum up: ``python3 -m tests.stages [--under-load]``.
 
 ``scripts/test`` calls this once the interpreters are on ``PATH``, tox is in
-``.venv-tox/`` and the servers are provisioned. The library environments run
-two at a time (they mostly wait on real clocks and sockets), each one's output
-printed whole when it ends; then ``e2e``, ``lint`` and ``type``, one after the
-other. A stage that fails does not stop the others: the summary lists every
-stage with its result and time, and the exit status is 1 if any failed.
+``.venv-tox/`` and the servers are provisioned. The stages run two at a time
+(they mostly wait on real clocks and sockets), each one's output printed whole
+when it ends: the library environments first, then ``e2e``, ``lint`` and
+``type``, each started as soon as a runner is free (``e2e`` beside the last
+library environment). A stage that fails does not stop the others: the summary
+lists every stage with its result and time, and the exit status is 1 if any failed.
 
 ``--under-load`` runs one CPU-spinning process per core beside the stages, as a
 busy developer machine or CI runner has: every real-clock test must pass so.
@@ -37,7 +38,7 @@ TOX = os.path.join(".venv-tox", "bin", "tox")
 LIBRARY = ("py39", "py310", "py311", "py312", "py313")
 #: Later Pythons: run only where their interpreter is on PATH.
 LATER = ("py314", "py315")
-#: Run one after the other, once the library environments are done.
+#: Run as soon as a runner is free from the library environments (the queue's order).
 AFTER = ("e2e", "lint", "type")
 
 # Each spinner stops as soon as the run (its argument) is no longer its parent, so
@@ -152,14 +153,19 @@ def summary(stages: Sequence[Stage], total: float, load: int) -> str:
 
 
 def run(paired: Sequence[Stage], after: Sequence[Stage], *, width: int = 2, load: int = 0) -> int:
-    """Run every stage, print the summary, and return 1 if any failed (0 otherwise)."""
+    """Run every stage, print the summary, and return 1 if any failed (0 otherwise).
+
+    One queue, ``width`` at a time: a stage of ``after`` starts as soon as a
+    runner is free, so e2e runs beside the last library environment, and lint
+    and type beside whatever is left, rather than each after all of them.
+    """
     lock = threading.Lock()
     started = time.monotonic()
+    stages = [*paired, *after]
     try:
         with spinning(load):
-            run_in_pairs(paired, width, lock)
-            for stage in after:
-                run_stage(stage, lock, capture=False)
+            # A single stage (``-- ARGUMENTS``) prints as it goes.
+            run_in_pairs(stages, width if len(stages) > 1 else 1, lock)
     finally:
         print(summary([*paired, *after], time.monotonic() - started, load), flush=True)
     return 1 if any(stage.failed for stage in [*paired, *after]) else 0

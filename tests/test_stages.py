@@ -123,6 +123,21 @@ def test_library_stages_run_two_at_a_time(tmp_path: Path) -> None:
     assert stages.run([Stage("py39", meet("a", "b")), Stage("py310", meet("b", "a"))], []) == 0
 
 
+def test_the_later_stages_start_as_soon_as_a_runner_is_free(tmp_path: Path) -> None:
+    # e2e waits for py313 to have started, and py313 for e2e: both run at once, beside each other.
+    def meet(mine: str, other: str) -> list[str]:
+        return python(
+            "import pathlib, sys, time\n"
+            f"pathlib.Path({str(tmp_path / mine)!r}).touch()\n"
+            "deadline = time.monotonic() + 30\n"
+            f"while not pathlib.Path({str(tmp_path / other)!r}).exists():\n"
+            "    if time.monotonic() > deadline: sys.exit(1)\n"
+            "    time.sleep(0.01)\n"
+        )
+
+    assert stages.run([Stage("py313", meet("a", "b"))], [Stage("e2e", meet("b", "a"))]) == 0
+
+
 def test_the_spinners_are_ended_whatever_happens() -> None:
     started: list[subprocess.Popen[bytes]] = []
 

@@ -303,9 +303,9 @@ def run_app(loop_name: str, place: Callable[[int], None], spins: int = 3, cpu_se
 
 @needs_cpu_quota
 def test_a_loop_frozen_by_a_real_cgroup_cpu_quota_is_throttled(loop_name: str) -> None:
-    # 10 ms per 100 ms: 0.1 s of CPU takes about a second.
+    # 10 ms per 100 ms: 50 ms of CPU takes about half a second.
     with _cgroup.cpu_quota_group(10_000, name="loopstat-test") as group:
-        causes = run_app(loop_name, group.add)
+        causes = run_app(loop_name, group.add, cpu_seconds=0.05)
     assert causes == ["throttled"] * 3
 
 

@@ -163,6 +163,8 @@ async def test_blocks_shorter_than_the_threshold_are_not_stalls(
     for _ in range(5):
         loopstat_log.clear()
         async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=0.15) as monitor:
+            await asyncio.sleep(0)  # the monitor starts
+            seen = inside.recorded_stalls(monitor)
             short = []
             for _ in range(8):
                 short.append(blocking_function(0.04))
@@ -170,8 +172,9 @@ async def test_blocks_shorter_than_the_threshold_are_not_stalls(
             blocking_function(0.4)  # one real stall, so the test knows the watchdog was watching
             await wait_for_stalls(monitor, 1)
             await asyncio.sleep(0.2)
-        # A loaded machine can stretch a 40 ms block past the threshold: then it is no short block; again.
-        if max(short) < 100:
+        # A loaded machine can stretch a 40 ms block past the threshold (then it is no short block), or
+        # hold the loop elsewhere itself (a stall not in blocking_function, or not located): again.
+        if max(short) < 100 and all(stall.location is not None and stall.location.endswith(WHERE) for stall in seen):
             break
     assert monitor.stalls == 1
     assert len(stall_warnings(loopstat_log)) == 1
@@ -627,8 +630,9 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
         monitor = loopstat.install("127.0.0.1", 9)
         await asyncio.sleep(0.1)
         armed.set()
-        deadline = real() + 1.0
-        while real() < deadline:  # noqa: ASYNC110 (busy, so that the beat runs on stdlib loops too)
+        deadline = real() + 30
+        # Until the Ctrl-C has landed in a beat (busy, so that the beat runs on stdlib loops too).
+        while armed.is_set() and real() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0)
         return monitor
 
@@ -805,7 +809,9 @@ async def test_a_loop_that_keeps_blocking_off_the_cpu_is_busy_not_idle() -> None
                 blocked = []
                 for _ in range(8):
                     await asyncio.sleep(0.2)
-                    blocked.append(blocking_function(0.2))
+                    # Longer than an interval: a sample falls due in it, late by 150 ms or more (over the
+                    # 100 ms threshold), and the watchdog has 300 ms to get a core, however loaded the machine.
+                    blocked.append(blocking_function(0.4))
                 await wait_for_stalls(monitor, 8)
                 durations = await receiver.wait_count("loopstat.stall", "ms", 8)
                 await asyncio.sleep(0.3)
