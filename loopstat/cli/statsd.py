@@ -203,14 +203,16 @@ class Receiver:
         self._thread.start()
 
     def _receive(self) -> None:
-        while self._open:
+        while True:
             try:
                 data, source = self._sock.recvfrom(65535)
             except socket.timeout:
-                continue
+                if self._open:
+                    continue
+                return
             except OSError:
                 return
-            if not self._open:  # woken by close()
+            if not self._open:  # closed: woken by close()'s datagram, or closed as one came
                 return
             at = self._clock()
             with self._lock:
