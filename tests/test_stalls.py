@@ -104,10 +104,15 @@ async def test_a_blocking_call_is_named_with_file_line_and_function(
 
 
 async def test_the_full_stack_goes_to_debug(loopstat_log: pytest.LogCaptureFixture) -> None:
-    async with loopstat.install("127.0.0.1", 9) as monitor:
-        await asyncio.sleep(0.2)
-        blocking_function(0.25)
-        await wait_for_stalls(monitor, 1)
+    for seconds in (0.25, 0.5, 1.0, 2.0):
+        loopstat_log.clear()
+        async with loopstat.install("127.0.0.1", 9) as monitor:
+            await asyncio.sleep(0.2)
+            blocking_function(seconds)
+            await wait_for_stalls(monitor, 1)
+        # A loaded machine can keep the watchdog off a core for the whole block: no stack was taken; longer, again.
+        if monitor.last_stall is not None and monitor.last_stall.stack:
+            break
     stacks = [r.getMessage() for r in loopstat_log.records if r.levelno == logging.DEBUG and "stack" in r.getMessage()]
     assert len(stacks) == 1
     assert "test_a_blocking_call" not in stacks[0]
