@@ -139,8 +139,10 @@ def test_a_sample_too_long_for_a_udp_datagram_goes_out_in_one_unix_datagram(path
 
 
 async def test_socket_file_absent_at_start_gives_one_warning_then_metrics_arrive_once_it_is_bound(
-    path: str, loopstat_log: pytest.LogCaptureFixture
+    path: str, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Connections tried sooner than the default second: some fail before the bind, one warning all the same.
+    monkeypatch.setattr(sink_module, "FIRST_RETRY_SECONDS", 0.1)
     async with loopstat.install(socket_path=path, interval=0.02, stall_threshold=None) as monitor:
         await wait_until(lambda: records_of(loopstat_log, logging.WARNING), "a warning about the absent socket")
         await asyncio.sleep(0.1)
@@ -483,8 +485,9 @@ async def test_metrics_reach_a_unix_stream_socket_in_length_prefixed_frames(
 
 
 async def test_a_stream_the_agent_closes_is_connected_again_and_metrics_flow(
-    path: str, stream_agent: StreamAgent, loopstat_log: pytest.LogCaptureFixture
+    path: str, stream_agent: StreamAgent, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sink_module, "FIRST_RETRY_SECONDS", 0.1)  # reconnected sooner than the default second
     async with loopstat.install(socket_path=f"unixstream://{path}", interval=0.02, stall_threshold=None) as monitor:
         await wait_until(lambda: len(stream_agent.payloads) >= 3, "first frames")
         stream_agent.drop_connection()
