@@ -15,6 +15,7 @@ and ``warnings_of`` (the loopstat warnings a run printed).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import json
 import logging
@@ -308,15 +309,19 @@ def test_an_executor_without_private_fields_loses_the_executor_gauges_only(
     assert "loopstat.executor.queue and loopstat.executor.threads are no longer sent" in warning
 
 
-# Other threads' frames unreadable: sys._current_frames() refuses, as a later Python or another implementation may.
+# Other threads' frames unreadable: sys._current_frames() refuses, as a later Python or another implementation may;
+# so does faulthandler.dump_traceback(), which reads them on CPython 3.11.
 NO_CURRENT_FRAMES = Simulation(
     first="""
-    import sys
-    def _current_frames():
+    import faulthandler, sys
+    def _current_frames(*args, **kwargs):
         raise RuntimeError("other threads' frames are not available")
     sys._current_frames = _current_frames
+    faulthandler.dump_traceback = _current_frames
     """
 )
+# What reads other threads' stacks on this Python.
+READER = "faulthandler.dump_traceback()" if frames.DUMPED else "sys._current_frames()"
 
 
 @pytest.mark.parametrize("loop", LOOP_KINDS)
@@ -328,13 +333,13 @@ def test_unreadable_thread_frames_leave_stalls_unlocated_and_the_profile_out(
     assert "profile" not in run.report["probes"]
     assert "loopstat.busy" not in names
     (warning,) = about(warnings_of(run), "profile")
-    assert "could not start (StacksUnreadable: sys._current_frames() failed: RuntimeError:" in warning
+    assert f"could not start (StacksUnreadable: {READER} failed: RuntimeError:" in warning
     # The block of the application is still a stall, counted, timed and sent; only its location is missing.
     assert run.report["stalls"] >= 1
     assert run.report["location"] is None
     assert any(line.value >= 300 for line in receiver.snapshot() if line.name == "loopstat.stall")
     (unlocated,) = [line for line in warnings_of(run) if "without their location" in line]
-    assert "sys._current_frames() failed: RuntimeError: other threads' frames are not available" in unlocated
+    assert f"{READER} failed: RuntimeError: other threads' frames are not available" in unlocated
 
 
 # Tasks whose ``_log_destroy_pending`` cannot be set from outside asyncio, as on a later Python whose
@@ -559,6 +564,13 @@ def free_threaded(monkeypatch: pytest.MonkeyPatch) -> List[int]:
     monkeypatch.setattr(frames, "free_threaded", lambda: True)
     monkeypatch.setattr(frames, "_said", False)
     monkeypatch.setattr(sys, "_current_frames", current_frames)
+    dump = faulthandler.dump_traceback
+
+    def dump_traceback(*args: Any, **kwargs: Any) -> None:
+        reads.append(threading.get_ident())
+        dump(*args, **kwargs)
+
+    monkeypatch.setattr(faulthandler, "dump_traceback", dump_traceback)
     return reads
 
 
@@ -605,10 +617,11 @@ async def test_unreadable_frames_are_said_once_on_the_loops_thread_and_threading
     """The watchdog finds out that stacks cannot be read; the loop's thread says so (a log record made
     on the watchdog's own thread would register it with threading, as a dummy Thread)."""
 
-    def refuse() -> Dict[int, Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Dict[int, Any]:
         raise RuntimeError("other threads' frames are not available")
 
     monkeypatch.setattr(sys, "_current_frames", refuse)
+    monkeypatch.setattr(faulthandler, "dump_traceback", refuse)
     monkeypatch.setattr(frames, "_failed", None)
     monkeypatch.setattr(frames, "_said", False)
     before, count = threading.enumerate(), threading.active_count()
@@ -627,7 +640,7 @@ async def test_unreadable_frames_are_said_once_on_the_loops_thread_and_threading
     (record,) = said()
     assert record.levelno == logging.WARNING
     assert record.thread == threading.get_ident()  # the loop's thread
-    assert "sys._current_frames() failed: RuntimeError: other threads' frames are not available" in record.getMessage()
+    assert f"{READER} failed: RuntimeError: other threads' frames are not available" in record.getMessage()
 
 
 async def test_loopstat_run_on_free_threaded_python_drops_profile_with_one_warning_and_monitors_the_rest(

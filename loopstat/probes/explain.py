@@ -36,7 +36,8 @@ class Seen:
     #: How late the look came: the loop's thread held the GIL meanwhile.
     kept_out: float
     importing: Optional[str]
-    #: ``id()`` of the outermost coroutine frame on the stack (the task's), and its coroutine's name.
+    #: ``id()`` of the outermost coroutine frame on the stack (the task's; on CPython 3.11 the task), and its
+    #: coroutine's name.
     coroutine: Optional[Tuple[int, str]]
 
 
@@ -61,6 +62,19 @@ def outermost_coroutine(frame: Optional[FrameType]) -> Optional[Tuple[int, str]]
     return id(found), getattr(code, "co_qualname", code.co_name)
 
 
+def running_task(loop: asyncio.AbstractEventLoop) -> Optional[Tuple[int, str]]:
+    """``id()`` of the task whose step the loop runs, and its coroutine's name; for the watchdog where it
+    makes no frame object of the loop's thread (CPython 3.11)."""
+    try:
+        task = asyncio.current_task(loop)  # a look-up in asyncio's table of running tasks, by loop
+        if task is None:
+            return None
+        coro = task.get_coro()
+        return id(task), str(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
+    except Exception:  # a later asyncio may refuse from another thread: the stall goes without its task
+        return None
+
+
 def waiting_task(loop: asyncio.AbstractEventLoop, coroutine: Optional[Tuple[int, str]]) -> Optional[str]:
     """``'<task name>' <coroutine>`` of the task running ``coroutine``, or its coroutine alone; on the loop's thread."""
     if coroutine is None:
@@ -71,7 +85,7 @@ def waiting_task(loop: asyncio.AbstractEventLoop, coroutine: Optional[Tuple[int,
             break
         coro = task.get_coro()
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is not None and id(frame) == frame_id:
+        if id(task) == frame_id or (frame is not None and id(frame) == frame_id):
             return f"task {task.get_name()!r} {name}"
     return f"coroutine {name}"
 

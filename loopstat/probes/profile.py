@@ -21,7 +21,6 @@ import contextlib
 import random
 import sys
 import threading
-from types import FrameType
 from typing import Dict, List, Optional, Tuple
 from weakref import WeakSet
 
@@ -29,7 +28,7 @@ from loopstat import _fork, _threads
 from loopstat._metrics import Line
 from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
-from loopstat.probes.frames import Outer, StacksUnreadable, blame, outer_of, walk, where
+from loopstat.probes.frames import Frame, Outer, StacksUnreadable, blame, outer_of, where
 from loopstat.probes.selector_clock import SelectorClock
 
 # About 50 looks a second: 500 in a 10 s window, a site's share to within a few points.
@@ -110,7 +109,15 @@ class Profile:
         except ValueError:  # run from C with no Python frame around
             self.outer = ()
 
-    def look(self, frames: Dict[int, FrameType]) -> None:
+    def busy(self) -> bool:
+        """Whether the loop is running a callback (not waiting in its selector): only then is its stack read."""
+        clock = self._clock
+        try:
+            return self._watched.loop.is_running() and (clock is None or not clock.waiting)
+        except Exception:  # a loop torn down under us: it will unwatch itself
+            return False
+
+    def look(self, stacks: Dict[int, Tuple[List[Frame], bool]]) -> None:
         """Called by the sampler thread: note what the loop is doing now."""
         if not self._watched.loop.is_running():
             return
@@ -118,9 +125,9 @@ class Profile:
         site: Optional[str] = None
         own = False
         if clock is None or not clock.waiting:
-            frame = frames.get(self.thread_id)
-            if frame is not None:
-                stack, whole = walk(frame)
+            found = stacks.get(self.thread_id)
+            if found is not None:
+                stack, whole = found
                 named, own = blame(stack, whole, self.outer)
                 site = None if own else where(named)
         self._window.count(site, own)
@@ -168,16 +175,18 @@ class _Sampler:
                     self._thread = None
                     return
             try:
-                frames = _frames.current_frames()
+                # Loops that wait are not read: on CPython 3.11 a read dumps every thread's stack, holding the GIL.
+                busy = [profile.thread_id for profile in profiles if profile.busy()]
+                stacks = _frames.stacks_of(busy) if busy else {}
             except StacksUnreadable as exc:
                 for profile in profiles:
                     profile.failed = exc  # the monitor closes them, and then this thread ends
-                frames = {}
+                stacks = {}
             for profile in profiles:
                 # A loop torn down under us: it will unwatch itself.
                 with contextlib.suppress(Exception):
-                    profile.look(frames)
-            del frames, profiles  # holding them would keep the loops' frames alive
+                    profile.look(stacks)
+            del stacks, profiles  # holding them would keep the loops' frames alive
             with self._changed:
                 self._changed.wait(PERIOD_SECONDS * jitter.uniform(0.5, 1.5))
 
@@ -197,5 +206,5 @@ _fork.join(after_in_child=after_fork_in_child)
 def attach(watched: Watched) -> Optional[Profile]:
     if not watched.settings.profile:
         return None
-    _frames.current_frames()  # StacksUnreadable here leaves the profile out
+    _frames.stacks_of(())  # StacksUnreadable here leaves the profile out
     return Profile(watched)

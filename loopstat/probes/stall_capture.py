@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from loopstat.probes import frames as _frames
 from loopstat.probes.causes import Verdict
-from loopstat.probes.explain import Explainer, Seen, outermost_coroutine
+from loopstat.probes.explain import Explainer, Seen, outermost_coroutine, running_task
 from loopstat.probes.frames import Frame, Outer, blame, format_stack, loopstat_file, walk, where
 
 log = logging.getLogger("loopstat.probes.stalls")  # the stall probe's logger, which users filter by
@@ -53,10 +54,22 @@ class Capture:
     seen: Optional[Seen] = None
 
 
-def _thread_stack(thread_id: int) -> Tuple[List[Frame], bool, Optional[Tuple[int, str]]]:
-    """The stack of a thread, innermost last, whether whole, and the task's coroutine on it (its frame's ``id()``)."""
+def _thread_stack(
+    thread_id: int, loop: asyncio.AbstractEventLoop, read: Callable[[], None]
+) -> Tuple[List[Frame], bool, Optional[Tuple[int, str]]]:
+    """The stack of a thread, innermost last, whether whole, and the task's coroutine on it (its frame's ``id()``,
+    or on CPython 3.11 its task's); on CPython 3.11 ``read`` is called as soon as the stack is read."""
     # The frames are dropped before anything slow: held, they would keep the
     # loop's locals alive and make a deep stack slower to unwind.
+    if _frames.DUMPED:  # no frame object of the loop's thread here: the task is asked of asyncio
+        task: List[Optional[Tuple[int, str]]] = []
+
+        def dumped() -> None:
+            task.append(running_task(loop))
+            read()
+
+        frames, whole = _frames.thread_stack(thread_id, dumped)
+        return frames, whole, task[0] if task else None
     try:
         top = _frames.current_frames().get(thread_id)
     except _frames.StacksUnreadable:

@@ -341,10 +341,18 @@ class StallProbe:
             # to it, reading source lines): after a block in C code that held the
             # GIL, the watchdog gets in just as the call returns, and the loop
             # thread still stands where it made the call.
-            frames, whole, coroutine = _thread_stack(self.thread_id)
-            looked = perf_counter()
-            seen = self.mark() == mark  # else the loop moved on before the watchdog could look
-            when = then()
+            read: List[Tuple[float, bool, float]] = []
+
+            def look() -> None:
+                looked, seen = perf_counter(), self.mark() == mark  # else the loop moved on before the look
+                # ``then`` may post the restart that reports this stall: posted before the loop can wait again,
+                # which would end the stall unreported.
+                read.append((looked, seen, then()))
+
+            frames, whole, coroutine = _thread_stack(self.thread_id, self._loop, look)
+            if not read:  # on CPython 3.11, as soon as the stack was read: reading it in full lets the loop run on
+                look()
+            looked, seen, when = read[0]
             if seen:
                 # The signals next: reading their files lets the loop run on, so only after ``then``.
                 signals = self._read_signals(coroutine, frames, mark, looked)
