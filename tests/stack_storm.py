@@ -73,15 +73,22 @@ killer.start()
 end = time.monotonic() + {seconds}
 task = None
 interrupts = 0
-while time.monotonic() < end:
+over = False
+while not over:
+    # Ctrl-C lands anywhere here: the outer try catches one landing outside the inner.
     try:
-        if task is None or task.done():
-            task = loop.create_task(work())
-        loop.run_until_complete(task)
+        while time.monotonic() < end:
+            try:
+                if task is None or task.done():
+                    task = loop.create_task(work())
+                loop.run_until_complete(task)
+            except KeyboardInterrupt:
+                interrupts += 1
+        done.set()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a last Ctrl-C still on its way lands nowhere
+        over = True
     except KeyboardInterrupt:
         interrupts += 1
-done.set()
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # a last Ctrl-C still on its way lands nowhere
 killer.join()
 task.cancel()
 loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
@@ -102,6 +109,8 @@ def run(walk: bool, seconds: float) -> str:
         timeout=120,
         cwd=Path(__file__).parent.parent,
     )
+    if done.returncode == -signal.SIGINT:  # a Ctrl-C that landed in an except clause: Python ends as killed by it
+        return "ended by a Ctrl-C"
     if done.returncode < 0:
         return f"crash ({signal.Signals(-done.returncode).name})"
     if done.returncode != 0:
