@@ -34,6 +34,7 @@ import loopstat
 from loopstat.probes import frames
 
 faulthandler.enable()  # a crash says where (and the application's faulthandler stays as it set it)
+faulthandler.dump_traceback_later(60, exit=True)  # so does a hang
 if {walk}:
     frames.DUMPED = False
 sys.unraisablehook = lambda hook: None  # a Ctrl-C Python reports as ignored is no crash
@@ -102,13 +103,16 @@ print(interrupts, stalls)
 def run(walk: bool, seconds: float) -> str:
     """One storm in a new process: "ok", "crash (SIGSEGV)" and the like, or "failed" with its exit status."""
     program = textwrap.dedent(STORM.format(walk=walk, seconds=seconds))
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).parent.parent,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        return "hung"
     if done.returncode == -signal.SIGINT:  # a Ctrl-C that landed in an except clause: Python ends as killed by it
         return "ended by a Ctrl-C"
     if done.returncode < 0:
