@@ -92,7 +92,8 @@ while not over:
         interrupts += 1
 killer.join()
 task.cancel()
-loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+# Not waited for long: a Ctrl-C that landed as asyncio took the task's wake-up off its queue leaves it pending for good.
+loop.run_until_complete(asyncio.wait([task], timeout=1))
 stalls = monitor.stalls
 loop.run_until_complete(monitor.stop())
 loop.close()
