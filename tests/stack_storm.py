@@ -31,12 +31,12 @@ from typing import Callable, Counter, List
 STORM = """
 import asyncio, faulthandler, os, random, signal, sys, threading, time
 import loopstat
-from loopstat.probes import frames
+from loopstat.probes import stack_dump
 
 faulthandler.enable()  # a crash says where (and the application's faulthandler stays as it set it)
 faulthandler.dump_traceback_later(60, exit=True)  # so does a hang
 if {walk}:
-    frames.DUMPED = False
+    stack_dump.DUMPED = False
 sys.unraisablehook = lambda hook: None  # a Ctrl-C Python reports as ignored is no crash
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.setrecursionlimit(20000)
@@ -133,7 +133,7 @@ def nested(depth: int, then: Callable[[], None]) -> None:
 
 def cost(reads: int = 2000) -> None:
     """Microseconds one read of this thread's stack takes (about 25 frames deep, 4 other threads 12 deep), best of 3."""
-    from loopstat.probes import frames
+    from loopstat.probes import frames, stack_dump
 
     go = threading.Event()
     others = [threading.Thread(target=nested, args=(10, lambda: go.wait(60))) for _ in range(4)]
@@ -143,7 +143,7 @@ def cost(reads: int = 2000) -> None:
     def measure() -> None:
         me = {threading.get_ident()}
         for dumped in (True, False):
-            frames.DUMPED = dumped
+            stack_dump.DUMPED = dumped
             best = math.inf
             for _ in range(3):
                 started = time.perf_counter()
@@ -156,7 +156,7 @@ def cost(reads: int = 2000) -> None:
 
     try:
         time.sleep(0.2)  # the other threads reach their depth
-        frames._ready()
+        stack_dump.ready()
         nested(25 - len(traceback.extract_stack()) - 2, measure)
     finally:
         go.set()

@@ -38,7 +38,7 @@ from loopstat import bootstrap
 from loopstat._options import resolve
 from loopstat._probe_set import READ_FAILURES
 from loopstat.probes import executor as executor_probe
-from loopstat.probes import frames
+from loopstat.probes import frames, stack_dump
 from loopstat.probes import gc as gc_probe
 from loopstat.probes.stall_watch import StallProbe
 from loopstat.probes.thread_clock import ThreadClock
@@ -321,7 +321,7 @@ NO_CURRENT_FRAMES = Simulation(
     """
 )
 # What reads other threads' stacks on this Python.
-READER = "faulthandler.dump_traceback()" if frames.DUMPED else "sys._current_frames()"
+READER = "faulthandler.dump_traceback()" if stack_dump.DUMPED else "sys._current_frames()"
 
 
 @pytest.mark.parametrize("loop", LOOP_KINDS)

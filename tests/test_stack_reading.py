@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 
 import loopstat
-from loopstat.probes import frames
+from loopstat.probes import frames, stack_dump
 from tests.test_never_the_cause import holds_within
 from tests.test_stalls import WHERE, located_stall
 from tests.test_stalls_in_c import stall_of
@@ -53,7 +53,7 @@ Current thread 0x00007f0000000001 (most recent call first):
 
 
 def test_a_dump_is_read_thread_by_thread_innermost_last_and_cut_where_faulthandler_stopped() -> None:
-    assert frames.parse_dump(DUMP) == {
+    assert stack_dump.parse_dump(DUMP) == {
         0x7F0000000003: ([], True),
         0x7F0000000002: (
             [("/usr/lib/python3.11/threading.py", 0, "run"), ("???", 0, "???"), ("/app/worker.py", 12, "wait")],
@@ -67,12 +67,12 @@ def test_a_dump_is_read_thread_by_thread_innermost_last_and_cut_where_faulthandl
 
 
 def test_only_the_threads_asked_for_are_read_from_a_dump() -> None:
-    assert frames.parse_dump(DUMP, {0x7F0000000002, 0x7F0000000009}) == {
-        0x7F0000000002: frames.parse_dump(DUMP)[0x7F0000000002]
+    assert stack_dump.parse_dump(DUMP, {0x7F0000000002, 0x7F0000000009}) == {
+        0x7F0000000002: stack_dump.parse_dump(DUMP)[0x7F0000000002]
     }
-    assert frames.parse_dump(DUMP.replace("in odd", "in odd\n  at odd"), {0x7F0000000002})  # another's, not read
+    assert stack_dump.parse_dump(DUMP.replace("in odd", "in odd\n  at odd"), {0x7F0000000002})  # another's, not read
     with pytest.raises(ValueError, match=r"^unexpected line: 'Thread 0x01:'"):
-        frames.parse_dump(DUMP + "\nThread 0x01:\n", {0x7F0000000002})  # threads are always told apart
+        stack_dump.parse_dump(DUMP + "\nThread 0x01:\n", {0x7F0000000002})  # threads are always told apart
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_only_the_threads_asked_for_are_read_from_a_dump() -> None:
 )
 def test_a_dump_faulthandler_would_not_write_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"^(unexpected line|no thread in the dump)"):
-        frames.parse_dump(text)
+        stack_dump.parse_dump(text)
 
 
 def nested(depth: int, ready: threading.Event, go: threading.Event) -> None:
@@ -120,11 +120,11 @@ def waiting_thread(request: pytest.FixtureRequest) -> Iterator[Tuple[int, int]]:
 
 
 @pytest.fixture
-def dumped(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[frames.DumpFile]]:
+def dumped(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[stack_dump.DumpFile]]:
     """Stacks read through faulthandler's dump, as on CPython 3.11, from a state of their own; the files dumped into."""
-    files: List[frames.DumpFile] = []
-    monkeypatch.setattr(frames, "DUMPED", True)
-    monkeypatch.setattr(frames, "_dump_files", files)
+    files: List[stack_dump.DumpFile] = []
+    monkeypatch.setattr(stack_dump, "DUMPED", True)
+    monkeypatch.setattr(stack_dump, "_dump_files", files)
     for name, value in {"_failed": None, "_said": False, "_untold": None}.items():
         monkeypatch.setattr(frames, name, value)
     yield files
@@ -136,15 +136,15 @@ def dumped(monkeypatch: pytest.MonkeyPatch) -> Iterator[List[frames.DumpFile]]:
 def test_another_threads_stack_is_read_as_a_walk_of_its_frames_reads_it(
     waiting_thread: Tuple[int, int], through: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(frames, "DUMPED", through == "dump")
+    monkeypatch.setattr(stack_dump, "DUMPED", through == "dump")
     ident, depth = waiting_thread
     (stack, whole) = frames.stacks_of([ident])[ident]
     walked, _ = frames.walk(sys._current_frames()[ident])
     names = [function for _, _, function in stack]
-    if through == "dump" and depth > frames.DUMP_DEPTH:  # faulthandler stops short: the innermost frames are kept
+    if through == "dump" and depth > stack_dump.DUMP_DEPTH:  # faulthandler stops short: the innermost frames are kept
         if sys.version_info < (3, 13):  # 3.13 leaves the cut unmarked (no "  ..." line)
             assert not whole
-        assert stack == walked[-frames.DUMP_DEPTH :]
+        assert stack == walked[-stack_dump.DUMP_DEPTH :]
     else:
         assert whole
         assert stack == walked
@@ -166,7 +166,7 @@ def odd_names(ready: threading.Event, go: threading.Event) -> None:
     space["na\xefve_\u00fc"](ready, go)
 
 
-def test_names_faulthandler_escapes_are_read_back_as_they_are(dumped: List[frames.DumpFile]) -> None:
+def test_names_faulthandler_escapes_are_read_back_as_they_are(dumped: List[stack_dump.DumpFile]) -> None:
     for ident in waiting(odd_names):
         (stack, whole) = frames.stacks_of([ident])[ident]
         walked, _ = frames.walk(sys._current_frames()[ident])
@@ -198,7 +198,7 @@ def test_on_cpython_3_11_no_frame_object_of_another_thread_is_made(
 
 
 async def test_stalls_are_located_through_the_dump_the_watchdog_takes_on_cpython_3_11(
-    dumped: List[frames.DumpFile], monkeypatch: pytest.MonkeyPatch
+    dumped: List[stack_dump.DumpFile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dumps: List[float] = []
     real_dump = faulthandler.dump_traceback
@@ -221,17 +221,17 @@ async def test_stalls_are_located_through_the_dump_the_watchdog_takes_on_cpython
 
 
 async def test_a_stall_in_c_code_is_reported_though_reading_the_dump_lets_the_loop_wait_again(
-    dumped: List[frames.DumpFile], monkeypatch: pytest.MonkeyPatch
+    dumped: List[stack_dump.DumpFile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The restart that reports the stall is posted as soon as the dump is taken: reading the file releases
     the GIL, and a loop that waits before the restart is posted moves its mark, and the stall went unreported."""
-    real = frames._read_back
+    real = stack_dump._read_back
 
-    def from_a_slow_file(dump_file: frames.DumpFile) -> str:
+    def from_a_slow_file(dump_file: stack_dump.DumpFile) -> str:
         time.sleep(0.05)  # the loop runs on, back to its selector
         return real(dump_file)
 
-    monkeypatch.setattr(frames, "_read_back", from_a_slow_file)
+    monkeypatch.setattr(stack_dump, "_read_back", from_a_slow_file)
     await stall_of("sum")
 
 
@@ -273,7 +273,7 @@ def refuse(file: Any, all_threads: bool = True) -> None:
     ids=["unreadable", "refused"],
 )
 async def test_a_dump_that_fails_leaves_stalls_unlocated_said_once_and_the_application_unaffected(
-    dumped: List[frames.DumpFile],
+    dumped: List[stack_dump.DumpFile],
     dump: Callable[..., None],
     why: str,
     loopstat_log: pytest.LogCaptureFixture,
@@ -297,7 +297,7 @@ async def test_a_dump_that_fails_leaves_stalls_unlocated_said_once_and_the_appli
 
 
 async def test_without_memfd_create_the_dump_goes_to_an_unlinked_temporary_file(
-    dumped: List[frames.DumpFile], monkeypatch: pytest.MonkeyPatch
+    dumped: List[stack_dump.DumpFile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delattr(os, "memfd_create", raising=False)
     async with loopstat.install("127.0.0.1", 9) as monitor:
@@ -308,7 +308,7 @@ async def test_without_memfd_create_the_dump_goes_to_an_unlinked_temporary_file(
 
 
 async def test_no_file_to_dump_into_leaves_stalls_unlocated_said_once(
-    dumped: List[frames.DumpFile], loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    dumped: List[stack_dump.DumpFile], loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_descriptor(*args: Any) -> int:
         raise OSError(24, "Too many open files")
@@ -323,11 +323,11 @@ async def test_no_file_to_dump_into_leaves_stalls_unlocated_said_once(
 
 
 def test_a_descriptor_the_application_took_over_gets_one_dump_at_most_and_is_never_used_again(
-    dumped: List[frames.DumpFile], tmp_path: Path
+    dumped: List[stack_dump.DumpFile], tmp_path: Path
 ) -> None:
     """An application that closes descriptors it does not own may reuse the number for a file of its own: loopstat
     finds out at its next read (it cannot look before a dump without letting the loop run on first)."""
-    frames._ready()
+    stack_dump.ready()
     ((_, fd, _),) = dumped
     theirs = tmp_path / "theirs.txt"
     theirs.write_text("the application's data\n")
@@ -344,8 +344,54 @@ def test_a_descriptor_the_application_took_over_gets_one_dump_at_most_and_is_nev
     os.close(fd)  # the test's duplicate
 
 
+def lowest_free_descriptor() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+@pytest.mark.skipif(stack_dump.fd_floor() is None, reason="needs fcntl and resource (Unix)")
+@pytest.mark.parametrize("opener", ["memfd", "temporary file"])
+def test_the_dump_file_takes_a_high_descriptor_out_of_the_way_of_the_applications_new_files(
+    dumped: List[stack_dump.DumpFile], opener: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New descriptors take the lowest free number: an application that closed loopstat's (closerange) and opens
+    files of its own is unlikely to get a number up there."""
+    if opener == "temporary file":
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    floor = stack_dump.fd_floor()
+    assert floor is not None
+    low = lowest_free_descriptor()
+    stack_dump.ready()
+    ((_, fd, _),) = dumped
+    if low < floor:  # else every number below the floor is taken: nothing to move away from
+        assert fd >= floor
+        assert lowest_free_descriptor() == low  # the low number it was opened on is closed
+    assert not os.get_inheritable(fd)
+    stack, _ = frames.stacks_of([threading.get_ident()])[threading.get_ident()]
+    assert sys._getframe().f_code.co_name in [function for _, _, function in stack]  # read through the file
+    assert [f[1] for f in dumped] == [fd]  # given back for the next dump
+
+
+def test_a_dump_file_that_cannot_be_moved_up_keeps_its_low_descriptor_and_works(
+    dumped: List[stack_dump.DumpFile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_number_free(*args: Any) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(fcntl, "fcntl", no_number_free)
+    low = lowest_free_descriptor()
+    stack_dump.ready()
+    ((_, fd, _),) = dumped
+    assert fd == low
+    stack, _ = frames.stacks_of([threading.get_ident()])[threading.get_ident()]
+    assert sys._getframe().f_code.co_name in [function for _, _, function in stack]  # read through the file
+
+
 @pytest.mark.parametrize("enabled", [False, True])
-async def test_faulthandler_stays_as_the_application_set_it(dumped: List[frames.DumpFile], enabled: bool) -> None:
+async def test_faulthandler_stays_as_the_application_set_it(dumped: List[stack_dump.DumpFile], enabled: bool) -> None:
     was = faulthandler.is_enabled()
     (faulthandler.enable if enabled else faulthandler.disable)()
     try:
@@ -361,17 +407,17 @@ async def test_faulthandler_stays_as_the_application_set_it(dumped: List[frames.
 # A fresh interpreter forks: the test process has threads, and Python 3.12+ warns about forking those.
 FORKING = """
 import json, os, sys, threading
-from loopstat.probes import frames
+from loopstat.probes import frames, stack_dump
 
-frames.DUMPED = True
-frames._ready()
-(parents,) = frames._dump_files
+stack_dump.DUMPED = True
+stack_dump.ready()
+(parents,) = stack_dump._dump_files
 read, write = os.pipe()
 pid = os.fork()
 if pid == 0:
-    left = [fd for _, fd, _ in frames._dump_files]
+    left = [fd for _, fd, _ in stack_dump._dump_files]
     stack, whole = frames.stacks_of([threading.get_ident()])[threading.get_ident()]
-    (own,) = [f for f in frames._dump_files if f[0] == os.getpid()]
+    (own,) = [f for f in stack_dump._dump_files if f[0] == os.getpid()]
     os.write(write, json.dumps({"left": left, "own": own[2] != parents[2], "read": stack[0][2]}).encode())
     os._exit(0)
 os.close(write)
@@ -403,7 +449,7 @@ def test_a_forked_child_dumps_into_a_file_of_its_own(support: str) -> None:
 
 
 async def test_the_task_whose_step_stalled_is_named_where_no_frame_object_is_made(
-    dumped: List[frames.DumpFile],
+    dumped: List[stack_dump.DumpFile],
 ) -> None:
     async def handler(monitor: loopstat.Monitor) -> None:
         await located_stall(monitor)

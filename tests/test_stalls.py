@@ -23,7 +23,7 @@ import loopstat
 from loopstat import _threads
 from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
-from loopstat.probes import stall_watch, watchdog
+from loopstat.probes import stack_dump, stall_watch, watchdog
 from tests import inside
 from tests.interrupts import interrupting_at_the_call_of
 from tests.machine import runqueue_seconds
@@ -448,7 +448,7 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     assert "loopstat" not in stall.stack
     left_out = re.search(r"more than (\d+) outer frames left out", stall.stack)
     assert left_out is not None
-    walked = stacks.DUMP_DEPTH if stacks.DUMPED else stacks.STACK_WALK  # as deep as the stack is read
+    walked = stack_dump.DUMP_DEPTH if stack_dump.DUMPED else stacks.STACK_WALK  # as deep as the stack is read
     assert int(left_out.group(1)) >= walked - stacks.STACK_INNER - 2  # the stand-in's frames, not shown
 
 

@@ -4,29 +4,26 @@ Shared by the stall watchdog, the blocking-call probe and the profile: each
 names the innermost frame of the application's code, the same way. The
 watchdog and the profile read the loop thread's stack from threads of their
 own, through ``sys._current_frames()``, a private function, called here only
-(on CPython 3.11 through a faulthandler dump instead):
+(on CPython 3.11 through a faulthandler dump instead, stack_dump.py):
 never on a free-threaded Python without the GIL (where that read may crash
 the process), and never again in a process where it once failed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import functools
 import linecache
 import logging
 import os
-import re
 import stat
 import sys
 import sysconfig
-import tempfile
 import threading
 from types import FrameType
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from loopstat import _fork
+from loopstat.probes import stack_dump
 from loopstat.probes.gc import _on_gc
 from loopstat.probes.signals import _on_gc as _signals_on_gc
 
@@ -47,7 +44,7 @@ SOURCE_BYTES = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 # filename, line number, function
-Frame = Tuple[str, int, str]
+Frame = stack_dump.Frame
 # (filename, function) of the frames around a callback, outermost first.
 Outer = Tuple[Tuple[str, str], ...]
 
@@ -74,23 +71,6 @@ _said = False
 _untold: Optional[Tuple[int, str]] = None
 _lock = threading.Lock()
 
-# On CPython 3.11, following ``f_back`` from a frame object of another thread
-# that runs on can read a frame that thread has already popped, and crash the
-# process (a segfault in PyFrame_GetBack, reported on 3.11.5 and later, and seen
-# by tests/stack_storm.py): there stacks are read by faulthandler instead, in one
-# C call that holds the GIL throughout and makes no frame object; at most
-# DUMP_DEPTH frames a thread, names longer than 500 characters cut.
-DUMPED = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
-DUMP_DEPTH = 100
-_HEADER = re.compile(r"(?:Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):")
-_DUMP_LINE = re.compile(r'  File (?:"(.*)"|\?\?\?), line (\d+|\?\?\?) in (.*)')
-# What faulthandler writes for a character outside printable ASCII.
-_ESCAPE = re.compile(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})|\\U([0-9a-f]{8})")
-# Files the stacks are dumped into, each a descriptor (no file object to warn at exit) with the process that
-# opened it and its (device, inode): taken by one reader at a time, and given back for the next dump.
-DumpFile = Tuple[int, int, Tuple[int, int]]
-_dump_files: List[DumpFile] = []
-
 
 def stacks_of(
     thread_ids: Iterable[int], read: Callable[[], None] = lambda: None
@@ -99,142 +79,34 @@ def stacks_of(
     they cannot be read. On CPython 3.11, ``read`` is called as soon as they are read, before anything
     lets the other threads run on."""
     wanted = set(thread_ids)
-    if DUMPED:
+    if stack_dump.DUMPED:
         return _dumped(read, wanted)
     frames = current_frames()
     return {ident: walk(frames[ident]) for ident in wanted if ident in frames}
 
 
 def _dumped(read: Callable[[], None], wanted: Set[int]) -> Dict[int, Tuple[List[Frame], bool]]:
-    """The stacks of the ``wanted`` threads, read by ``faulthandler.dump_traceback()``; StacksUnreadable where
-    it cannot."""
+    """The stacks of the ``wanted`` threads, read from a faulthandler dump (on CPython 3.11, where walking another
+    thread's frames may crash the process: see stack_dump.py); StacksUnreadable where they cannot be."""
     if free_threaded():
         raise StacksUnreadable(FREE_THREADED)
     if _failed is not None:
         raise StacksUnreadable(_failed)
-    dump_file = _take()
     try:
-        # The dump first: the calls on the file after it let the loop's thread run on (they release the GIL).
-        faulthandler.dump_traceback(dump_file[1], all_threads=True)
-    except Exception as exc:  # a later faulthandler refuses, or the file is gone
-        raise _failure("faulthandler.dump_traceback() failed", exc) from exc
-    try:
-        read()  # the caller's: what it raises is its own
-    finally:
-        text = _read_back(dump_file)
-    try:
-        return parse_dump(text, wanted)
-    except Exception as exc:  # a later faulthandler writes otherwise
-        raise _failure("faulthandler's dump could not be read", exc) from exc
+        return stack_dump.read_stacks(read, wanted)
+    except stack_dump.DumpFailed as exc:
+        raise _failure(str(exc)) from exc
 
 
-def _failure(what: str, exc: Exception) -> StacksUnreadable:
+def _failure(why: str) -> StacksUnreadable:
     """Stacks are not read again in this process: the reason, as StacksUnreadable."""
     global _failed
-    _failed = f"{what}: {type(exc).__name__}: {exc}"
-    return StacksUnreadable(_failed)
-
-
-def _take() -> DumpFile:
-    """A file of this process to dump into; taken without a lock: waiting for another reader (the profile's)
-    would let the loop's thread run on before the dump."""
-    while _dump_files:
-        dump_file = _dump_files.pop()
-        if dump_file[0] == os.getpid():  # else a parent's, left in a child when fork support is off
-            return dump_file
-    return _open_dump_file()
-
-
-def _read_back(dump_file: DumpFile) -> str:
-    """What was dumped into the file; the file is given back, rewound, if it is still the one opened."""
-    pid, fd, identity = dump_file
-    try:
-        info = os.fstat(fd)
-        if pid != os.getpid() or (info.st_dev, info.st_ino) != identity:
-            # The application closed it and the number now names a file of its own: never touched again.
-            raise OSError(f"descriptor {fd} is no longer loopstat's")
-        size = os.lseek(fd, 0, os.SEEK_CUR)
-        text = os.pread(fd, size, 0).decode("ascii", "replace")
-        os.lseek(fd, 0, os.SEEK_SET)  # overwritten by the next dump, read up to where that one ends
-    except Exception as exc:
-        raise _failure("faulthandler's dump could not be read back", exc) from exc
-    _dump_files.append(dump_file)
-    return text
-
-
-def _open_dump_file() -> DumpFile:
-    """A new file to dump into: in memory where Linux has memfd_create, else an unlinked temporary file."""
-    try:
-        memfd_create = getattr(os, "memfd_create", None)
-        if memfd_create is not None:
-            fd = int(memfd_create("loopstat-stacks", os.MFD_CLOEXEC))
-        else:
-            fd, path = tempfile.mkstemp(prefix="loopstat-stacks-")
-            os.unlink(path)
-        info = os.fstat(fd)
-    except Exception as exc:  # no descriptor left, a read-only temporary directory
-        raise _failure("no file to dump the stacks into", exc) from exc
-    return os.getpid(), fd, (info.st_dev, info.st_ino)
-
-
-def _ready() -> None:
-    """A file to dump into, opened now (not in a stall's capture, where opening it lets the loop run on)."""
-    _dump_files.append(_take())
-
-
-def parse_dump(text: str, wanted: Optional[Set[int]] = None) -> Dict[int, Tuple[List[Frame], bool]]:
-    """The stacks in a faulthandler dump of all threads (or of the ``wanted`` ones), by thread id, innermost
-    last; True if whole.
-
-    ValueError for a line faulthandler does not write, or a dump without a thread.
-    """
-    threads = 0
-    stacks: Dict[int, Tuple[List[Frame], bool]] = {}
-    frames: List[Frame] = []
-    whole = True
-    ident: Optional[int] = None
-    skipped = False
-    for line in [*text.splitlines(), ""]:  # the last "" ends the last thread
-        if ident is not None and line.startswith("  "):
-            if skipped:
-                continue  # another thread's: not read, which takes time the loop's thread may be waiting for
-            found = _DUMP_LINE.fullmatch(line)
-            if found is not None:
-                filename, number, function = found.groups()
-                line_number = int(number) if number.isdigit() else 0
-                frames.append((_unescape(filename or "???"), line_number, _unescape(function)))
-            elif line == "  ...":  # deeper than faulthandler goes
-                whole = False
-            elif line not in ("  <no Python frame>", "  Garbage-collecting"):  # the latter: said of the dumping thread
-                raise ValueError(f"unexpected line in a stack: {line[:80]!r}")
-            continue
-        if ident is not None and not skipped:
-            frames.reverse()
-            stacks[ident] = (frames, whole)
-        header = _HEADER.fullmatch(line)
-        if header is None and line not in ("", "..."):  # "...": more threads than faulthandler dumps
-            raise ValueError(f"unexpected line: {line[:80]!r}")
-        ident = int(header.group(1), 16) if header is not None else None
-        if ident is not None:
-            threads += 1
-        skipped = wanted is not None and ident not in wanted
-        frames, whole = [], True
-    if not threads:
-        raise ValueError("no thread in the dump")
-    return stacks
-
-
-def _unescape(name: str) -> str:
-    """A name as faulthandler wrote it, with the characters it escaped put back; not on Windows, where a path's
-    own backslashes would be mistaken for escapes."""
-    if "\\" not in name or os.sep != "/":
-        return name
-    return _ESCAPE.sub(lambda found: chr(int(next(g for g in found.groups() if g), 16)), name)
+    _failed = why
+    return StacksUnreadable(why)
 
 
 def current_frames() -> Dict[int, FrameType]:
     """Every thread's innermost frame, by thread id; StacksUnreadable where they cannot be read."""
-    global _failed
     if free_threaded():
         raise StacksUnreadable(FREE_THREADED)
     if _failed is not None:
@@ -242,8 +114,7 @@ def current_frames() -> Dict[int, FrameType]:
     try:
         return sys._current_frames()
     except Exception as exc:  # a later Python or another implementation may lack it, or refuse
-        _failed = f"sys._current_frames() failed: {type(exc).__name__}: {exc}"
-        raise StacksUnreadable(_failed) from exc
+        raise _failure(f"sys._current_frames() failed: {type(exc).__name__}: {exc}") from exc
 
 
 def stall_stacks_readable() -> bool:
@@ -251,9 +122,11 @@ def stall_stacks_readable() -> bool:
     if free_threaded():
         _unlocated(FREE_THREADED, logging.INFO)
         return False
-    if DUMPED:
-        with contextlib.suppress(StacksUnreadable):  # said at the first stall
-            _ready()
+    if stack_dump.DUMPED:
+        try:
+            stack_dump.ready()
+        except stack_dump.DumpFailed as exc:  # said at the first stall
+            _failure(str(exc))
     return True
 
 
@@ -300,11 +173,6 @@ def after_fork_in_child() -> None:
     """Called in the child (through loopstat/_fork.py)."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
-    # The parent's dump files, shared with it (their offsets too): the child opens its own.
-    parents, _dump_files[:] = list(_dump_files), []
-    for _, fd, _ in parents:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 _fork.join(after_in_child=after_fork_in_child)
@@ -476,7 +344,7 @@ def format_stack(frames: Sequence[Frame], whole: bool = True) -> str:
     """Frames as a traceback, innermost last, deep stacks cut in the middle, at most ``STACK_BYTES``."""
     if not whole:
         kept_outer: Sequence[Frame] = ()
-        # The walk stopped where it had to: STACK_WALK frames deep, DUMP_DEPTH on CPython 3.11.
+        # The walk stopped where it had to: STACK_WALK frames deep, stack_dump.DUMP_DEPTH on CPython 3.11.
         gap = f"  ... more than {len(frames) - STACK_INNER} outer frames left out (deeper than {len(frames)}) ..."
     elif len(frames) > STACK_INNER + STACK_OUTER:
         kept_outer = frames[:STACK_OUTER]

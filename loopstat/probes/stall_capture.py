@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from loopstat.probes import frames as _frames
+from loopstat.probes import stack_dump
 from loopstat.probes.causes import Verdict
 from loopstat.probes.explain import Explainer, Seen, outermost_coroutine, running_task
 from loopstat.probes.frames import Frame, Outer, blame, format_stack, loopstat_file, walk, where
@@ -61,7 +62,7 @@ def _thread_stack(
     or on CPython 3.11 its task's); on CPython 3.11 ``read`` is called as soon as the stack is read."""
     # The frames are dropped before anything slow: held, they would keep the
     # loop's locals alive and make a deep stack slower to unwind.
-    if _frames.DUMPED:  # no frame object of the loop's thread here: the task is asked of asyncio
+    if stack_dump.DUMPED:  # no frame object of the loop's thread here: the task is asked of asyncio
         task: List[Optional[Tuple[int, str]]] = []
 
         def dumped() -> None:
