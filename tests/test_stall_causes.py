@@ -28,6 +28,7 @@ from bench.causes import cyclic_heap, favoured  # one copy each, for the bench a
 from loopstat import _cgroup
 from loopstat.probes import explain, signals
 from loopstat.probes.stall_capture import Stall
+from tests import inside
 from tests.receiver import Receiver
 from tests.test_throttled import needs_cpu_quota
 
@@ -57,7 +58,11 @@ async def stall_of(
     for _ in range(tries):
         before = monitor.stalls
         await asyncio.sleep(0.05)  # a fresh turn: the block is a stall of its own
+        looks = inside.watchdog_looks()
         held = block()
+        # A loaded machine can keep the watchdog thread off every core for the whole block: it never looked,
+        # so nothing could see the stall. Had it looked and missed it, that is loopstat's fault: not retried.
+        held = held and inside.watchdog_looks() > looks
         if not held:  # its condition missed: no stall to wait for (let one it made anyway be counted first)
             await asyncio.sleep(0.3)
             continue

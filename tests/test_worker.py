@@ -251,7 +251,9 @@ async def test_install_with_worker_tag_sends_this_processs_slot_on_every_line(
         lines = await receiver.wait_for(lambda lines: len(lines) >= 3)
     slot = _worker.slot()
     assert slot == 0
-    assert all(dict(line.tags) == {"service": "s", "worker": "0"} for line in lines)
+    # A stall's lines add their own tags (a loaded machine can stall the loop): the worker's are on every line.
+    assert all(dict(line.tags).items() >= {("service", "s"), ("worker", "0")} for line in lines), lines
+    assert all([name for name, _ in line.tags].count("worker") == 1 for line in lines), lines
 
 
 def longer_than(count: int, lines: Sequence[object]) -> bool:
