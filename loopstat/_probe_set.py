@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 
 from loopstat import _options
 from loopstat._metrics import METRICS, Line
-from loopstat.probes import Attach, Probe, Watched
+from loopstat.probes import Attach, Probe, Reading, Watched
 from loopstat.probes import blocking as _blocking
 from loopstat.probes import cpu as _cpu
 from loopstat.probes import executor as _executor
@@ -67,21 +67,26 @@ class ProbeSet:
             if probe is not None:
                 self.running[name] = probe
 
-    def read(self, lines: List[Line]) -> None:
-        """Add every probe's lines for this sample; a failed read adds none of its own."""
+    def read(self, lines: List[Line]) -> Reading:
+        """Add every probe's lines for this sample and return their readings; a failed read adds and returns
+        none of its own (the monitor keeps the values it had)."""
+        readings: Reading = {}
         failed: List[Tuple[str, Exception]] = []
         for name, probe in self.running.items():
             start = len(lines)
             try:
-                probe.read(lines)
+                reading = probe.read(lines)
             except Exception as exc:
                 del lines[start:]  # what a failed read added may be half of its lines
                 failed.append((name, exc))
-            else:
-                if self._failing:
-                    self._failing.pop(name, None)
+                continue
+            if reading:
+                readings.update(reading)
+            if self._failing:
+                self._failing.pop(name, None)
         for name, error in failed:
             self._read_failed(name, error)
+        return readings
 
     def close(self) -> None:
         """Close every probe, each even if one before it raised."""

@@ -16,7 +16,7 @@ from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat._probe_set import ProbeSet
 from loopstat._rate_limit import RateLimit
-from loopstat.probes import Watched
+from loopstat.probes import Reading, Watched
 from loopstat.probes import lag as _lag
 from loopstat.probes import watchdog as _watchdog
 from loopstat.probes.stall_capture import Stall
@@ -55,6 +55,8 @@ class Monitor:
         #: Share of the last profile window the loop spent in loopstat's own code (its samples
         #: and sends), counted apart from ``top()``; None without ``profile=True`` or before a window ends.
         self.own: Optional[float] = None
+        # The profile's latest table, for top().
+        self._top: List[Tuple[str, float]] = []
         self._loop = loop
         self._clock = clock
         # The sink, what the probes see and the finalizer that closes the socket: made at
@@ -100,7 +102,7 @@ class Monitor:
     def top(self) -> List[Tuple[str, float]]:
         """Where the loop's busy time went in the last profile window: (``file:line in function``, share of
         wall time), busiest first, ``other`` last; empty without ``profile=True`` or before a window ends."""
-        return [] if self._watched is None else list(self._watched.top)
+        return list(self._top)
 
     @property
     def sent(self) -> int:
@@ -157,7 +159,7 @@ class Monitor:
         # callbacks run before finalizers, so this one closes the socket first.
         # It holds the sink, never the loop.
         self._loop_gone = weakref.finalize(self._loop, sink.close)
-        self._watched = Watched(self._loop, self.settings, self, sink.send, self._fault)
+        self._watched = Watched(self._loop, self.settings, self._keep, sink.send, self._fault)
         self._watched.sampler = self._sampler
 
     def _on_time(self, lag: float) -> None:
@@ -243,12 +245,30 @@ class Monitor:
 
     def _sample(self, sink: Sink) -> None:
         if self._watched is not None:
+            self._watched.lag = self.lag
             self._watched.sample()
         lines: List[Line] = []
-        self._probes.read(lines)
+        self._keep(self._probes.read(lines))
         sink.send(lines)
         if self._notes is not None:
             self._notes.sampled(self.utilization, self.cpu)
+
+    def _keep(self, reading: Reading) -> None:
+        """Keep the values the probes read for the application; a key absent leaves its attribute as it was."""
+        if "tasks" in reading:
+            self.tasks = reading["tasks"]
+        if "utilization" in reading:
+            self.utilization = reading["utilization"]
+        if "cpu" in reading:
+            self.cpu = reading["cpu"]
+        if "stalls" in reading:
+            self.stalls = reading["stalls"]
+        if "last_stall" in reading:
+            self.last_stall = reading["last_stall"]
+        if "own" in reading:
+            self.own = reading["own"]
+        if "top" in reading:
+            self._top = reading["top"]
 
     def _fault(self) -> None:
         held = self._fault_log.due(None)

@@ -40,6 +40,7 @@ from loopstat._probe_set import READ_FAILURES
 from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames, stack_dump
 from loopstat.probes import gc as gc_probe
+from loopstat.probes import utilization as utilization_probe
 from loopstat.probes.stall_watch import StallProbe
 from loopstat.probes.thread_clock import ThreadClock
 from tests import inside
@@ -487,6 +488,34 @@ async def test_a_read_that_keeps_failing_closes_its_probe_with_one_warning_and_t
         "loopstat: the executor probe failed 3 samples in a row (KeyError: 'gone') and is closed: "
         "loopstat.executor.queue and loopstat.executor.threads are no longer sent; the other metrics go on"
     )
+
+
+async def test_a_lost_probe_leaves_its_last_good_reading_on_the_monitor_and_the_others_keep_updating(
+    receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_read = utilization_probe.Utilization.read
+    good: List[Optional[float]] = []
+
+    def read_then_break(self: utilization_probe.Utilization, lines: List[Any]) -> Any:
+        reading = real_read(self, lines)
+        if len(good) < 3:
+            good.append(reading["utilization"])
+            return reading
+        raise KeyError("gone")  # after a full reading: a failed read's values must not be kept
+
+    monkeypatch.setattr(utilization_probe.Utilization, "read", read_then_break)
+    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
+        await until(lambda: len(good) == 3, "three good utilization readings")
+        await until(lambda: "utilization" not in monitor.probes, "the utilization probe to be closed")
+        assert monitor.utilization == good[-1]
+        extra = [asyncio.ensure_future(asyncio.sleep(30)) for _ in range(4)]
+        try:
+            await until(lambda: monitor.tasks == 1 + len(extra), "the tasks probe to keep updating the monitor")
+        finally:
+            for task in extra:
+                task.cancel()
+        assert monitor.utilization == good[-1]
+    assert len(probe_warnings(loopstat_log, "utilization")) == 1
 
 
 async def test_a_probe_that_cannot_start_is_left_out_and_the_later_ones_start(

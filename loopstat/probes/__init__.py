@@ -6,17 +6,19 @@ be measured that way). The monitor attaches them in the metric catalogue's
 order (``loopstat/_metrics.py``), asks each to ``read`` its lines at every
 sample and closes them when it stops; the sink alone sends. Two probes also
 send between samples through ``Watched.send`` (a stall as it ends, the last
-blocking calls at close), and several keep their latest reading on the
-monitor for the application (``monitor.lag``, ``tasks``, ``cpu``,
-``utilization``, ``stalls``, ``own``). A new probe is one module, its rows in
-the catalogue and its entry in the tuple of probes
-(``ATTACH`` in ``loopstat/_probe_set.py``, which a test holds to the catalogue).
+blocking calls at close). Several also return a ``Reading``, the latest values
+the monitor keeps for the application (``monitor.tasks``, ``cpu``,
+``utilization``, ``own``, ``top()``; the stall probe hands ``stalls`` and
+``last_stall`` to ``Watched.keep`` as each stall ends): probes never write the
+monitor. A new probe is one module, its rows in the catalogue and its entry in
+the tuple of probes (``ATTACH`` in ``loopstat/_probe_set.py``, which a test
+holds to the catalogue).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Protocol, Tuple, TypedDict
 
 from loopstat._metrics import Line
 from loopstat._options import Settings
@@ -24,15 +26,27 @@ from loopstat.probes.selector_clock import SelectorClock
 from loopstat.probes.thread_clock import ThreadClock
 
 if TYPE_CHECKING:
-    from loopstat.monitor import Monitor
     from loopstat.probes.lag import Sampler
+    from loopstat.probes.stall_capture import Stall
+
+
+class Reading(TypedDict, total=False):
+    """Latest values a probe hands the monitor to keep for the application; each key is set only by its probe."""
+
+    tasks: int
+    utilization: Optional[float]
+    cpu: Optional[float]
+    stalls: int
+    last_stall: Stall
+    own: Optional[float]
+    top: List[Tuple[str, float]]
 
 
 class Probe(Protocol):
     """What the monitor asks of a probe; both calls run on the loop's thread."""
 
-    def read(self, lines: List[Line]) -> None:
-        """Add this sample's lines."""
+    def read(self, lines: List[Line]) -> Optional[Reading]:
+        """Add this sample's lines; return the values the monitor keeps, if this probe has any."""
 
     def close(self) -> None:
         """Release what ``attach`` took; never raises, safe to repeat."""
@@ -45,15 +59,17 @@ class Watched:
         self,
         loop: asyncio.AbstractEventLoop,
         settings: Settings,
-        monitor: Monitor,
+        keep: Callable[[Reading], None],
         send: Callable[[List[Line]], None],
         fault: Callable[[], None],
         thread: Optional[ThreadClock] = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
-        #: Where probes leave the latest readings for the application (``monitor.lag`` and so on).
-        self.monitor = monitor
+        #: Hands the monitor values to keep between samples (a stall, when it ends).
+        self.keep = keep
+        #: Milliseconds the latest sampler timer fired after its deadline, set by the monitor before each sample.
+        self.lag = 0.0
         #: Sends lines between samples (a stall, when it ends).
         self.send = send
         #: Called from an ``except`` block: logs the fault, at most once a minute.
@@ -68,8 +84,6 @@ class Watched:
         self.cpu_share: Optional[float] = None
         self.blocked_since = 0.0
         self._blocked_at_sample = 0.0
-        #: The profile's latest table, for ``monitor.top()``: (site, share of the window), busiest first.
-        self.top: List[Tuple[str, float]] = []
         #: The sampler's timers, set by the monitor; the stall watch revives them when they are overdue.
         self.sampler: Optional[Sampler] = None
         self._clock: Optional[SelectorClock] = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import List
 
 from loopstat._metrics import Line
-from loopstat.probes import Watched
+from loopstat.probes import Reading, Watched
 
 
 class Cpu:
@@ -20,11 +20,12 @@ class Cpu:
     def __init__(self, watched: Watched) -> None:
         self._watched = watched
 
-    def read(self, lines: List[Line]) -> None:
+    def read(self, lines: List[Line]) -> Reading:
         self._watched.thread.check()  # a CPU clock that stopped working closes the probe
-        share = self._watched.monitor.cpu = self._watched.cpu_share
+        share = self._watched.cpu_share
         if share is not None:
             lines.append(("cpu", "g", round(share, 4)))
+        return {"cpu": share}
 
     def close(self) -> None:
         pass

@@ -112,11 +112,11 @@ class Lag:
     """Reports the lateness the sampler measured."""
 
     def __init__(self, watched: Watched) -> None:
-        self._monitor = watched.monitor
+        self._watched = watched
 
     def read(self, lines: List[Line]) -> None:
         # Microseconds are plenty and keep the datagrams short.
-        value = round(self._monitor.lag, 3)
+        value = round(self._watched.lag, 3)
         lines.extend((("lag", "g", value), ("lag", "ms", value)))
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from weakref import WeakSet
 
 from loopstat import _fork, _threads
 from loopstat._metrics import Line
-from loopstat.probes import Watched
+from loopstat.probes import Reading, Watched
 from loopstat.probes import frames as _frames
 from loopstat.probes.frames import Frame, Outer, StacksUnreadable, blame, outer_of, where
 from loopstat.probes.selector_clock import SelectorClock
@@ -132,16 +132,16 @@ class Profile:
                 site = None if own else where(named)
         self._window.count(site, own)
 
-    def read(self, lines: List[Line]) -> None:
+    def read(self, lines: List[Line]) -> Optional[Reading]:
         if self.failed is not None:
             raise self.failed
         self._samples += 1
         if self._samples < WINDOW_SAMPLES:
-            return
+            return None
         self._samples = 0
-        top, self._watched.monitor.own = self._window.take()
-        self._watched.top = top
+        top, own = self._window.take()
         lines.extend(("busy", "g", round(share, 4), (("site", site),)) for site, share in top)
+        return {"top": top, "own": own}
 
     def close(self) -> None:
         _sampler.unwatch(self)

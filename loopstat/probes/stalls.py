@@ -57,6 +57,8 @@ class Stalls:
     def __init__(self, watched: Watched, threshold: float) -> None:
         self._watched = watched
         self._log = StallLog()
+        #: Stalls seen so far, for ``monitor.stalls``.
+        self.count = 0
         explainer = _explainer(watched)
         try:
             #: The loop's watch, looked at by the watchdog thread.
@@ -77,18 +79,17 @@ class Stalls:
     def _on_stall(self, stall: Stall) -> None:
         watched = self._watched
         try:
-            monitor = watched.monitor
-            monitor.stalls += 1
-            monitor.last_stall = stall
+            self.count += 1
+            watched.keep({"stalls": self.count, "last_stall": stall})
             self._log.report(stall)
             watched.send([("stalls", "c", 1, (("cause", stall.cause),)), ("stall", "ms", round(stall.duration, 3))])
         except Exception:
             watched.fault()
 
     def read(self, lines: List[Line]) -> None:
-        # Stalls are sent as they end, not at samples; a sample tells the watch how the loop is doing.
+        # Stalls are sent and kept as they end, not at samples; a sample tells the watch how the loop is doing.
         watched = self._watched
-        self.watch.sampled(perf_counter(), watched.monitor.lag / 1000.0, watched.busy_since(), watched.thread.wall)
+        self.watch.sampled(perf_counter(), watched.lag / 1000.0, watched.busy_since(), watched.thread.wall)
 
     def close(self) -> None:
         self.watch.close()

@@ -6,7 +6,7 @@ import asyncio
 from typing import List
 
 from loopstat._metrics import Line
-from loopstat.probes import Watched
+from loopstat.probes import Reading, Watched
 
 
 def alive(loop: asyncio.AbstractEventLoop) -> int:
@@ -20,10 +20,10 @@ class Tasks:
     def __init__(self, watched: Watched) -> None:
         self._watched = watched
 
-    def read(self, lines: List[Line]) -> None:
-        watched = self._watched
-        count = watched.monitor.tasks = alive(watched.loop)
+    def read(self, lines: List[Line]) -> Reading:
+        count = alive(self._watched.loop)
         lines.append(("tasks", "g", count))
+        return {"tasks": count}
 
     def close(self) -> None:
         pass

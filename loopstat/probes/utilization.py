@@ -13,7 +13,7 @@ from time import perf_counter
 from typing import Callable, List, Optional
 
 from loopstat._metrics import Line
-from loopstat.probes import Watched
+from loopstat.probes import Reading, Watched
 from loopstat.probes.selector_clock import SelectorClock
 
 
@@ -57,16 +57,16 @@ class BusyTime:
 
 
 class Utilization:
-    """Sends the busy share at each sample and keeps it in ``monitor.utilization``."""
+    """Sends the busy share at each sample and hands it to the monitor for ``monitor.utilization``."""
 
-    def __init__(self, busy: Callable[[], Optional[float]], watched: Watched) -> None:
+    def __init__(self, busy: Callable[[], Optional[float]]) -> None:
         self._busy = busy
-        self._watched = watched
 
-    def read(self, lines: List[Line]) -> None:
-        ratio = self._watched.monitor.utilization = self._busy()
+    def read(self, lines: List[Line]) -> Reading:
+        ratio = self._busy()
         if ratio is not None:
             lines.append(("utilization", "g", round(ratio, 4)))
+        return {"utilization": ratio}
 
     def close(self) -> None:
         pass
@@ -76,4 +76,4 @@ def attach(watched: Watched) -> Optional[Utilization]:
     if not watched.settings.utilization:
         return None
     clock = watched.clock()
-    return Utilization(SelectorWaits(clock) if clock is not None else BusyTime(watched), watched)
+    return Utilization(SelectorWaits(clock) if clock is not None else BusyTime(watched))
