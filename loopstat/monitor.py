@@ -16,6 +16,7 @@ from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat._probe_set import ProbeSet
 from loopstat._rate_limit import RateLimit
+from loopstat._transport import Connection
 from loopstat.probes import Reading, Watched
 from loopstat.probes import lag as _lag
 from loopstat.probes import watchdog as _watchdog
@@ -34,10 +35,12 @@ class Monitor:
         loop: asyncio.AbstractEventLoop,
         clock: Optional[Clock] = None,
         lazy: bool = False,
+        connection: Optional[Connection] = None,
     ) -> None:
         """``clock``: one time for the sampler, the sink's retries and the fault log (tests pass a fake one);
         by default ``perf_counter`` for lag and ``monotonic`` for the others. ``lazy``: begin at the first
-        sample rather than at the loop's first turn (loopstat-run)."""
+        sample rather than at the loop's first turn (loopstat-run). ``connection``: what the lines go to
+        instead of a socket, an object with ``send(bytes)`` and ``close()`` (tests read them there)."""
         self.settings = settings
         #: Milliseconds the latest sampler timer fired after its deadline.
         self.lag = 0.0
@@ -59,6 +62,7 @@ class Monitor:
         self._top: List[Tuple[str, float]] = []
         self._loop = loop
         self._clock = clock
+        self._connection = connection
         # The sink, what the probes see and the finalizer that closes the socket: made at
         # once, or for a lazy monitor when it begins (a loop that ends sooner pays for none).
         self._sink: Optional[Sink] = None
@@ -152,7 +156,7 @@ class Monitor:
 
     def _prepare(self) -> None:
         """Make the sink, its finalizer and what the probes see: at install(), or when a lazy monitor begins."""
-        sink = self._sink = Sink(self.settings, self._clock or time.monotonic)
+        sink = self._sink = Sink(self.settings, self._clock or time.monotonic, self._connection)
         # A loop dropped without close() is collected with the sampler's timers
         # and this monitor; the collector may finalize the socket before the
         # monitor's own cleanup (__del__) runs, and warn about it. Weak-reference

@@ -43,7 +43,7 @@ from loopstat import _origin, _worker
 from loopstat._clock import Clock
 from loopstat._metrics import DISTRIBUTED, Line, LineTags
 from loopstat._options import MAX_DATAGRAM, MAX_UNIX_DATAGRAM, Settings, socket_type
-from loopstat._transport import FULL, Datagrams, udp, unix
+from loopstat._transport import FULL, Connection, Datagrams, udp, unix
 from loopstat._transport.udp import Address, Lookup, lookups
 from loopstat._transport.unix_stream import Frames
 from loopstat.tags import joined, sanitize
@@ -101,8 +101,12 @@ class Sink:
     garbage collector.
     """
 
-    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock = time.monotonic, connection: Optional[Connection] = None
+    ) -> None:
+        """``connection``: sent on instead of a socket, as datagrams (tests read what is sent without one)."""
         self.settings = settings
+        self._connection = connection
         #: Lines that went out in a datagram the socket accepted.
         self.sent = 0
         #: Lines that did not: no connection yet, socket refused or full, sink closed.
@@ -149,7 +153,9 @@ class Sink:
 
     def start(self) -> None:
         """Connect at once to an IP address or a Unix socket; look a host name up first (``maintain`` connects)."""
-        if self._fixed is None:
+        if self._connection is not None:
+            self._take(Datagrams(self._connection, self._went_out, self._drop), None)
+        elif self._fixed is None:
             self._start_lookup()
         else:
             self._connect(self._fixed)
@@ -160,7 +166,7 @@ class Sink:
 
     def maintain(self) -> None:
         """Retry a failed lookup or socket, connect to a new address; cheap when all is well."""
-        if self._closed:
+        if self._closed or self._connection is not None:  # a connection given is never replaced
             return
         now = self._clock()
         if self._failing and not self._looking_up and now >= self._next_lookup:
@@ -190,13 +196,17 @@ class Sink:
             self._fail(f"cannot open a socket to {self.settings.address} ({type(exc).__name__}: {exc})")
             return
         made = Frames if sock.type == socket.SOCK_STREAM else Datagrams
+        log.debug("loopstat: sending to %s (%s)", self.settings.address, found_address[0])
+        self._take(made(sock, self._went_out, self._drop), found)
+
+    def _take(self, transport: Datagrams, found: Optional[Address]) -> None:
+        """Send on ``transport`` from now on, first the lines held for it."""
         # A new connection starts with a whole frame: the old one's backlog is dropped as it closes.
-        old, self._transport, self._address = self._transport, made(sock, self._went_out, self._drop), found
+        old, self._transport, self._address = self._transport, transport, found
         if old is not None:
             old.close()
         # A new address: find out afresh whether it works.
         self._clean_since = None
-        log.debug("loopstat: sending to %s (%s)", self.settings.address, found_address[0])
         early, self._early = self._early, None
         if early:
             self.send(early)

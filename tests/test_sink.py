@@ -22,6 +22,7 @@ from loopstat._metrics import Line
 from loopstat._options import MAX_DATAGRAM, resolve
 from loopstat.cli import statsd
 from loopstat.sink import Sink
+from tests.receiver import Collected
 
 NOTES = "loopstat._notes"
 
@@ -136,6 +137,24 @@ def test_lines_that_do_not_fit_one_datagram_go_out_in_several_each_within_the_li
     received = [line for data in datagrams for line in data.split(b"\n")]
     assert [line.split(b"|")[0] for line in received] == [f"loopstat.lag:{i}.0".encode() for i in range(7)]
     assert sink.sent == 7
+
+
+def test_a_connection_given_takes_the_sockets_place_never_looked_up_nor_replaced_and_closed_with_the_sink() -> None:
+    sent = Collected()
+    sink = Sink(resolve("no-such-host.invalid", 8125, environ={}, prefix="app"), connection=sent)
+    lines: List[Line] = [("lag", "g", 1.5), ("tasks", "g", 3)]
+    sink.send(lines)  # before start(): held for the connection, as for a socket
+    sink.start()
+    sink.maintain()
+    sink.send(lines)
+    sink.close()
+    assert [(line.name, line.type, line.value) for line in sent.lines] == [
+        ("app.lag", "g", 1.5),
+        ("app.tasks", "g", 3),
+    ] * 2
+    assert (sink.sent, sink.dropped, sink.errors) == (4, 0, 0)
+    assert sent.closed
+    assert sent.bad == []
 
 
 def test_lines_sent_after_close_are_dropped_not_sent(rx: socket.socket) -> None:

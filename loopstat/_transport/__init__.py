@@ -5,13 +5,16 @@ opens its socket; ``unix`` opens the Agent's Unix socket, datagram or stream;
 ``unix_stream`` sends length-prefixed frames on a stream. The sink batches and
 encodes the lines, and keeps the accounts and the fault log; a transport only
 says which lines went out and which were lost.
+
+A ``Connection`` given to ``Monitor(connection=...)`` takes the socket's place
+(as its datagrams, each payload at once): the one way for a test to read what a
+monitor sends without a socket (``tests/receiver.py``'s ``Collected``).
 """
 
 from __future__ import annotations
 
 import errno
-import socket
-from typing import Callable
+from typing import Callable, Protocol, Union
 
 #: Told the number of lines that went out, or that were lost.
 Counted = Callable[[int], None]
@@ -20,10 +23,20 @@ Counted = Callable[[int], None]
 FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
+class Connection(Protocol):
+    """What a transport sends on: a connected socket, or what a test gives the monitor instead of one."""
+
+    def send(self, __data: Union[bytes, bytearray]) -> int:
+        """Send ``data``, or raise OSError; the bytes taken."""
+
+    def close(self) -> None:
+        """Release it; nothing is sent after."""
+
+
 class Datagrams:
     """A connected datagram socket (UDP or Unix): each payload goes out as one datagram, or not at all."""
 
-    def __init__(self, sock: socket.socket, sent: Counted, dropped: Counted) -> None:
+    def __init__(self, sock: Connection, sent: Counted, dropped: Counted) -> None:
         self.sock = sock
         self._sent = sent
         self._dropped = dropped
