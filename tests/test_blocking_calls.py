@@ -290,7 +290,7 @@ async def test_datagrams_sent_on_a_blocking_socket_do_not_count_but_waiting_for_
     assert settled(receiver) == {"socket.socket.recv": 1}
 
 
-async def test_a_refused_connect_is_counted_and_raises_as_it_would(receiver: Receiver, free_port: int) -> None:
+async def test_a_refused_connect_is_counted_and_raises_as_it_would(receiver: Receiver) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]  # bound, not listening: connections are refused
