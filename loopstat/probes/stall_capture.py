@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -92,6 +93,15 @@ def capture_stack(
     named, own = blame(frames, whole, outer)
     stack = format_stack([f for f in frames if not loopstat_file(f[0])], whole)
     return Capture(mark, where(named), stack, own, seen)
+
+
+def planned_look(mark: float, threshold: float, resting: bool, planned: float) -> float:
+    """When the watchdog was due to look at a stall that began at ``mark``: by ``mark + threshold`` at the
+    latest for a busy loop (``planned`` earlier, or -inf: at the wake-up), on its own plan for a resting beat."""
+    due = mark + threshold
+    if resting:
+        return planned if math.isfinite(planned) else due
+    return min(planned, due) if math.isfinite(planned) else mark
 
 
 def read_signals(

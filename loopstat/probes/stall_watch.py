@@ -14,12 +14,13 @@ from types import FrameType
 from typing import Callable, List, Optional, Tuple
 
 from loopstat.probes import frames as _frames
+from loopstat.probes import stall_capture as _stall_capture
 from loopstat.probes import watchdog as _watchdog
-from loopstat.probes.explain import Explainer, Seen
-from loopstat.probes.frames import Frame, Outer, outer_of
+from loopstat.probes.explain import Explainer
+from loopstat.probes.frames import Outer, outer_of
 from loopstat.probes.lag import Sampler
 from loopstat.probes.selector_clock import Events, SelectorClock
-from loopstat.probes.stall_capture import Capture, Stall, _thread_stack, capture_stack, read_signals, stall_of
+from loopstat.probes.stall_capture import Capture, Stall, capture_stack, stall_of
 from loopstat.probes.watchdog import PARKED_SECONDS
 
 log = logging.getLogger("loopstat.probes.stalls")  # the stall probe's logger, which users filter by
@@ -349,27 +350,16 @@ class StallProbe:
                 # which would end the stall unreported.
                 read.append((looked, seen, then()))
 
-            frames, whole, coroutine = _thread_stack(self.thread_id, self._loop, look)
+            frames, whole, coroutine = _stall_capture._thread_stack(self.thread_id, self._loop, look)
             if not read:  # on CPython 3.11, as soon as the stack was read: reading it in full lets the loop run on
                 look()
             looked, seen, when = read[0]
             if seen:
                 # The signals next: reading their files lets the loop run on, so only after ``then``.
-                signals = self._read_signals(coroutine, frames, mark, looked)
+                late = looked - _stall_capture.planned_look(mark, self.threshold, self.resting, self._planned)
+                signals = _stall_capture.read_signals(self._explainer, coroutine, frames, late)
                 self.capture = capture_stack(mark, frames, whole, self.outer, signals)
         return when
-
-    def _read_signals(
-        self, coroutine: Optional[Tuple[int, str]], frames: List[Frame], mark: float, looked: float
-    ) -> Optional[Seen]:
-        # The watchdog looks at a busy loop by its mark + threshold at the latest (planned earlier,
-        # or at the wake-up, -inf); a resting beat is looked at on the watchdog's own plan.
-        due = mark + self.threshold
-        if self.resting:
-            planned = self._planned if math.isfinite(self._planned) else due
-        else:
-            planned = min(self._planned, due) if math.isfinite(self._planned) else mark
-        return read_signals(self._explainer, coroutine, frames, looked - planned)
 
     def _next_look(self, now: float, mark: float, due: float) -> float:
         """Restart the beat if the loop works without it; return when to look again."""
