@@ -1,5 +1,5 @@
 """``python -m bench [overhead|fidelity|all|instructions|idle|launcher|causes] [--quick] [--loop …] [--repeats N]``
-(``instructions`` also takes ``--workload W,…`` and ``--variant V,…``).
+(``instructions`` also takes ``--workload W,…``, ``--variant V,…``, ``--layouts N`` and ``--jobs N``).
 
 Runs the variants side by side and prints markdown tables on stdout; progress
 goes to stderr. Installs nothing: the peers come from the ``bench`` extra
@@ -91,7 +91,16 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--variant", default="", help="instructions: comma-separated variants only (none is always counted)"
     )
+    parser.add_argument(
+        "--layouts", type=int, help="instructions: memory layouts each child runs in (default 3, --quick 1)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, help="instructions: children under valgrind at a time (default 2, --quick 3)"
+    )
     args = parser.parse_args(argv)
+    for option in ("layouts", "jobs"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option}: at least 1")
     args.workloads = [name.strip() for name in args.workload.split(",") if name.strip()]
     args.variants = [name.strip() for name in args.variant.split(",") if name.strip()]
     try:
@@ -122,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan = dataclasses.replace(plan, repeats=args.repeats, http_repeats=args.repeats, idle_repeats=args.repeats)
     variants.quiet_loopstat()
     if args.what == "instructions":
-        return precise.main(args.quick, args.loops, args.workloads, args.variants)
+        return precise.main(args.quick, args.loops, args.workloads, args.variants, args.layouts, args.jobs)
     if args.what == "launcher":
         receiver = Receiver()
         try:

@@ -1,8 +1,12 @@
 """One counted run, the child that valgrind watches for ``python -m bench instructions``.
 
-``python -m bench.counted MODE WORKLOAD LOOP VARIANT SIZE STATSD_PORT``: MODE
+``python -m bench.counted MODE WORKLOAD LOOP VARIANT SIZE STATSD_PORT [LAYOUT]``: MODE
 ``parked`` (the variant's intervals and thresholds an hour) or ``busy`` (its real
 settings) runs SIZE operations of WORKLOAD; ``idle`` idles SIZE milliseconds.
+LAYOUT (default 0) is how many small objects of every size
+class the child allocates and keeps before the run: each layout starts the
+allocator's pools at different places, which moves the per-operation count by
+a few hundred instructions (see ``instructions.LAYOUTS``).
 Prints the wall seconds of that part as JSON. It imports only what the run
 needs: every module here is start-up that each of the many children pays for.
 """
@@ -19,9 +23,20 @@ from typing import List, Optional
 from bench import loops, variants, workloads
 
 MODES = ("parked", "busy", "idle")
+# Lengths of the kept bytes objects: 35 to 507 bytes each, two per size class of the allocator's small objects.
+PAD_SIZES = range(2, 482, 8)
 
 
-async def _child(mode: str, workload: str, variant: str, size: int, port: int) -> float:
+def pad(layout: int) -> List[bytes]:
+    """``layout`` x 14 objects of each allocator size class from 48 to 512 bytes, to keep: a different memory layout.
+
+    Seven (a prime) so that successive layouts land at different offsets in a pool of any block size.
+    """
+    return [bytes(size) for size in PAD_SIZES for _ in range(layout * 7)]
+
+
+async def _child(mode: str, workload: str, variant: str, size: int, port: int, layout: int) -> float:
+    kept = pad(layout)
     attached = variants.attach(variant, port, parked=mode == "parked")
     # Start-up objects (modules a variant imports, the variant itself) out of the collector's sight:
     # in a process this small they would change how often full collections run, by heap size alone.
@@ -35,17 +50,22 @@ async def _child(mode: str, workload: str, variant: str, size: int, port: int) -
         return perf_counter() - started
     finally:
         await attached.detach()
+        del kept
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of one child."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 6 or args[0] not in MODES:
-        print("usage: python -m bench.counted parked|busy|idle WORKLOAD LOOP VARIANT SIZE PORT", file=sys.stderr)
+    if len(args) not in (6, 7) or args[0] not in MODES:
+        print(
+            "usage: python -m bench.counted parked|busy|idle WORKLOAD LOOP VARIANT SIZE PORT [LAYOUT]", file=sys.stderr
+        )
         return 2
     variants.quiet_loopstat()
     mode, workload, loop, variant, size, port = args[0], args[1], args[2], args[3], int(args[4]), int(args[5])
-    seconds = loops.run_on(lambda: _child(mode, workload, variant, size, port), variants.new_loop(variant, loop))
+    layout = int(args[6]) if len(args) == 7 else 0
+    run = lambda: _child(mode, workload, variant, size, port, layout)  # noqa: E731
+    seconds = loops.run_on(run, variants.new_loop(variant, loop))
     print(json.dumps({"seconds": seconds}), flush=True)
     return 0
 

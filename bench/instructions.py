@@ -16,6 +16,14 @@ PYTHONHASHSEED=0; the figure read is the child's total instructions.
   over the instructions the unmonitored workload executes per native CPU second
   (its per-operation count times its native rate, the best of a few short runs).
 
+Memory layout: the same code gives per-operation counts a few hundred
+instructions apart from one start-up to the next, as CPython's allocator does or
+does not need a fresh pool within an operation. So every child runs in several
+*layouts*: ``bench.counted`` keeps a different number of objects of every size
+class before the run, and the environment differs in size. Each figure is the median over the layouts with the lowest
+and highest beside it, and a target whose limit lies within that range is
+"within the noise" rather than met or missed.
+
 Each child is ``python -m bench.counted`` (see there).
 """
 
@@ -30,12 +38,14 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from bench import loops, workloads
+from bench import loops, stats, workloads
 from bench.web import ROOT, child_env
 
 VALGRIND = ("--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
+# Bytes of environment each layout adds (odd, so that successive layouts differ in alignment too).
+LAYOUT_ENV_BYTES = 1531
 # Without time-driven work: their busy runs would only repeat the parked one.
 TIMERLESS = ("none", "threaded", "monitored-ioloop")
 COUNTED = (
@@ -61,6 +71,7 @@ class Plan:
 
     ``busy``: also run the big size with real settings, for the time-driven cost.
     ``baselines``: run ``none`` on every loop (else on the first only, to keep a smoke run short).
+    ``layouts``: how many memory layouts each child runs in (see the module's docstring).
     """
 
     sizes: Dict[str, Tuple[int, int]]
@@ -70,9 +81,12 @@ class Plan:
     jobs: int
     busy: bool = True
     baselines: bool = True
+    layouts: int = 1
 
 
-FULL = Plan({"yielding": (3000, 12000), "ping-pong": (1500, 7500), "http": (50, 300)}, COUNTED, IDLE, (1000, 5000), 2)
+FULL = Plan(
+    {"yielding": (3000, 12000), "ping-pong": (1500, 7500), "http": (50, 300)}, COUNTED, IDLE, (1000, 5000), 2, layouts=3
+)
 # A smoke run: loopstat on ping-pong on each loop, the baseline on the first; no busy runs, no idle.
 # Three at a time: on a loaded machine the children get a bigger share; on an idle one it costs nothing.
 QUICK = Plan({"ping-pong": (50, 200)}, ("none", "loopstat"), (), (0, 0), 3, busy=False, baselines=False)
@@ -97,13 +111,14 @@ def subset(plan: Plan, workload_names: Sequence[str] = (), variant_names: Sequen
 
 @dataclass(frozen=True)
 class Job:
-    """One child: ``size`` operations of ``workload`` (or ``size`` ms idle) with ``variant`` on ``loop``."""
+    """One child: ``size`` operations of ``workload`` (``size`` ms idle) on ``loop`` with ``variant`` in ``layout``."""
 
     mode: str
     workload: str
     loop: str
     variant: str
     size: int
+    layout: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,15 +135,19 @@ def valgrind() -> Optional[str]:
 
 
 def jobs_of(plan: Plan, loop_names: Sequence[str], names: Sequence[str], idle_names: Sequence[str]) -> List[Job]:
-    """Every child the plan needs, biggest first (so the last to start are short)."""
+    """Every child the plan needs, in every layout, biggest first (so the last to start are short).
+
+    Idle windows run in the first layout only: their slope is per second of idling, which allocates little.
+    """
     jobs = []
     for loop in loop_names:
         runs = [v for v in names if plan.baselines or loop == loop_names[0] or v != "none"]
-        for workload, (small, big) in plan.sizes.items():
-            for variant in runs:
-                jobs += [Job("parked", workload, loop, variant, small), Job("parked", workload, loop, variant, big)]
-                if plan.busy and variant not in TIMERLESS:
-                    jobs.append(Job("busy", workload, loop, variant, big))
+        for layout in range(plan.layouts):
+            for workload, (small, big) in plan.sizes.items():
+                for variant in runs:
+                    jobs += [Job("parked", workload, loop, variant, n, layout) for n in (small, big)]
+                    if plan.busy and variant not in TIMERLESS:
+                        jobs.append(Job("busy", workload, loop, variant, big, layout))
         for variant in idle_names:
             jobs += [Job("idle", "-", loop, variant, ms) for ms in plan.idle_ms]
     return sorted(jobs, key=lambda j: -j.size * (1000 if j.mode != "idle" else 1))
@@ -138,7 +157,9 @@ def count(job: Job, port: int) -> Count:
     """Run ``job`` under valgrind and read its instruction total."""
     env = child_env()
     env["PYTHONHASHSEED"] = "0"
-    args = [job.mode, job.workload, job.loop, job.variant, str(job.size), str(port)]
+    # A layout also changes the environment's size: where the stack starts, and what start-up allocates.
+    env["BENCH_LAYOUT"] = "x" * (LAYOUT_ENV_BYTES * job.layout)
+    args = [job.mode, job.workload, job.loop, job.variant, str(job.size), str(port), str(job.layout)]
     command = [valgrind() or "valgrind", *VALGRIND, sys.executable, "-m", "bench.counted", *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
@@ -175,21 +196,32 @@ class Cost:
     busy_per_second: float
 
 
-def costs(counts: Dict[Job, Count], plan: Plan) -> Dict[Tuple[str, str, str], Cost]:
-    """(workload, loop, variant) -> its cost, from the parked and busy children."""
-    parked = {(j.workload, j.loop, j.variant, j.size): c for j, c in counts.items() if j.mode == "parked"}
-    busy = {(j.workload, j.loop, j.variant): c for j, c in counts.items() if j.mode == "busy"}
-    out = {}
-    for (workload, loop, variant, size), big in parked.items():
+Costs = Dict[Tuple[str, str, str], Tuple[Cost, ...]]
+
+
+def costs(counts: Dict[Job, Count], plan: Plan) -> Costs:
+    """(workload, loop, variant) -> its cost in each layout (in layout order), from the parked and busy children.
+
+    Each layout is a whole measurement of its own: its slope between its two sizes, its busy run over its big one.
+    """
+    parked = {(j.workload, j.loop, j.variant, j.size, j.layout): c for j, c in counts.items() if j.mode == "parked"}
+    busy = {(j.workload, j.loop, j.variant, j.layout): c for j, c in counts.items() if j.mode == "busy"}
+    found: Dict[Tuple[str, str, str], Dict[int, Cost]] = {}
+    for (workload, loop, variant, size, layout), big in parked.items():
         small_size, big_size = plan.sizes[workload]
         if size != big_size:
             continue
-        small = parked[(workload, loop, variant, small_size)]
+        small = parked[(workload, loop, variant, small_size, layout)]
         per_op = (big.instructions - small.instructions) / (big_size - small_size)
-        timed = busy.get((workload, loop, variant))
+        timed = busy.get((workload, loop, variant, layout))
         rate = 0.0 if timed is None else (timed.instructions - big.instructions) / timed.seconds
-        out[(workload, loop, variant)] = Cost(per_op, rate)
-    return out
+        found.setdefault((workload, loop, variant), {})[layout] = Cost(per_op, rate)
+    return {key: tuple(by_layout[n] for n in sorted(by_layout)) for key, by_layout in found.items()}
+
+
+def middle(each: Sequence[Cost]) -> Cost:
+    """The median cost over layouts: median per operation, median per second."""
+    return Cost(stats.median([c.per_op for c in each]), stats.median([c.busy_per_second for c in each]))
 
 
 def idle_rates(counts: Dict[Job, Count]) -> Dict[Tuple[str, str], float]:
@@ -203,6 +235,15 @@ def idle_rates(counts: Dict[Job, Count]) -> Dict[Tuple[str, str], float]:
         short, long = sorted(pair, key=lambda c: c.seconds)
         out[key] = (long.instructions - short.instructions) / (long.seconds - short.seconds)
     return out
+
+
+def across(found: Costs, keys: Sequence[Tuple[str, str, str]], figure: Callable[..., float]) -> stats.Spread:
+    """``figure`` of the costs of ``keys`` in each layout: its median, lowest and highest.
+
+    ``figure`` takes layout 0 of every key, then layout 1, and so on: each layout is a
+    run of its own, so the range is how far one run's figure may fall.
+    """
+    return stats.spread([figure(*same) for same in zip(*(found[key] for key in keys))])
 
 
 def share(cost: Cost, base: Cost, native_per_second: float) -> Tuple[float, float]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from bench import idle, instructions, report, variants
 from bench.udp import Receiver
@@ -39,10 +40,16 @@ def header(title: str, quick: bool, loop_names: List[str]) -> None:
 
 
 def main(
-    quick: bool, loop_names: List[str], workload_names: Sequence[str] = (), variant_names: Sequence[str] = ()
+    quick: bool,
+    loop_names: List[str],
+    workload_names: Sequence[str] = (),
+    variant_names: Sequence[str] = (),
+    layouts: Optional[int] = None,
+    parallel: Optional[int] = None,
 ) -> int:
     """``python -m bench instructions``, on every workload and variant of the plan or the ones named."""
     plan = instructions.subset(instructions.QUICK if quick else instructions.FULL, workload_names, variant_names)
+    plan = dataclasses.replace(plan, layouts=layouts or plan.layouts, jobs=parallel or plan.jobs)
     header("loopstat instruction counts", quick, loop_names)
     tool = instructions.valgrind() or "valgrind"
     version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False).stdout.strip()
@@ -53,7 +60,11 @@ def main(
     runnable = [n for n in names if n not in skipped]
     emit(
         f"Counted by `{tool} {' '.join(instructions.VALGRIND)}` ({version}), PYTHONHASHSEED=0. "
-        f"Sizes (operations, small and big): {plan.sizes}; idle windows {plan.idle_ms} ms.\n\n"
+        f"Sizes (operations, small and big): {plan.sizes}; idle windows {plan.idle_ms} ms; "
+        f"{plan.layouts} memory layout{'s' if plan.layouts > 1 else ''} per child (the same code starts with "
+        "its objects at different places, which moves its count by a few hundred instructions per operation: "
+        "each figure is the median over the layouts, the lowest and highest in brackets, and a target whose "
+        "limit lies within them is *within the noise*).\n\n"
         + report.variants_legend(names, skipped)
         + "\n\nA variant is *parked* for the per-operation counts: every interval and threshold is an hour, "
         "so nothing time-driven fires while its timers still sit in the loop's heap. *timers, instr/s busy* is "

@@ -41,6 +41,8 @@ class Target:
     measured: str
     goal: str
     met: Optional[bool]
+    #: What an undecided verdict (``met`` None) means for this target.
+    undecided: str = "undecided: the interval straddles the goal"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -364,8 +366,8 @@ def _fidelity_targets(s: fidelity.Score, loop: str, targets: List[Target]) -> No
 
 def targets_table(targets: Sequence[Target]) -> str:
     """Every target with PASS or MISS."""
-    verdicts = {None: "undecided: the interval straddles the goal", True: "PASS", False: "**MISS**"}
-    rows = [[t.what, t.loop, t.measured, t.goal, verdicts[t.met]] for t in targets]
+    verdicts = {True: "PASS", False: "**MISS**"}
+    rows = [[t.what, t.loop, t.measured, t.goal, t.undecided if t.met is None else verdicts[t.met]] for t in targets]
     return table(["target (loopstat default vs none)", "loop", "measured", "goal", "result"], rows)
 
 
@@ -390,15 +392,23 @@ def same_as(peer: str, loop: str) -> str:
     return TARGET_VARIANT
 
 
+def span(figure: stats.Spread, form: Callable[[float], str]) -> str:
+    """A figure over layouts: the median, then the lowest and highest in brackets (just the median when they agree)."""
+    if figure.low == figure.high:
+        return form(figure.median)
+    return f"{form(figure.median)} [{form(figure.low)}, {form(figure.high)}]"
+
+
 def instruction_tables(
-    found: Dict[Tuple[str, str, str], instructions.Cost],
+    found: instructions.Costs,
     native: Dict[Tuple[str, str], float],
     names: Sequence[str],
     skipped: Dict[str, str],
 ) -> str:
     """Per workload: instructions per operation, time-driven instructions per second, and both at native speed.
 
-    ``native`` is (workload, loop) -> unmonitored operations per native CPU second.
+    ``native`` is (workload, loop) -> unmonitored operations per native CPU second. Each cell is the
+    median over the memory layouts, with the lowest and highest in brackets.
     """
     out = []
     for workload in dict.fromkeys(w for w, _, _ in found):
@@ -412,37 +422,52 @@ def instruction_tables(
             if base is None:
                 notes.append(f"- {loop}: no `{BASELINE}` run, so no shares.")
                 continue
-            per_second = base.per_op * native[(workload, loop)]
+            per_op = instructions.middle(base).per_op
+            per_second = per_op * native[(workload, loop)]
             notes.append(
-                f"- {loop}: `none` runs {base.per_op:,.0f} instructions per operation x "
+                f"- {loop}: `none` runs {per_op:,.0f} instructions per operation x "
                 f"{native[(workload, loop)]:,.0f} operations per native CPU second = {per_second / 1e9:.2f} G "
                 "instructions per second; at native speed = extra per op ÷ none per op + timers ÷ that."
             )
         cells = functools.partial(_instruction_cells, found, native, workload)
         rows = _variant_rows(names, skipped, len(header), loop_names, cells)
+        layouts = max(len(each) for each in found.values())
+        notes.append(
+            f"- Each cell: the median over {layouts} memory layout{'s' if layouts > 1 else ''}, "
+            "the lowest and highest in brackets (each layout a run of its own, `none` in the same layout)."
+        )
         out.append(f"#### {COUNTED_TITLES[workload]}\n\n{table(header, rows)}\n\n" + "\n".join(notes))
     return "\n\n".join(out)
 
 
 def _instruction_cells(
-    found: Dict[Tuple[str, str, str], instructions.Cost],
+    found: instructions.Costs,
     native: Dict[Tuple[str, str], float],
     workload: str,
     name: str,
     loop: str,
 ) -> List[str]:
-    cost = found.get((workload, loop, name))
-    if cost is None:
+    key, base_key = (workload, loop, name), (workload, loop, BASELINE)
+    if key not in found:
         return ["n/a", "-", "-", "-"]
-    base = found.get((workload, loop, BASELINE))
-    if base is None:
-        return [f"{cost.per_op:,.0f}", "-", "-", "-"]
-    op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
+    per_op = instructions.across(found, [key], lambda c: c.per_op)
+    if base_key not in found:
+        return [span(per_op, "{:,.0f}".format), "-", "-", "-"]
+    rate = native[(workload, loop)]
+
+    def shares(cost: instructions.Cost, base: instructions.Cost) -> Tuple[float, float]:
+        return instructions.share(cost, base, base.per_op * rate)
+
+    extra = instructions.across(found, [key, base_key], lambda c, b: c.per_op - b.per_op)
+    op = instructions.across(found, [key, base_key], lambda c, b: shares(c, b)[0] * 100)
+    busy = instructions.across(found, [key], lambda c: c.busy_per_second / 1e6)
+    sec = instructions.across(found, [key, base_key], lambda c, b: shares(c, b)[1] * 100)
+    total = instructions.across(found, [key, base_key], lambda c, b: sum(shares(c, b)) * 100)
     return [
-        f"{cost.per_op:,.0f}",
-        f"{cost.per_op - base.per_op:+,.0f} ({op * 100:+.2f}%)",
-        f"{cost.busy_per_second / 1e6:.2f}M ({sec * 100:.3f}%)",
-        f"**{(op + sec) * 100:+.2f}%**",
+        span(per_op, "{:,.0f}".format),
+        f"{span(extra, '{:+,.0f}'.format)} ({op.median:+.2f}%)",
+        f"{busy.median:.2f}M ({sec.median:.3f}%)",
+        f"**{total.median:+.2f}%**" + ("" if total.low == total.high else f" [{total.low:+.2f}, {total.high:+.2f}]"),
     ]
 
 
@@ -467,18 +492,29 @@ def idle_instructions_table(rates: Dict[Tuple[str, str], float], names: Sequence
     return table(["variant"] + [f"{loop} instr/s over none" for loop in loop_names], rows)
 
 
-def instruction_targets(
-    found: Dict[Tuple[str, str, str], instructions.Cost], native: Dict[Tuple[str, str], float]
-) -> List[Target]:
-    """The cost targets (docs/performance.md) on the instruction counts, at native speed."""
+def instruction_targets(found: instructions.Costs, native: Dict[Tuple[str, str], float]) -> List[Target]:
+    """The cost targets (docs/performance.md) on the instruction counts, at native speed, decided on medians.
 
-    def at_native(workload: str, loop: str, name: str) -> Optional[float]:
-        cost, base = found.get((workload, loop, name)), found.get((workload, loop, BASELINE))
-        if cost is None or base is None:
+    A target whose limit lies within the range over layouts is "within the noise", neither met nor missed.
+    """
+
+    def at_native(workload: str, loop: str, *names: str) -> Optional[stats.Spread]:
+        """Percent at native speed of the first name, minus that of the second if one is given."""
+        keys = [(workload, loop, n) for n in (*names, BASELINE)]
+        if any(k not in found for k in keys):
             return None
-        op, sec = instructions.share(cost, base, base.per_op * native[(workload, loop)])
-        return op + sec
 
+        def figure(*each: instructions.Cost) -> float:
+            *costs, base = each
+            shares = [sum(instructions.share(c, base, base.per_op * native[(workload, loop)])) for c in costs]
+            return (shares[0] - (shares[1] if len(shares) > 1 else 0.0)) * 100
+
+        return instructions.across(found, keys, figure)
+
+    def points(figure: stats.Spread) -> str:
+        return span(figure, "{:+.2f}".format)
+
+    noise = "within the noise: the goal is inside the range over layouts"
     targets = []
     for workload, loop, name in found:
         if name != TARGET_VARIANT:
@@ -487,18 +523,20 @@ def instruction_targets(
         if ours is None:
             continue
         if workload == "ping-pong":
-            naive = at_native(workload, loop, "naive")
+            extra, naive = at_native(workload, loop, name, "naive"), at_native(workload, loop, "naive")
             limit = 1.0 if loop == "asyncio" else 0.5
-            if naive is not None:
-                extra = (ours - naive) * 100
-                measured = f"{extra:+.2f} points over naive ({ours * 100:+.2f}% vs {naive * 100:+.2f}%)"
-                targets.append(Target("ping-pong vs naive", loop, measured, f"≤ +{limit:g} points", extra <= limit))
+            if extra is not None and naive is not None:
+                measured = f"{points(extra)} points over naive ({ours.median:+.2f}% vs {naive.median:+.2f}%)"
+                goal = f"≤ +{limit:g} points"
+                targets.append(Target("ping-pong vs naive", loop, measured, goal, stats.at_most(extra, limit), noise))
         else:
-            targets.append(Target(workload, loop, f"{ours * 100:+.2f}%", "≤ +0.5%", ours <= 0.005))
+            targets.append(Target(workload, loop, f"{points(ours)}%", "≤ +0.5%", stats.at_most(ours, 0.5), noise))
         for peer in PEERS:
-            theirs, match = at_native(workload, loop, peer), same_as(peer, loop)
-            mine = at_native(workload, loop, match)
-            if theirs is not None and mine is not None:
-                measured = f"{mine * 100:+.2f}% vs {theirs * 100:+.2f}%"
-                targets.append(Target(f"{workload}: `{match}` below `{peer}`", loop, measured, "lower", mine < theirs))
+            match = same_as(peer, loop)
+            theirs, mine = at_native(workload, loop, peer), at_native(workload, loop, match)
+            below = at_native(workload, loop, match, peer)
+            if theirs is not None and mine is not None and below is not None:
+                measured = f"{mine.median:+.2f}% vs {theirs.median:+.2f}% (difference {points(below)} points)"
+                met = stats.at_most(below, 0.0)
+                targets.append(Target(f"{workload}: `{match}` below `{peer}`", loop, measured, "lower", met, noise))
     return targets

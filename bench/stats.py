@@ -79,3 +79,33 @@ def ratio_interval(each: Sequence[float]) -> Ratio:
 def ratios(values: Sequence[Optional[float]], baseline: Sequence[Optional[float]]) -> Ratio:
     """Ratios round by round (each against the baseline of the same round), summarised."""
     return ratio_interval([v / b for v, b in zip(values, baseline) if v is not None and b])
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure measured several ways (one per memory layout): its median and the lowest and highest."""
+
+    median: float
+    low: float
+    high: float
+
+    def holds(self, value: float) -> bool:
+        """True when ``value`` lies within the range (ends included)."""
+        return self.low <= value <= self.high
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Median, minimum and maximum of ``values``; all nan for no values."""
+    if not values:
+        return Spread(math.nan, math.nan, math.nan)
+    return Spread(median(values), min(values), max(values))
+
+
+def at_most(figure: Spread, limit: float) -> Optional[bool]:
+    """Whether ``figure`` is at most ``limit``, decided on the median; None when the limit is inside the range.
+
+    None is "within the noise": some layouts meet the limit and some do not (or one sits right on it).
+    """
+    if any(math.isnan(x) for x in (figure.median, figure.low, figure.high)) or figure.holds(limit):
+        return None
+    return figure.median <= limit
