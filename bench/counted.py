@@ -28,11 +28,11 @@ PAD_SIZES = range(2, 482, 8)
 
 
 def pad(layout: int) -> List[bytes]:
-    """``layout`` x 14 objects of each allocator size class from 48 to 512 bytes, to keep: a different memory layout.
+    """``layout`` x 58 objects of each allocator size class from 48 to 512 bytes, to keep: a different memory layout.
 
-    Seven (a prime) so that successive layouts land at different offsets in a pool of any block size.
+    29 per length (a prime; 7 moved the counts less): layouts land at different offsets in pools of any block size.
     """
-    return [bytes(size) for size in PAD_SIZES for _ in range(layout * 7)]
+    return [bytes(size) for size in PAD_SIZES for _ in range(layout * 29)]
 
 
 async def _child(mode: str, workload: str, variant: str, size: int, port: int, layout: int) -> float:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench import loops, stats, workloads
 from bench.web import ROOT, child_env
@@ -196,10 +196,11 @@ class Cost:
     busy_per_second: float
 
 
-Costs = Dict[Tuple[str, str, str], Tuple[Cost, ...]]
+#: (workload, loop, variant) -> its cost in each layout.
+Costs = Mapping[Tuple[str, str, str], Sequence[Cost]]
 
 
-def costs(counts: Dict[Job, Count], plan: Plan) -> Costs:
+def costs(counts: Dict[Job, Count], plan: Plan) -> Dict[Tuple[str, str, str], Tuple[Cost, ...]]:
     """(workload, loop, variant) -> its cost in each layout (in layout order), from the parked and busy children.
 
     Each layout is a whole measurement of its own: its slope between its two sizes, its busy run over its big one.

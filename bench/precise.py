@@ -62,7 +62,7 @@ def main(
         f"Counted by `{tool} {' '.join(instructions.VALGRIND)}` ({version}), PYTHONHASHSEED=0. "
         f"Sizes (operations, small and big): {plan.sizes}; idle windows {plan.idle_ms} ms; "
         f"{plan.layouts} memory layout{'s' if plan.layouts > 1 else ''} per child (the same code starts with "
-        "its objects at different places, which moves its count by a few hundred instructions per operation: "
+        "its objects at different places, which moves its count by tens to hundreds of instructions per operation: "
         "each figure is the median over the layouts, the lowest and highest in brackets, and a target whose "
         "limit lies within them is *within the noise*).\n\n"
         + report.variants_legend(names, skipped)

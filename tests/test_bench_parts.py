@@ -1,12 +1,14 @@
-"""The instruction bench's subsets and the stand-in cost bench's children, without valgrind."""
+"""The instruction bench's subsets, options and children, and the stand-in cost bench's children, without valgrind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
+from bench import __main__ as bench_main
 from bench import instructions, stand_in_cost
 from bench.web import ROOT, child_env
 
@@ -37,3 +39,18 @@ def test_every_stand_in_cost_child_runs(where: str, call: str, on: str) -> None:
     done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("layout", ["0", "2"])
+def test_a_counted_child_runs_in_a_layout_and_prints_its_seconds(layout: str) -> None:
+    command = [sys.executable, "-m", "bench.counted", "parked", "ping-pong", "asyncio", "none", "20", "9", layout]
+    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["seconds"] > 0
+
+
+@pytest.mark.parametrize("option", ["--layouts", "--jobs"])
+def test_fewer_than_one_layout_or_job_is_refused_by_name(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench_main.parse(["instructions", option, "0"])
+    assert f"{option}: at least 1" in capsys.readouterr().err
