@@ -108,34 +108,28 @@ def test_the_later_pythons_run_only_where_their_interpreter_is_on_path() -> None
     assert [stage.name for stage in after] == ["e2e", "lint", "type"]
 
 
-def test_library_stages_run_two_at_a_time(tmp_path: Path) -> None:
-    # Each waits for the other to have started: they finish only if both run at once.
-    def meet(mine: str, other: str) -> list[str]:
-        return python(
-            "import pathlib, sys, time\n"
-            f"pathlib.Path({str(tmp_path / mine)!r}).touch()\n"
-            "deadline = time.monotonic() + 60\n"
-            f"while not pathlib.Path({str(tmp_path / other)!r}).exists():\n"
-            "    if time.monotonic() > deadline: sys.exit(1)\n"
-            "    time.sleep(0.01)\n"
-        )
+def meeting(folder: Path, mine: str, other: str) -> list[str]:
+    """A stage command that leaves ``mine`` behind and waits for ``other``: it ends (status 0) only if both run
+    at once, else it gives up with status 1 after a minute."""
+    return python(
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(folder / mine)!r}).touch()\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not pathlib.Path({str(folder / other)!r}).exists():\n"
+        "    if time.monotonic() > deadline: sys.exit(1)\n"
+        "    time.sleep(0.01)\n"
+    )
 
-    assert stages.run([Stage("py39", meet("a", "b")), Stage("py310", meet("b", "a"))], []) == 0
+
+def test_library_stages_run_two_at_a_time(tmp_path: Path) -> None:
+    pair = [Stage("py39", meeting(tmp_path, "a", "b")), Stage("py310", meeting(tmp_path, "b", "a"))]
+    assert stages.run(pair, []) == 0
 
 
 def test_the_later_stages_start_as_soon_as_a_runner_is_free(tmp_path: Path) -> None:
-    # e2e waits for py313 to have started, and py313 for e2e: both run at once, beside each other.
-    def meet(mine: str, other: str) -> list[str]:
-        return python(
-            "import pathlib, sys, time\n"
-            f"pathlib.Path({str(tmp_path / mine)!r}).touch()\n"
-            "deadline = time.monotonic() + 30\n"
-            f"while not pathlib.Path({str(tmp_path / other)!r}).exists():\n"
-            "    if time.monotonic() > deadline: sys.exit(1)\n"
-            "    time.sleep(0.01)\n"
-        )
-
-    assert stages.run([Stage("py313", meet("a", "b"))], [Stage("e2e", meet("b", "a"))]) == 0
+    # e2e runs beside py313, the last library stage, rather than after it.
+    last, later = [Stage("py313", meeting(tmp_path, "a", "b"))], [Stage("e2e", meeting(tmp_path, "b", "a"))]
+    assert stages.run(last, later) == 0
 
 
 def test_the_spinners_are_ended_whatever_happens() -> None:
