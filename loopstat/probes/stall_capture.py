@@ -133,7 +133,11 @@ def stall_of(
             capture.location,
         )
         return None
-    verdict, task = _explain(explainer, None if capture is None else capture.seen, started, now)
+    if explainer is not None and capture is not None and capture.seen is None:
+        # The watchdog looked (the stack was read) but the signals were not: not "ended before it could look".
+        verdict, task = Verdict("unknown", "its signals could not be read"), None
+    else:
+        verdict, task = _explain(explainer, None if capture is None else capture.seen, started, now)
     location, stack = (None, "") if capture is None else (capture.location, capture.stack)
     return Stall(duration * 1000.0, location, stack, time.time(), verdict.cause, verdict.why, task)
 
