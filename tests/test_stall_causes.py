@@ -209,8 +209,13 @@ async def test_a_loop_thread_waiting_for_the_gil_held_by_another_thread_is_gil(
         wall = time.perf_counter() - started
         return time.thread_time() - used < 0.2 * wall and gil_holder() - others > 0.7 * wall
 
+    def looked_in_time(stall: Stall) -> bool:
+        # The watchdog waits for the GIL too: on a loaded machine the other thread can keep it out until the
+        # stall ends, and a look that late cannot tell whose the GIL was (it says the loop's, in C code).
+        return watched(stall) and not stall.reason.startswith("its thread held the GIL")
+
     async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
-        stall = await stall_of(monitor, release_often)
+        stall = await stall_of(monitor, release_often, seen=looked_in_time)
     assert stall.cause == "gil", stall
 
 
