@@ -24,6 +24,9 @@ BIN = Path(sys.executable).parent
 LOOPSTAT_RUN = str(BIN / "loopstat-run")
 
 
+# The programs run their loop for a second, 20 intervals: loopstat is imported as the first loop starts, a monitor
+# begins at its first sample and sends from the second, and on a loaded machine the import alone can outlast
+# 0.1 s (a loop that ends within one interval is not watched).
 def environment(receiver: Receiver, **extra: str) -> Dict[str, str]:
     env = dict(os.environ, STATSD_HOST="127.0.0.1", STATSD_PORT=str(receiver.port), LOOPSTAT_INTERVAL="0.05")
     env.update(extra)
@@ -79,7 +82,7 @@ def test_exit_status_of_the_program_passes_through(blocked_run: Tuple[int, List[
 
 
 def test_python_m_loopstat_run_works_like_loopstat_run(tmp_path: Path, receiver: Receiver) -> None:
-    app = program(tmp_path, "import asyncio, sys\nasyncio.run(asyncio.sleep(0.1))\nsys.exit(3)\n")
+    app = program(tmp_path, "import asyncio, sys\nasyncio.run(asyncio.sleep(1.0))\nsys.exit(3)\n")
     done = subprocess.run(
         [sys.executable, "-m", "loopstat", "run", "--", sys.executable, app], env=environment(receiver), timeout=30
     )
@@ -140,7 +143,7 @@ def test_an_existing_sitecustomize_still_runs(tmp_path: Path, receiver: Receiver
         """
         import asyncio, os
         print(os.environ.get("FROM_SITECUSTOMIZE"))
-        asyncio.run(asyncio.sleep(0.2))
+        asyncio.run(asyncio.sleep(1.0))
         """,
     )
     env = environment(receiver, PYTHONPATH=str(site))
@@ -350,7 +353,7 @@ def test_loopstat_run_runs_the_command_and_sends_for_each_dogstatsd_url_form(tmp
     receiver = Receiver(path=path) if "{path}" in form else Receiver()
     try:
         env = dict(os.environ, DD_DOGSTATSD_URL=form.format(port=receiver.port, path=path), LOOPSTAT_INTERVAL="0.05")
-        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(1.0))\nprint('ran')\n")
         done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
         assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
         receiver.settle(lambda lines: any(x.name == "loopstat.lag" for x in lines))
@@ -365,7 +368,7 @@ def test_loopstat_run_sends_over_a_unixstream_dogstatsd_url(tmp_path: Path) -> N
     agent = StreamAgent(path)
     try:
         env = dict(os.environ, DD_DOGSTATSD_URL=f"unixstream://{path}", LOOPSTAT_INTERVAL="0.05")
-        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+        app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(1.0))\nprint('ran')\n")
         done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
         assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
         deadline = time.monotonic() + 10
@@ -381,7 +384,7 @@ def test_a_dogstatsd_url_loopstat_cannot_use_warns_once_and_the_command_runs(
 ) -> None:
     env = environment(receiver, DD_DOGSTATSD_URL="udp://agent:81250", DD_AGENT_HOST="127.0.0.1")
     env["DD_DOGSTATSD_PORT"] = env.pop("STATSD_PORT")
-    app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(0.3))\nprint('ran')\n")
+    app = program(tmp_path, "import asyncio\nasyncio.run(asyncio.sleep(1.0))\nprint('ran')\n")
     done = subprocess.run([LOOPSTAT_RUN, sys.executable, app], env=env, capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout) == (0, "ran\n")
     assert done.stderr == (
@@ -406,7 +409,7 @@ def test_asyncio_looks_as_without_loopstat_run_apart_from_the_hook(tmp_path: Pat
             )
 
         print(originals())
-        asyncio.run(asyncio.sleep(0.3))  # a few intervals: the monitor begins at the first, sends from the second
+        asyncio.run(asyncio.sleep(1.0))  # intervals enough on a loaded machine: loopstat is imported as the loop starts
         print(originals())
     """
     app = program(tmp_path, source)
