@@ -347,6 +347,11 @@ def test_a_loop_whose_core_is_crowded_by_other_processes_waited_on_the_scheduler
 # --- faults: the stall is reported all the same -------------------------------------------------------------------
 
 
+def located(stall: Stall) -> bool:
+    """The watchdog looked at the stall: its look shows as the location, whatever the reason says."""
+    return stall.location is not None
+
+
 def sleep_block() -> bool:
     time.sleep(BLOCK)
     return True
@@ -360,8 +365,7 @@ async def test_signals_that_cannot_be_read_leave_the_stall_reported_with_an_unkn
 
     monkeypatch.setattr(signals.Signals, "read", broken)
     async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
-        # The watchdog's look shows as the location, whatever the reason says.
-        stall = await stall_of(monitor, sleep_block, seen=lambda stall: stall.location is not None)
+        stall = await stall_of(monitor, sleep_block, seen=located)
     assert stall.cause == "unknown"
     assert stall.reason == "its signals could not be read", "the watchdog looked: not UNSEEN's reason"
     assert stall.location is not None
@@ -378,8 +382,7 @@ async def test_an_explainer_that_cannot_start_leaves_the_stalls_counted(
 
     monkeypatch.setattr(explain.Explainer, "__init__", broken)
     async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
-        # The watchdog's look shows as the location, whatever the reason says.
-        stall = await stall_of(monitor, sleep_block, seen=lambda stall: stall.location is not None)
+        stall = await stall_of(monitor, sleep_block, seen=located)
     assert (stall.cause, stall.reason, stall.task) == ("unknown", "", None)
 
 
