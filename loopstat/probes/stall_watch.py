@@ -263,9 +263,9 @@ class StallProbe:
             return
         self._reported_mark = mark
         capture = self.capture
-        if capture is None or capture.mark != mark:
-            # The watchdog may be describing this very stall: after a block in C
-            # code that held the GIL, it gets to look only as the block ends.
+        if capture is None or capture.mark != mark or capture.own:
+            # The watchdog may be describing this very stall (again, if it last saw loopstat's own
+            # code): after a block in C code that held the GIL, it gets to look only as the block ends.
             if self._capturing.acquire(timeout=CAPTURE_WAIT_SECONDS):
                 self._capturing.release()
             capture = self.capture
@@ -335,7 +335,9 @@ class StallProbe:
     def _capture(self, mark: float, then: Callable[[], float]) -> float:
         """Capture the stack of the stall that started at ``mark`` (unless done), around ``then``; return its result."""
         capture = self.capture
-        if capture is not None and capture.mark == mark:
+        # Seen in loopstat's own code, a stall that goes on is looked at again: the loop may have moved on to the
+        # application's code without showing progress (a callback of its own, then the application's).
+        if capture is not None and capture.mark == mark and not capture.own:
             return then()
         with self._capturing:  # the loop's report of this stall waits for the capture
             # The stack first, before anything that lets the loop run on (posting
