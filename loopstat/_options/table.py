@@ -151,7 +151,7 @@ class Settings:
     #: Append the container ID (``|c:``) and external environment (``|e:``) that tell the Agent the sender's pod.
     origin_detection: bool = _row(
         True,
-        Switch(),
+        Switch(letters=True),
         "origin detection: the container ID (from `/proc/self/cgroup`) and the external environment in "
         "DogStatsD's `c:` and `e:` fields, after the tags (dogstatsd only; off for servers other than the "
         "Datadog Agent, such as Etsy statsd)",

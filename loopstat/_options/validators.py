@@ -206,15 +206,19 @@ class Switch(Validator[Any]):
     _TRUE = ("1", "true", "yes", "on")
     _FALSE = ("0", "false", "no", "off")
 
-    def __init__(self, auto: bool = False) -> None:
+    def __init__(self, auto: bool = False, letters: bool = False) -> None:
         self.auto = auto
         self.type_doc = "bool or None" if auto else "bool"
+        # A variable Datadog's clients share: the off words each reads (f: the Go and PHP clients, n: datadogpy).
+        self._true = (*self._TRUE, "t", "y") if letters else self._TRUE
+        self._false = (*self._FALSE, "f", "n") if letters else self._FALSE
 
     def accepted(self) -> str:
         return "True, False or None (auto)" if self.auto else "True or False"
 
     def accepted_text(self) -> str:
-        return "1 or 0 (true/false, yes/no, on/off)" + (", or auto" if self.auto else "")
+        letters = ", t/f, y/n" if len(self._true) > len(self._TRUE) else ""
+        return f"1 or 0 (true/false, yes/no, on/off{letters})" + (", or auto" if self.auto else "")
 
     def as_text(self, value: Any) -> str:
         return "auto" if value is None else "1" if value else "0"
@@ -230,9 +234,9 @@ class Switch(Validator[Any]):
         word = text.lower()
         if word == "auto" and self.auto:
             return None
-        if word not in self._TRUE + self._FALSE:
+        if word not in self._true + self._false:
             raise self._bad(text, source, text=True)
-        return word in self._TRUE
+        return word in self._true
 
 
 class TagList(Validator[_tags.Tags]):
