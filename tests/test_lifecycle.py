@@ -414,15 +414,25 @@ async def test_overlapping_stops_leak_nothing_and_raise_nothing(receiver: Receiv
     assert open_sockets() == fds
 
 
+# Every probe on, and a host name to look up (in a thread of loopstat's): nothing of it may be a task.
+EVERY_PROBE: Dict[str, Any] = {"gc": True, "profile": True, "blocking_calls": True, "executor": True}
+
+
+def every_probe(receiver: Receiver) -> loopstat.Monitor:
+    """A monitor of the running loop with every probe on, sending to ``receiver`` through a host name."""
+    return loopstat.install("localhost", receiver.port, interval=0.01, **EVERY_PROBE)
+
+
 async def test_the_monitor_adds_no_task_the_application_can_see(receiver: Receiver) -> None:
     before = set(asyncio.all_tasks())
-    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01, gc=True, profile=True) as monitor:
+    async with every_probe(receiver) as monitor:
         await sending(monitor)
+        await receiver.wait_count("loopstat.tasks", "g", 3)  # every probe attached at the first sample has run
         assert set(asyncio.all_tasks()) == before
 
 
 async def test_the_shutdown_idiom_of_gathering_every_other_task_finishes_under_a_monitor(receiver: Receiver) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
+    async with every_probe(receiver) as monitor:
         await sending(monitor)
         workers = [asyncio.ensure_future(asyncio.sleep(0.05)) for _ in range(3)]
         # A generous bound, so that a sampler among the tasks fails the test rather than hanging it.
@@ -432,7 +442,7 @@ async def test_the_shutdown_idiom_of_gathering_every_other_task_finishes_under_a
 
 
 async def test_monitoring_goes_on_after_the_application_cancels_every_task_it_can_see(receiver: Receiver) -> None:
-    async with loopstat.install("127.0.0.1", receiver.port, interval=0.01) as monitor:
+    async with every_probe(receiver) as monitor:
         await sending(monitor)
         for _ in range(5):
             tasks = others()

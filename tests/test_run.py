@@ -345,6 +345,51 @@ def test_gevent_patching_first_sees_a_clean_process_every_probe_runs_and_the_blo
     receiver.settle(lambda lines: any(x.name == "loopstat.stall" and x.value >= 250 for x in lines))
 
 
+# anyio's thread-pool test (its test_run_sync_from_thread_pooling counts threads with threading), on a loop
+# that lasts 30 intervals and blocks once: the monitor starts, every probe with it, and a stall wakes the watchdog.
+ANYIO_THREAD_POOL = """
+    import sys, threading, time
+    import anyio
+    from anyio import to_thread
+
+    async def main():
+        workers = {await to_thread.run_sync(threading.get_ident) for _ in range(5)}
+        await anyio.sleep(1.0)
+        time.sleep(0.3)
+        await anyio.sleep(0.2)
+        workers |= {await to_thread.run_sync(threading.get_ident) for _ in range(5)}
+        from loopstat import _threads
+        print("loopstat's threads:", sorted({t.name for t in _threads._running.values()}))
+        print("anyio's workers:", len(workers), "threads added:", threading.active_count() - initial)
+
+    initial = threading.active_count()
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": sys.argv[1] == "uvloop"})
+    deadline = time.monotonic() + 10
+    while threading.active_count() != initial and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("threads added after the loop:", threading.active_count() - initial)
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_anyios_thread_pool_counts_threads_as_without_loopstat_with_every_probe_on(
+    tmp_path: Path, receiver: Receiver, loop: str
+) -> None:
+    pytest.importorskip("anyio", reason="anyio is not installed for this Python")
+    app = program(tmp_path, ANYIO_THREAD_POOL)
+    env = environment(receiver, LOOPSTAT_GC="1", LOOPSTAT_PROFILE="1", LOOPSTAT_BLOCKING_CALLS="1")
+    done = subprocess.run(
+        [LOOPSTAT_RUN, sys.executable, app, loop], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "loopstat's threads: ['loopstat-profiler', 'loopstat-watchdog']\n"
+        "anyio's workers: 1 threads added: 1\n"
+        "threads added after the loop: 0\n"
+    ), done.stderr
+    receiver.settle(lambda lines: any(x.name == "loopstat.stall" and x.value >= 250 for x in lines))
+
+
 @pytest.mark.parametrize(
     "form", ["udp://127.0.0.1:{port}", "127.0.0.1:{port}", "unix://{path}", "unixgram://{path}", "{path}"]
 )

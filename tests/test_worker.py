@@ -216,11 +216,14 @@ def test_a_slot_folder_not_this_users_alone_is_not_used(
     own_temp: Path, loopstat_log: pytest.LogCaptureFixture, how: str
 ) -> None:
     ours = own_temp / f"loopstat-{os.getuid()}"
+    # What the folder's path leads to: a link's target, or the folder itself.
+    inside = own_temp / "elsewhere"
     if how == "symlink":
-        (own_temp / "elsewhere").mkdir()
-        ours.symlink_to(own_temp / "elsewhere")
+        inside.mkdir()
+        ours.symlink_to(inside)
     else:
         ours.mkdir()
+        inside = ours
         if how == "other user":
             if os.getuid() != 0:
                 pytest.skip("only root can give a folder to another user")
@@ -229,6 +232,7 @@ def test_a_slot_folder_not_this_users_alone_is_not_used(
             ours.chmod(0o777)
     assert _worker.slot() is None
     assert "is not a folder of this user's alone" in loopstat_log.text
+    assert list(inside.iterdir()) == [], "refused before anything was made through it or inside it"
 
 
 def test_a_vanished_slot_folder_is_made_again(own_temp: Path) -> None:
