@@ -342,8 +342,9 @@ def test_loopstat_watch_shows_distributions_in_milliseconds() -> None:
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
-# The application: waits to be moved, sends ``count`` lines, and, with ``fork``, forks a child that moves
-# itself into another cgroup and sends again under the prefix "forked".
+# The application: waits to be moved, sends ``count`` lines (to the port, or to ``socket_path`` among the
+# arguments), and, with ``fork``, forks a child that moves itself into another cgroup and sends again under
+# the prefix "forked".
 APP = r"""
 import asyncio, json, os, sys
 import loopstat
@@ -357,7 +358,8 @@ if loop == "uvloop":
 
 
 async def main(prefix):
-    monitor = loopstat.install("127.0.0.1", port, prefix=prefix, interval=0.01, **arguments)
+    address = {} if "socket_path" in arguments else {"host": "127.0.0.1", "port": port}
+    monitor = loopstat.install(prefix=prefix, interval=0.01, **address, **arguments)
     while monitor.sent < count:
         await asyncio.sleep(0.01)
     await monitor.stop()
@@ -557,6 +559,17 @@ def test_distributions_from_a_kubernetes_cgroup_send_lag_as_d_with_the_container
     assert {line.type for line in lines if line.name == "app.lag.distribution"} == {"d"}
     assert "ms" not in {line.type for line in lines}
     assert {line.container for line in lines} == {container_id}
+
+
+@needs_cgroup_v1
+def test_over_a_unix_socket_an_app_in_a_kubernetes_cgroup_sends_the_origin_fields_too(tmp_path: Path) -> None:
+    # As datadogpy and the Go client: the fields go over a socket too, where the Agent may also read credentials.
+    container_id, path = secrets.token_hex(32), str(tmp_path / "dsd.socket")
+    with Receiver(path=path) as agent, kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
+        _launch_app(0, procs, "asyncio", {"DD_EXTERNAL_ENV": "cn-web"}, {"socket_path": path})
+        lines = agent.settle(lambda lines: len(lines) >= 30)
+        assert agent.bad == []
+    assert {(line.container, line.external) for line in lines} == {(container_id, "cn-web")}
 
 
 @needs_cgroup_v1
