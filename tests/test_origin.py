@@ -2,7 +2,8 @@
 
 The ID is read the way the Datadog clients read it; the real-process tests put
 an application in a real cgroup named as Kubernetes names them (cgroup v1,
-which needs root), the others read files shaped like a real host's.
+which needs root), or in a cgroup v2 group of its own inside a private cgroup
+namespace (the inode), the others read files shaped like a real host's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -474,10 +476,12 @@ def _launch_app(
     arguments: Optional[Dict[str, Any]] = None,
     fork_into: Tuple[str, ...] = (),
     count: int = 30,
+    wrapper: Tuple[str, ...] = (),
 ) -> None:
-    """Run APP, moved into the groups of ``procs`` before it installs loopstat, until it sent ``count`` lines."""
+    """Run APP (through ``wrapper``), moved into the groups of ``procs`` before it installs loopstat, until it
+    sent ``count`` lines."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
-    command = [sys.executable, "-c", APP, str(port), str(count), loop]
+    command = [*wrapper, sys.executable, "-c", APP, str(port), str(count), loop]
     command += [json.dumps(arguments or {}), json.dumps(list(fork_into))]
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **environ}
@@ -504,8 +508,9 @@ def _run_app(
     arguments: Optional[Dict[str, Any]] = None,
     fork_into: Tuple[str, ...] = (),
     count: int = 30,
+    wrapper: Tuple[str, ...] = (),
 ) -> None:
-    _launch_app(receiver.port, procs, loop, environ, arguments, fork_into, count)
+    _launch_app(receiver.port, procs, loop, environ, arguments, fork_into, count, wrapper)
     receiver.quiet()
     assert not receiver.bad, receiver.bad[:3]
 
@@ -688,3 +693,44 @@ def test_from_a_kubernetes_cgroup_etsy_statsd_reads_every_statsd_flavor_line(tmp
         while statsd.stats()["messages.bad_lines_seen"] < 10 and time.monotonic() < deadline + 30:
             time.sleep(0.05)
         assert statsd.stats()["messages.bad_lines_seen"] >= 10, statsd.output()
+
+
+def _cgroup2_mount() -> Optional[str]:
+    """A cgroup v2 mount point this process may make groups in (hybrid hosts: ``/sys/fs/cgroup/unified``)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    with open("/proc/self/mountinfo") as file:
+        for line in file:
+            before, _, after = line.partition(" - ")
+            point = before.split(" ")[4]
+            if after.split(" ")[0] == "cgroup2" and point.startswith(CGROUP_ROOT) and os.access(point, os.W_OK):
+                return point
+    return None
+
+
+# As Docker's default on cgroup v2: the process in a cgroup of its own, in a cgroup namespace of its own, with
+# cgroup2 mounted afresh in its own mount namespace ($0: the group, $1: the mount point, then the command).
+PRIVATE_NAMESPACE = (
+    'mount=$1; shift; echo $$ > "$0/cgroup.procs" && exec unshare --cgroup --mount --propagation private '
+    'sh -c \'umount "$0" && mount -t cgroup2 none "$0" && exec "$@"\' "$mount" "$@"'
+)
+
+
+@pytest.mark.skipif(
+    _cgroup2_mount() is None, reason="needs root, unshare and a writable cgroup v2 mount under /sys/fs/cgroup"
+)
+def test_in_a_private_cgroup_namespace_an_app_sends_its_cgroup_v2_folder_s_inode(receiver: Receiver) -> None:
+    mount = _cgroup2_mount()
+    assert mount is not None
+    group = os.path.join(mount, f"loopstat-test-{secrets.token_hex(8)}")
+    os.mkdir(group)
+    try:
+        inode = os.stat(group).st_ino  # the number the Agent reads from the host's side for that container
+        wrapper = ("sh", "-c", PRIVATE_NAMESPACE, group, mount)
+        _run_app(receiver, [], "asyncio", {"DD_EXTERNAL_ENV": "cn-web"}, wrapper=wrapper)
+    finally:
+        os.rmdir(group)
+    assert receiver.snapshot()
+    assert all(
+        data.endswith(f"|c:in-{inode}|e:cn-web".encode()) for raw in receiver.datagrams for data in raw.split(b"\n")
+    )
