@@ -2,19 +2,25 @@
 
 The ID is read the way the Datadog clients read it; the real-process tests put
 an application in a real cgroup named as Kubernetes names them (cgroup v1,
-which needs root), the others read files shaped like a real host's.
+which needs root), or in a cgroup v2 group of its own inside a private cgroup
+namespace (the inode), the others read files shaped like a real host's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +36,7 @@ from loopstat.cli import fmt
 from loopstat.cli.statsd import parse_strict
 from loopstat.sink import Sink
 from tests.receiver import Receiver
+from tests.servers import running_statsd
 
 ID = "3f4c0b1e8a5d" + "7" * 52
 ASSERTED_IDS = {
@@ -47,6 +54,17 @@ ASSERTED_IDS = {
     "11:devices:/ecs/5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e/5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e-4263785942": (
         "5a0d5ceddf6c44a1ad8b0e2b5f9a5a5e-4263785942"
     ),
+    # Kubernetes' Guaranteed pods, which have no QoS level (cgroupfs driver, cgroup v1)
+    "4:memory:/kubepods/pod6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50/" + ID: ID,
+    # cgroup v2 in the host's namespace, Kubernetes with the cgroupfs driver
+    "0::/kubepods/besteffort/pod6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50/" + ID: ID,
+    # cgroup v1, Kubernetes with the systemd driver: the same path in every hierarchy
+    "11:memory:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6b8e4a7c_1f0d.slice/docker-"
+    + ID
+    + ".scope": ID,
+    # containerd without Kubernetes (its "default" namespace), and rootless Podman
+    "0::/default/" + ID: ID,
+    "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + ID + ".scope": ID,
     # Cloud Foundry's Garden: a UUID
     "1:name=systemd:/garden/6f1d7a8e-0c2b-4b3a-9d4e-5f6a7b8c9d0e": "6f1d7a8e-0c2b-4b3a-9d4e-5f6a7b8c9d0e",
 }
@@ -216,6 +234,17 @@ def test_origin_detection_off_sends_neither_field(tmp_path: Path, monkeypatch: p
     assert _settings({"DD_ORIGIN_DETECTION_ENABLED": "false"}, origin_detection=True).origin_detection
 
 
+def test_the_origin_fields_are_read_when_the_sink_is_made_not_for_each_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
+    sink = Sink(_settings({"DD_EXTERNAL_ENV": "cn-web"}))
+    _files(tmp_path, monkeypatch, "1:cpu:/docker/" + SANDBOX + "\n")
+    assert _origin.container_id() == SANDBOX  # what a lookup for each line would now find
+    lines = [line for _ in range(3) for data, _ in sink.datagrams(LINES) for line in data.split(b"\n")]
+    assert all(line.endswith(f"|c:{ID}|e:cn-web".encode()) for line in lines)
+
+
 def test_the_statsd_flavor_never_carries_origin_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _files(tmp_path, monkeypatch, "1:cpu:/docker/" + ID + "\n")
     settings = _settings({"DD_EXTERNAL_ENV": "it-false"}, flavor="statsd", tags=None, origin_detection=True)
@@ -315,8 +344,9 @@ def test_loopstat_watch_shows_distributions_in_milliseconds() -> None:
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
-# The application: waits to be moved, sends ``count`` lines, and, with ``fork``, forks a child that moves
-# itself into another cgroup and sends again under the prefix "forked".
+# The application: waits to be moved, sends ``count`` lines (to the port, or to ``socket_path`` among the
+# arguments), and, with ``fork``, forks a child that moves itself into another cgroup and sends again under
+# the prefix "forked".
 APP = r"""
 import asyncio, json, os, sys
 import loopstat
@@ -330,7 +360,8 @@ if loop == "uvloop":
 
 
 async def main(prefix):
-    monitor = loopstat.install("127.0.0.1", port, prefix=prefix, interval=0.01, **arguments)
+    address = {} if "socket_path" in arguments else {"host": "127.0.0.1", "port": port}
+    monitor = loopstat.install(prefix=prefix, interval=0.01, **address, **arguments)
     while monitor.sent < count:
         await asyncio.sleep(0.01)
     await monitor.stop()
@@ -367,29 +398,67 @@ def _v1_hierarchies() -> List[str]:
     return found
 
 
+# Test environments run side by side (scripts/test runs two at a time) and share the kubepods and besteffort
+# groups: one removing them while another's pod is inside fails (EBUSY) and leaves groups behind.
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "loopstat-tests-kubepods.lock")
+LOCK_TIMEOUT = 300.0
+
+
 @contextlib.contextmanager
-def kubernetes_cgroup(hierarchies: List[str], container_id: str) -> Iterator[List[str]]:
-    """``kubepods/besteffort/pod<uid>/<id>`` in each hierarchy; yields their ``cgroup.procs``; removes what it made."""
-    relative = ["kubepods", "besteffort", f"pod{uuid.uuid4()}", container_id]
+def one_process_at_a_time(timeout: float = LOCK_TIMEOUT, waiting: Optional[threading.Event] = None) -> Iterator[None]:
+    """The lock a test process holds while it has Kubernetes-named groups: waits for another's, never for ever.
+
+    ``waiting`` is set when another process holds it.
+    """
+    with open(LOCK_PATH, "a") as file:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting.set()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another test process held {LOCK_PATH} for {timeout:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def kubernetes_cgroup(
+    hierarchies: List[str], *container_ids: str, waiting: Optional[threading.Event] = None
+) -> Iterator[List[List[str]]]:
+    """``kubepods/besteffort/pod<uid>/<id>`` for each ID in each hierarchy; yields each ID's ``cgroup.procs`` files.
+
+    Removes every group it made, a process left inside going back to the root group. Not nested: it holds
+    ``one_process_at_a_time(waiting=waiting)`` throughout, so give it every ID at once.
+    """
+    pods = [["kubepods", "besteffort", f"pod{uuid.uuid4()}", container_id] for container_id in container_ids]
     made: List[str] = []
-    try:
-        for root in hierarchies:
-            path = root
-            for part in relative:
-                path = os.path.join(path, part)
-                if not os.path.isdir(path):
-                    os.mkdir(path)
-                    made.append(path)
-        yield [os.path.join(root, *relative, "cgroup.procs") for root in hierarchies]
-    finally:
-        for path in reversed(made):  # the leaf first: a group with children cannot go
-            with contextlib.suppress(OSError):
-                with open(os.path.join(path, "cgroup.procs")) as file:
-                    pids = file.read().split()
-                for pid in pids:  # a process left behind goes back to the root group
-                    with open(os.path.join(path.split("/kubepods")[0], "cgroup.procs"), "w") as file:
-                        file.write(pid)
-            os.rmdir(path)
+    with one_process_at_a_time(waiting=waiting):
+        try:
+            for root in hierarchies:
+                for relative in pods:
+                    path = root
+                    for part in relative:
+                        path = os.path.join(path, part)
+                        if not os.path.isdir(path):
+                            os.mkdir(path)
+                            made.append(path)
+            yield [[os.path.join(root, *relative, "cgroup.procs") for root in hierarchies] for relative in pods]
+        finally:
+            for path in reversed(made):  # the leaves first: a group with children cannot go
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(path, "cgroup.procs")) as file:
+                        pids = file.read().split()
+                    for pid in pids:  # a process left behind goes back to the root group
+                        with open(os.path.join(path.split("/kubepods")[0], "cgroup.procs"), "w") as file:
+                            file.write(pid)
+                os.rmdir(path)
 
 
 needs_cgroup_v1 = pytest.mark.skipif(
@@ -399,17 +468,20 @@ needs_cgroup_v1 = pytest.mark.skipif(
 )
 
 
-def _run_app(
-    receiver: Receiver,
+def _launch_app(
+    port: int,
     procs: List[str],
     loop: str,
     environ: Dict[str, str],
     arguments: Optional[Dict[str, Any]] = None,
     fork_into: Tuple[str, ...] = (),
     count: int = 30,
+    wrapper: Tuple[str, ...] = (),
 ) -> None:
+    """Run APP (through ``wrapper``), moved into the groups of ``procs`` before it installs loopstat, until it
+    sent ``count`` lines."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
-    command = [sys.executable, "-c", APP, str(receiver.port), str(count), loop]
+    command = [*wrapper, sys.executable, "-c", APP, str(port), str(count), loop]
     command += [json.dumps(arguments or {}), json.dumps(list(fork_into))]
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **environ}
@@ -426,6 +498,19 @@ def _run_app(
             if app.poll() is None:
                 app.kill()
     assert app.returncode == 0, errors
+
+
+def _run_app(
+    receiver: Receiver,
+    procs: List[str],
+    loop: str,
+    environ: Dict[str, str],
+    arguments: Optional[Dict[str, Any]] = None,
+    fork_into: Tuple[str, ...] = (),
+    count: int = 30,
+    wrapper: Tuple[str, ...] = (),
+) -> None:
+    _launch_app(receiver.port, procs, loop, environ, arguments, fork_into, count, wrapper)
     receiver.quiet()
     assert not receiver.bad, receiver.bad[:3]
 
@@ -440,7 +525,7 @@ def test_an_app_in_a_kubernetes_cgroup_sends_exactly_its_container_id_on_every_l
     receiver: Receiver, loop_name: str
 ) -> None:
     container_id = secrets.token_hex(32)
-    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
         _run_app(receiver, procs, loop_name, {})
     lines = receiver.snapshot()
     assert len(lines) >= 30
@@ -453,7 +538,7 @@ def test_an_app_in_a_kubernetes_cgroup_sends_exactly_its_container_id_on_every_l
 def test_the_external_environment_follows_the_container_id(receiver: Receiver) -> None:
     container_id, pod = secrets.token_hex(32), str(uuid.uuid4())
     external = f"it-false,cn-web,pu-{pod}"
-    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
         _run_app(receiver, procs, "asyncio", {"DD_EXTERNAL_ENV": external}, {"tags": {"team": "a"}})
     suffix = f"|c:{container_id}|e:{external}".encode()
     assert all(data.endswith(suffix) for raw in receiver.datagrams for data in raw.split(b"\n"))
@@ -463,7 +548,7 @@ def test_the_external_environment_follows_the_container_id(receiver: Receiver) -
 
 @needs_cgroup_v1
 def test_origin_detection_off_sends_no_container_id_from_a_kubernetes_cgroup(receiver: Receiver) -> None:
-    with kubernetes_cgroup(_v1_hierarchies(), secrets.token_hex(32)) as procs:
+    with kubernetes_cgroup(_v1_hierarchies(), secrets.token_hex(32)) as [procs]:
         _run_app(receiver, procs, "asyncio", {"DD_ORIGIN_DETECTION_ENABLED": "false", "DD_EXTERNAL_ENV": "cn-web"})
     assert receiver.snapshot()
     assert not any(b"|c:" in raw or b"|e:" in raw for raw in receiver.datagrams)
@@ -472,7 +557,7 @@ def test_origin_detection_off_sends_no_container_id_from_a_kubernetes_cgroup(rec
 @needs_cgroup_v1
 def test_distributions_from_a_kubernetes_cgroup_send_lag_as_d_with_the_container_id(receiver: Receiver) -> None:
     container_id = secrets.token_hex(32)
-    with kubernetes_cgroup(_v1_hierarchies(), container_id) as procs:
+    with kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
         _run_app(receiver, procs, "asyncio", {}, {"distributions": True})
     lines = receiver.snapshot()
     assert {line.type for line in lines if line.name == "app.lag"} == {"g"}
@@ -482,11 +567,170 @@ def test_distributions_from_a_kubernetes_cgroup_send_lag_as_d_with_the_container
 
 
 @needs_cgroup_v1
+def test_over_a_unix_socket_an_app_in_a_kubernetes_cgroup_sends_the_origin_fields_too(tmp_path: Path) -> None:
+    # As datadogpy and the Go client: the fields go over a socket too, where the Agent may also read credentials.
+    container_id, path = secrets.token_hex(32), str(tmp_path / "dsd.socket")
+    with Receiver(path=path) as agent, kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
+        _launch_app(0, procs, "asyncio", {"DD_EXTERNAL_ENV": "cn-web"}, {"socket_path": path})
+        lines = agent.settle(lambda lines: len(lines) >= 30)
+        assert agent.bad == []
+    assert {(line.container, line.external) for line in lines} == {(container_id, "cn-web")}
+
+
+@needs_cgroup_v1
 def test_a_forked_child_moved_to_another_container_sends_its_own_id(receiver: Receiver) -> None:
     first, second = secrets.token_hex(32), secrets.token_hex(32)
     hierarchies = _v1_hierarchies()
-    with kubernetes_cgroup(hierarchies, first) as procs, kubernetes_cgroup(hierarchies, second) as other:
+    with kubernetes_cgroup(hierarchies, first, second) as [procs, other]:
         _run_app(receiver, procs, "asyncio", {}, fork_into=tuple(other))
     lines = receiver.snapshot()
     assert {line.container for line in lines if line.name.startswith("app.")} == {first}
     assert {line.container for line in lines if line.name.startswith("forked.")} == {second}
+
+
+def _cgroup_paths(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as file:
+        return file.read()
+
+
+@needs_cgroup_v1
+def test_the_kubernetes_groups_a_test_makes_are_removed_even_with_a_process_left_inside() -> None:
+    container_id = secrets.token_hex(32)
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as left:
+        assert left.stdin is not None
+        try:
+            with kubernetes_cgroup(_v1_hierarchies(), container_id) as [procs]:
+                for path in procs:
+                    with open(path, "w") as file:
+                        file.write(str(left.pid))
+                assert f"/{container_id}\n" in _cgroup_paths(left.pid)
+            assert not any(os.path.exists(os.path.dirname(os.path.dirname(path))) for path in procs), "pods left"
+            assert container_id not in _cgroup_paths(left.pid)
+            assert left.poll() is None, "the process moved out is alive"
+        finally:
+            left.stdin.close()
+            left.wait(timeout=60)
+
+
+# Another test process: holds a Kubernetes-named group until told to let it go.
+OTHER = r"""
+import sys
+from tests.test_origin import _v1_hierarchies, kubernetes_cgroup
+
+with kubernetes_cgroup(_v1_hierarchies(), sys.argv[1]):
+    print("in", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@needs_cgroup_v1
+def test_two_test_processes_at_once_share_the_kubepods_groups_and_leave_none_behind() -> None:
+    # As scripts/test runs two environments at once: each makes and removes groups under the same parents.
+    hierarchies = _v1_hierarchies()
+    shared = [os.path.join(root, "kubepods") for root in hierarchies]
+    with one_process_at_a_time():
+        before = [os.path.isdir(path) for path in shared]  # none, unless something other than a test made them
+    errors: List[BaseException] = []
+    entered, waiting, release = threading.Event(), threading.Event(), threading.Event()
+
+    def ours() -> None:
+        try:
+            with kubernetes_cgroup(hierarchies, secrets.token_hex(32), waiting=waiting):
+                entered.set()
+                release.wait(120)
+        except BaseException as exc:  # reported by the test below, not lost in the thread
+            errors.append(exc)
+
+    command = [sys.executable, "-c", OTHER, secrets.token_hex(32)]
+    root = Path(__file__).parent.parent
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root
+    ) as other:
+        assert other.stdin is not None
+        assert other.stdout is not None
+        thread = threading.Thread(target=ours)
+        try:
+            assert other.stdout.readline() == "in\n", other.communicate(timeout=60)[1]
+            thread.start()
+            # Ours are made beside the other's (were groups not taken in turn), or wait for them to go.
+            deadline = time.monotonic() + 60
+            while not (entered.is_set() or waiting.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            other.stdin.write("go\n")
+            other.stdin.flush()
+            _, other_errors = other.communicate(timeout=120)
+            assert other.returncode == 0, other_errors
+        finally:
+            if other.poll() is None:
+                other.kill()
+            release.set()
+            if thread.ident is not None:  # started
+                thread.join(timeout=120)
+    assert not errors, errors
+    assert entered.is_set()
+    with one_process_at_a_time():
+        assert [os.path.isdir(path) for path in shared] == before
+
+
+@pytest.mark.e2e
+@needs_cgroup_v1
+def test_from_a_kubernetes_cgroup_etsy_statsd_reads_every_statsd_flavor_line(tmp_path: Path) -> None:
+    # Origin detection left on and DD_EXTERNAL_ENV set, as in a pod: the statsd flavor sends neither field.
+    environ = {"DD_EXTERNAL_ENV": "it-false,cn-web,pu-6b8e4a7c-1f0d-4d2e-9a57-0c1b2d3e4f50"}
+    gauges = {f"app.{metric.name}" for metric in METRICS if metric.type == "g"}
+    with running_statsd(tmp_path / "statsd") as statsd, kubernetes_cgroup(_v1_hierarchies(), ID) as [procs]:
+        _launch_app(statsd.port, procs, "asyncio", environ, {"flavor": "statsd"})
+        deadline = time.monotonic() + 30
+        while "app.tasks" not in statsd.gauges() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = statsd.stats()
+        assert stats["messages.bad_lines_seen"] == 0, statsd.output()
+        sent = {name for name in statsd.gauges() if name.startswith("app.")}
+        assert "app.tasks" in sent, sent
+        assert sent <= gauges, sent
+        # The check sees the fields: the dogstatsd flavor's lines carry them, and statsd counts those lines bad.
+        _launch_app(statsd.port, procs, "asyncio", environ, {"flavor": "dogstatsd", "tags": None}, count=10)
+        while statsd.stats()["messages.bad_lines_seen"] < 10 and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert statsd.stats()["messages.bad_lines_seen"] >= 10, statsd.output()
+
+
+def _cgroup2_mount() -> Optional[str]:
+    """A cgroup v2 mount point this process may make groups in (hybrid hosts: ``/sys/fs/cgroup/unified``)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    with open("/proc/self/mountinfo") as file:
+        for line in file:
+            before, _, after = line.partition(" - ")
+            point = before.split(" ")[4]
+            if after.split(" ")[0] == "cgroup2" and point.startswith(CGROUP_ROOT) and os.access(point, os.W_OK):
+                return point
+    return None
+
+
+# As Docker's default on cgroup v2: the process in a cgroup of its own, in a cgroup namespace of its own, with
+# cgroup2 mounted afresh in its own mount namespace ($0: the group, $1: the mount point, then the command).
+PRIVATE_NAMESPACE = (
+    'mount=$1; shift; echo $$ > "$0/cgroup.procs" && exec unshare --cgroup --mount --propagation private '
+    'sh -c \'umount "$0" && mount -t cgroup2 none "$0" && exec "$@"\' "$mount" "$@"'
+)
+
+
+@pytest.mark.skipif(
+    _cgroup2_mount() is None, reason="needs root, unshare and a writable cgroup v2 mount under /sys/fs/cgroup"
+)
+def test_in_a_private_cgroup_namespace_an_app_sends_its_cgroup_v2_folder_s_inode(receiver: Receiver) -> None:
+    mount = _cgroup2_mount()
+    assert mount is not None
+    group = os.path.join(mount, f"loopstat-test-{secrets.token_hex(8)}")
+    os.mkdir(group)
+    try:
+        inode = os.stat(group).st_ino  # the number the Agent reads from the host's side for that container
+        wrapper = ("sh", "-c", PRIVATE_NAMESPACE, group, mount)
+        _run_app(receiver, [], "asyncio", {"DD_EXTERNAL_ENV": "cn-web"}, wrapper=wrapper)
+    finally:
+        os.rmdir(group)
+    assert receiver.snapshot()
+    assert all(
+        data.endswith(f"|c:in-{inode}|e:cn-web".encode()) for raw in receiver.datagrams for data in raw.split(b"\n")
+    )
