@@ -271,6 +271,15 @@ def test_an_external_environment_that_could_break_the_line_is_refused_by_name(
         _settings(external_env=value)
 
 
+@pytest.mark.parametrize(("value", "on"), [("f", False), ("F", False), ("n", False), ("off", False), ("t", True)])
+def test_the_origin_detection_variable_reads_as_datadogs_clients_read_it(
+    value: str, on: bool, loopstat_log: pytest.LogCaptureFixture
+) -> None:
+    # A shared variable: "f" turns the Go and PHP clients' detection off, "n" datadogpy's; loopstat's too, no warning.
+    assert _settings({"DD_ORIGIN_DETECTION_ENABLED": value}).origin_detection is on
+    assert not loopstat_log.records
+
+
 def test_a_bad_origin_detection_variable_is_refused_by_name(loopstat_log: pytest.LogCaptureFixture) -> None:
     assert _settings({"DD_ORIGIN_DETECTION_ENABLED": "maybe"}).origin_detection == _settings().origin_detection
     [warning] = [record.getMessage() for record in loopstat_log.records]
