@@ -137,7 +137,8 @@ class Monitor:
             self._loop.call_soon(self._begin)
 
     def _begin(self) -> None:
-        """Arm the sampler, open the socket, attach the probes (at the first sample if a signal cut this off)."""
+        """Arm the sampler, open the socket, attach the probes (at the first sample if a Ctrl-C cut this off:
+        ``loopstat/_ctrl_c.py``)."""
         if self._begun or self._stopped:
             return
         self._sampler.start()
@@ -188,8 +189,8 @@ class Monitor:
     def _shutdown(self) -> None:
         """Release everything now (close guard, probes, socket); never waits, safe to repeat, on any path.
 
-        Each step runs even if one before it raised (a KeyboardInterrupt can land
-        anywhere); stopping and leaving the registry happen together, under its
+        Each step runs even if one before it raised (a Ctrl-C can land anywhere:
+        ``loopstat/_ctrl_c.py``); stopping and leaving the registry happen together, under its
         lock, so a new install() never wraps the close guard of a dying monitor.
         """
         with contextlib.ExitStack() as later:

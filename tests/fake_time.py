@@ -35,9 +35,9 @@ class JumpingSelector(selectors.DefaultSelector):
 class FakeTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop whose ``time()`` is ``clock``: timers fire on virtual time, at once."""
 
-    def __init__(self, clock: Optional[FakeClock] = None) -> None:
+    def __init__(self, clock: Optional[FakeClock] = None, selector: Optional[JumpingSelector] = None) -> None:
         self.clock = clock or FakeClock()
-        super().__init__(JumpingSelector(self.clock))
+        super().__init__(selector or JumpingSelector(self.clock))
 
     def time(self) -> float:
         return self.clock()

@@ -13,7 +13,7 @@ from loopstat._metrics import Line
 from loopstat._options import Settings
 from loopstat.probes import Attach, Watched, watchdog
 from loopstat.probes.selector_clock import SelectorClock
-from loopstat.probes.stall_watch import StallProbe
+from loopstat.probes.stall_watch import StallWatch
 from loopstat.probes.stalls import Stalls
 
 
@@ -24,7 +24,7 @@ def send_lines(monitor: loopstat.Monitor, lines: List[Line]) -> None:
     sink.send(lines)
 
 
-def stall_watch(monitor: loopstat.Monitor) -> Optional[StallProbe]:
+def stall_watch(monitor: loopstat.Monitor) -> Optional[StallWatch]:
     """The watch the stall watchdog keeps on the monitor's loop, or None when stalls are off."""
     return next((probe.watch for probe in monitor._probes.running.values() if isinstance(probe, Stalls)), None)
 
@@ -58,6 +58,11 @@ def installed_monitor(loop: asyncio.AbstractEventLoop) -> Optional[loopstat.Moni
 def start(monitor: loopstat.Monitor) -> None:
     """Start a monitor built by hand (as ``install()`` does): it samples from the loop's next turn."""
     monitor._start()
+
+
+def guard_close(monitor: loopstat.Monitor) -> None:
+    """Make ``loop.close()`` release a monitor built by hand, as ``install()`` does for its own."""
+    monitor._guard_close()
 
 
 def attach_instead(monkeypatch: pytest.MonkeyPatch, name: str, attach: Attach) -> None:

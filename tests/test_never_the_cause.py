@@ -41,7 +41,7 @@ from loopstat.probes import executor as executor_probe
 from loopstat.probes import frames, stack_dump
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import utilization as utilization_probe
-from loopstat.probes.stall_watch import StallProbe
+from loopstat.probes.stall_watch import StallWatch
 from loopstat.probes.thread_clock import ThreadClock
 from tests import inside
 from tests.receiver import Line, Receiver
@@ -718,9 +718,9 @@ def test_free_threaded_is_read_from_the_running_interpreter(monkeypatch: pytest.
 async def test_a_stall_watch_that_cannot_start_leaves_nothing_on_the_loop(
     receiver: Receiver, loopstat_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watches: List[Tuple[StallProbe, float]] = []
+    watches: List[Tuple[StallWatch, float]] = []
 
-    def refuse(probe: StallProbe) -> None:
+    def refuse(probe: StallWatch) -> None:
         watches.append((probe, probe.beat))
         raise RuntimeError("cannot release un-acquired lock")  # as under gevent's patched threading
 

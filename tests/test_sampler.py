@@ -8,6 +8,7 @@ from typing import Any, Callable, List, Tuple
 
 import pytest
 
+from loopstat import _ctrl_c
 from loopstat.probes import lag
 
 INTERVAL = 0.25
@@ -112,7 +113,7 @@ def test_a_link_and_its_spare_both_lost_wait_for_a_revival_which_does_nothing_to
     assert len(loop.pending()) == 1
     loop.run_until(101.25)
     assert lags == [0.0]
-    loop.now += lag.REVIVE_SECONDS
+    loop.now += _ctrl_c.REVIVE_SECONDS
     live = loop.pending()
     chain.revive()  # the chain lives, its link overdue: the extra spare comes after it
     [extra] = [t for t in loop.pending() if t not in live]

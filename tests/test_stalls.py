@@ -709,7 +709,7 @@ def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_an
     loop = new_loop(kind)
     try:
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
-        sys.settrace(interrupting_at_the_call_of(getattr(stall_watch.StallProbe, cut_off).__code__))
+        sys.settrace(interrupting_at_the_call_of(getattr(stall_watch.StallWatch, cut_off).__code__))
         try:
             with pytest.raises(KeyboardInterrupt):
                 loop.run_until_complete(waits_and_works(5.0))

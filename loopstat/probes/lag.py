@@ -2,16 +2,9 @@
 
 The sampler is a chain of the loop's timers, not a task: the application's
 ``asyncio.all_tasks()`` never holds it, and cancelling every task it can see
-leaves monitoring on. Each timer, when it fires, arms the next before it does
-anything else, so an exception raised later in it (Ctrl-C) leaves the chain
-whole.
-
-A signal's exception (KeyboardInterrupt) can also land in a timer's callback
-before its first line, or on stdlib loops between taking it off the ready
-queue and running it: that timer is lost. So each link of the chain is armed
-twice, at its deadline and a spare one interval later; whichever runs first
-carries the chain on, and the other is cancelled or does nothing. The spare
-measures its own lateness, so a lost timer costs one sample, never a false lag.
+leaves monitoring on. Each link is armed twice, at its deadline and a spare
+one interval later, so that a Ctrl-C that cuts one off leaves the chain whole
+(``loopstat/_ctrl_c.py`` tells how).
 """
 
 from __future__ import annotations
@@ -22,12 +15,10 @@ import math
 from time import perf_counter
 from typing import Callable, List, Tuple
 
+from loopstat import _ctrl_c
 from loopstat._clock import Clock
 from loopstat._metrics import Line
 from loopstat.probes import Watched
-
-# ``revive`` arms at most one more spare this often: the stall watch may ask at every beat.
-REVIVE_SECONDS = 1.0
 
 
 class Sampler:
@@ -54,7 +45,7 @@ class Sampler:
         self._link = 0
         self._handles: Tuple[asyncio.TimerHandle, ...] = ()
         self._stopped = False
-        self._revived_at = -math.inf
+        self._revival = _ctrl_c.Revival(clock)
         #: ``perf_counter()`` when the current link is due (inf when not running).
         self.due = math.inf
         #: ``loop.time()`` when the current link is due: the loop's next wake-up for a sample.
@@ -68,10 +59,7 @@ class Sampler:
         """Arm the next link, ``interval`` after ``now``, and its spare; cancel what is left of the last."""
         link, interval, loop = self._link + 1, self._interval, self._loop
         when = loop.time() + interval
-        handles = (
-            loop.call_at(when, self._fire, link, now + interval),
-            loop.call_at(when + interval, self._fire, link, now + 2 * interval),
-        )
+        handles = _ctrl_c.arm_link(loop, self._fire, link, when, now + interval, interval)
         # One statement: the chain moves to the new link with both its timers armed.
         old, self._handles, self._link, self.due, self.next_sample = self._handles, handles, link, now + interval, when
         for handle in old:
@@ -81,22 +69,19 @@ class Sampler:
         if link != self._link or self._stopped:
             return  # the other timer of this link ran first
         now = self._clock()
-        self._arm(now)
+        self._arm(now)  # first: a Ctrl-C in the sample below leaves the chain armed
         self._on_time(max(0.0, (now - due) * 1000.0))
 
     def revive(self) -> None:
-        """Called on the loop's thread when the link is overdue: arm one more spare for it.
+        """Called on the loop's thread when the link is overdue: arm one more spare for it (``_ctrl_c.Revival``).
 
-        Both its timers may have been lost (two signals in a row). The spare
-        fires an interval from now, after any of them still pending: it does
-        nothing if one of them carried the chain on.
+        Both its timers may have been lost (two signals in a row).
         """
-        now = self._clock()
-        if self._stopped or self._link == 0 or now - self._revived_at < REVIVE_SECONDS:
+        if self._stopped or self._link == 0:
             return
-        self._revived_at = now
-        spare = self._loop.call_at(self._loop.time() + self._interval, self._fire, self._link, now + self._interval)
-        self._handles += (spare,)
+        spare = self._revival.spare(self._loop, self._fire, self._link, self._interval)
+        if spare is not None:
+            self._handles += (spare,)
 
     def stop(self) -> None:
         """End the chain; safe to repeat, and on a closed loop."""

@@ -25,13 +25,22 @@ import selectors
 import sys
 from time import perf_counter
 from types import MethodType
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from loopstat._stand_in import ABSENT, StandIn, own_attribute
 
 log = logging.getLogger(__name__)
 
 Events = List[Tuple[selectors.SelectorKey, int]]
+
+
+class Waits(Protocol):
+    """What the stall watch reads of a loop's waits: a ``SelectorClock`` (tests stand in for it on virtual time)."""
+
+    woke: float
+    waiting: bool
+    on_wake: Optional[Callable[[Events, float], None]]
+
 
 # The epoll poll below is a copy of ``selectors.EpollSelector.select``'s work for timeout 0, checked
 # against CPython 3.9 to 3.13: used only on those versions (and 3.14, 3.15 when their method has the

@@ -13,15 +13,17 @@ from time import perf_counter
 from types import FrameType
 from typing import Callable, List, Optional, Tuple
 
+from loopstat import _ctrl_c
+from loopstat._clock import Clock
 from loopstat.probes import frames as _frames
 from loopstat.probes import stall_capture as _stall_capture
 from loopstat.probes import watchdog as _watchdog
 from loopstat.probes.explain import Explainer
 from loopstat.probes.frames import Outer, outer_of
 from loopstat.probes.lag import Sampler
-from loopstat.probes.selector_clock import Events, SelectorClock
+from loopstat.probes.selector_clock import Events, Waits
 from loopstat.probes.stall_capture import Capture, Stall, capture_stack, stall_of
-from loopstat.probes.watchdog import PARKED_SECONDS
+from loopstat.probes.watchdog import PARKED_SECONDS, Watchdog
 
 log = logging.getLogger("loopstat.probes.stalls")  # the stall probe's logger, which users filter by
 
@@ -38,27 +40,34 @@ SAMPLE_CPU_SECONDS = 0.001
 CAPTURE_WAIT_SECONDS = 0.1
 
 
-class StallProbe:
-    """Watches one loop (how: ``stalls.py``); create and close it on the loop's own thread."""
+class StallWatch:
+    """Watches one loop (how: ``stalls.py``); create and close it on the loop's own thread.
+
+    ``now`` is the time the watch and its sampler share (``perf_counter`` by default); ``watchdog`` the thread that
+    looks at it (the process's by default); tests pass a fake clock, and a watchdog that looks on it.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         threshold: float,
-        clock: Optional[SelectorClock],
+        clock: Optional[Waits],
         on_stall: Callable[[Stall], None],
         interval: float = math.inf,
         sampler: Optional[Sampler] = None,
         explainer: Optional[Explainer] = None,
+        now: Optional[Clock] = None,
+        watchdog: Optional[Watchdog] = None,
     ) -> None:
         self.threshold = threshold
+        self._now = perf_counter if now is None else now
+        self._watchdog = watchdog
         # Names each stall's cause and task; None: every stall's cause is unknown.
         self._explainer = explainer
         self.interval = interval
-        # The sampler's timers: revived when overdue (signals may have cut off a link and its spare).
+        # Revives the sampler's timers when overdue (signals may have cut off a link and its spare).
         self._sampler = sampler
-        # When the watchdog last asked the loop to revive its sampler: at most once a PARKED_SECONDS.
-        self._revive_posted_at = -math.inf
+        self._reviver = None if sampler is None else _ctrl_c.Reviver(loop, sampler, interval, threshold)
         #: True while the beat rests on a loop without a selector clock (its thread idles).
         self.resting = False
         self._idle_samples = 0
@@ -70,7 +79,7 @@ class StallProbe:
         self.period = threshold / 10 if clock is not None else threshold / 4
         #: The thread that runs the loop, as last seen by the loop itself.
         self.thread_id = threading.get_ident()
-        self.beat = perf_counter()
+        self.beat = self._now()
         #: Set by the watchdog: what it captured of the stall it saw.
         self.capture: Optional[Capture] = None
         #: Set by the watchdog when it found the loop not running (stopped between runs).
@@ -87,13 +96,13 @@ class StallProbe:
         self._clock = clock
         self._on_stall = on_stall
         self._handle: Optional[asyncio.Handle] = None
-        # ``perf_counter()`` when the beat in ``_handle`` is due.
+        # ``now()`` when the beat in ``_handle`` is due.
         self._due = -math.inf
         self._arm(self.beat)
         loop.call_soon(self._learn)
         self._restart_posted = False
         self._restart_posted_at = -math.inf
-        # ``perf_counter()`` when the watchdog posted the restart.
+        # ``now()`` when the watchdog posted the restart.
         self._restart_posted_when = -math.inf
         # When the watchdog meant to look next (-inf: when the loop wakes): a look
         # made late because the loop held the GIL is counted as made in time.
@@ -104,11 +113,15 @@ class StallProbe:
         if clock is not None:
             clock.on_wake = self._woke
         try:
-            _watchdog.current.watch(self)
+            self._dog().watch(self)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.close()  # nothing of a watch that could not start may stay on the loop
             raise
+
+    def _dog(self) -> Watchdog:
+        """The watchdog: read at each use, as a forked child gets a new one."""
+        return _watchdog.current if self._watchdog is None else self._watchdog
 
     def _arm(self, now: float) -> None:
         """Schedule the next beat, ``period`` after ``now``."""
@@ -116,7 +129,7 @@ class StallProbe:
         self._handle = self._loop.call_later(self.period, self._beat)
 
     def mark(self) -> float:
-        """``perf_counter()`` when the loop last showed progress."""
+        """``now()`` when the loop last showed progress."""
         clock = self._clock
         return self.beat if clock is None else max(self.beat, clock.woke)
 
@@ -130,7 +143,7 @@ class StallProbe:
                 self._quiet_wake = True
                 return
             self.parked = False
-            _watchdog.current.wake()
+            self._dog().wake()
 
     def sampled(self, now: float, late: float, busy: Optional[float], wall: float) -> None:
         """Called by the sampler on the loop's thread, ``late`` seconds after its deadline.
@@ -163,7 +176,7 @@ class StallProbe:
                 self._report(now, max(clock.woke, now - late), clock.woke)
             if self.parked and getattr(self._loop, "_ready", None):
                 self.parked = False
-                _watchdog.current.wake()
+                self._dog().wake()
             return
         if not self.resting:
             self._idle_samples = self._idle_samples + 1 if idle else 0
@@ -178,25 +191,16 @@ class StallProbe:
             self.beat = now
             if self._handle is None:
                 self._arm(now)
-            _watchdog.current.wake()
+            self._dog().wake()
         else:
             self.beat = now  # the sampler's turn is progress too
 
     def _recover(self, deadline: float) -> None:
-        """Take back a beat or a restart that a signal cut off, at a sample due at ``deadline``.
-
-        A signal's exception (KeyboardInterrupt) can land in a callback before
-        its first line; it goes to the application, and the beat or restart it
-        cut off is lost, leaving the loop unwatched. A timer due before the
-        sampler's, or a callback posted before it, runs before the sampler reads
-        (with a period to spare for uvloop's millisecond clock): if it is still
-        pending, it was lost.
-        """
-        before = deadline - self.period
-        if self._handle is not None and self._due < before:
+        """Take back a beat or a restart that a signal cut off, at a sample due at ``deadline`` (``_ctrl_c.py``)."""
+        if self._handle is not None and _ctrl_c.lost(self._due, deadline, self.period):
             self._handle.cancel()
             self._handle = None  # the watchdog restarts it, as after a wait
-        if self._restart_posted and self._restart_posted_when < before:
+        if self._restart_posted and _ctrl_c.lost(self._restart_posted_when, deadline, self.period):
             self._restart_posted = False  # the watchdog posts another
 
     def _on_the_loop(self) -> None:
@@ -221,14 +225,11 @@ class StallProbe:
         self._on_the_loop()
 
     def _beat(self) -> None:
-        # First: whatever interrupts the rest (a KeyboardInterrupt from a signal),
-        # the watchdog then sees no beat and restarts it.
-        self._handle = None
+        self._handle = None  # first: a Ctrl-C in the rest leaves no beat, which the watchdog restarts
         self._on_the_loop()
-        now = perf_counter()
-        sampler = self._sampler
-        if sampler is not None and now > sampler.due + self.interval + self.threshold:
-            sampler.revive()  # the link and its spare, an interval later, are both overdue
+        now = self._now()
+        if self._reviver is not None:
+            self._reviver.on_the_loop(now)
         last_beat, mark = self.beat, self.mark()
         waited = mark > last_beat
         self.beat = now
@@ -246,7 +247,7 @@ class StallProbe:
         if self._handle is not None or self._closed:
             return
         self._on_the_loop()
-        now = perf_counter()
+        now = self._now()
         mark = self.mark()
         self.beat = now
         self._arm(now)
@@ -321,16 +322,9 @@ class StallProbe:
         return self._capture(mark, lambda: self._next_look(now, mark, due))
 
     def _revive_sampler(self, now: float) -> None:
-        """Ask the loop to revive its sampler if it is overdue while nothing on the loop's side looks (no beat).
-
-        Called after any look at the stack: posting lets the loop run on.
-        """
-        sampler = self._sampler
-        if sampler is None or now <= sampler.due + self.interval + self.threshold:
-            return
-        if now - self._revive_posted_at >= PARKED_SECONDS:
-            self._revive_posted_at = now
-            self._loop.call_soon_threadsafe(sampler.revive)
+        """Ask the loop to revive its sampler if it is overdue while nothing on the loop's side looks (no beat)."""
+        if self._reviver is not None:
+            self._reviver.post(now, PARKED_SECONDS)
 
     def _capture(self, mark: float, then: Callable[[], float]) -> float:
         """Capture the stack of the stall that started at ``mark`` (unless done), around ``then``; return its result."""
@@ -347,7 +341,7 @@ class StallProbe:
             read: List[Tuple[float, bool, float]] = []
 
             def look() -> None:
-                looked, seen = perf_counter(), self.mark() == mark  # else the loop moved on before the look
+                looked, seen = self._now(), self.mark() == mark  # else the loop moved on before the look
                 # ``then`` may post the restart that reports this stall: posted before the loop can wait again,
                 # which would end the stall unreported.
                 read.append((looked, seen, then()))
@@ -371,7 +365,7 @@ class StallProbe:
             if now < soon:
                 return min(due, soon)
             if not self._restart_posted:
-                self._restart_posted_when = perf_counter()
+                self._restart_posted_when = self._now()
                 self._restart_posted = True
                 # Posted when it should have been if this look came late, kept
                 # out by a loop that held the GIL; a restart that is late for
@@ -392,7 +386,7 @@ class StallProbe:
                 self._handle.cancel()
         self._handle = None
         try:
-            _watchdog.current.unwatch(self)
+            self._dog().unwatch(self)
         finally:
             if self._explainer is not None:
                 self._explainer.close()

@@ -5,7 +5,7 @@ out of its selector. There the beat runs only while the loop works without
 waiting; it stops when the loop waits and the watchdog restarts it, so an idle
 loop is never woken for it; and a wake-up that is only the sampler's does not
 wake the watchdog either. uvloop shows nothing but the beat, which runs while
-the loop's thread works and rests while it idles (see ``StallProbe.sampled``):
+the loop's thread works and rests while it idles (see ``StallWatch.sampled``):
 an idle loop wakes only for its samples. The watchdog thread, one per process and only while some
 loop is watched, looks when some loop's last sign of progress may be
 ``threshold`` old, and if the loop is still stuck, captures the loop thread's
@@ -41,7 +41,7 @@ from loopstat.probes import Watched
 from loopstat.probes import frames as _frames
 from loopstat.probes.explain import Explainer
 from loopstat.probes.stall_capture import Stall
-from loopstat.probes.stall_watch import StallProbe
+from loopstat.probes.stall_watch import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Stalls:
         explainer = _explainer(watched)
         try:
             #: The loop's watch, looked at by the watchdog thread.
-            self.watch = StallProbe(
+            self.watch = StallWatch(
                 watched.loop,
                 threshold,
                 watched.clock(),

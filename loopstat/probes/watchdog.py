@@ -12,7 +12,7 @@ from weakref import WeakSet
 from loopstat import _threads
 
 if TYPE_CHECKING:
-    from loopstat.probes.stall_watch import StallProbe
+    from loopstat.probes.stall_watch import StallWatch
 
 # The watchdog looks at least this often, even when every loop waits idle.
 PARKED_SECONDS = 1.0
@@ -29,7 +29,7 @@ class Watchdog:
 
     def __init__(self) -> None:
         # Weak: a loop dropped without stopping its monitor must still be collectable.
-        self._probes: WeakSet[StallProbe] = WeakSet()
+        self._probes: WeakSet[StallWatch] = WeakSet()
         self._changed = threading.Condition()
         self._thread: Optional[_threads.Hidden] = None
         # Set when there is news since the thread last looked, so a wake() that
@@ -38,14 +38,14 @@ class Watchdog:
         #: Times the thread has looked at the loops: each one a wake-up of the process.
         self.looks = 0
 
-    def watch(self, probe: StallProbe) -> None:
+    def watch(self, probe: StallWatch) -> None:
         with self._changed:
             self._probes.add(probe)
             self._nudge()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = _threads.Hidden("loopstat-watchdog", self._run)
 
-    def unwatch(self, probe: StallProbe) -> None:
+    def unwatch(self, probe: StallWatch) -> None:
         with self._changed:
             self._probes.discard(probe)
             if not self._probes:
@@ -97,7 +97,7 @@ class Watchdog:
                     self._changed.wait(max(0.001, wake - perf_counter()))
 
 
-def _look(probes: List[StallProbe], now: float) -> float:
+def _look(probes: List[StallWatch], now: float) -> float:
     """Inspect each loop; return when to look again."""
     # Every loop parked: the next look is when one wakes (or, to be safe, in a while).
     wake = now + PARKED_SECONDS
