@@ -331,63 +331,6 @@ def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_over_by_its_spare_and_samplin
     assert errors == []
 
 
-@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
-def test_a_link_its_spare_and_a_revival_all_cut_off_are_revived_again_by_the_stall_watch(
-    kind: str, receiver: Receiver
-) -> None:
-    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
-    errors = collect_loop_errors(loop)
-    try:
-        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.05, loop=loop)
-        # The timer, its spare, then the first spare the stall watch armed:
-        # only the stall watch's next revival, a second later, goes on.
-        # (A trace function that raises is removed: one for each.)
-        for _ in range(3):
-            sys.settrace(interrupting_at_the_call_of(_lag.Sampler._fire.__code__))
-            try:
-                with pytest.raises(KeyboardInterrupt):
-                    loop.run_until_complete(asyncio.sleep(5))
-            finally:
-                sys.settrace(None)
-        samples_go_on(loop, monitor, busy=False)
-        loop.run_until_complete(monitor.stop())
-    finally:
-        loop.close()
-    assert errors == []
-
-
-@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-@pytest.mark.parametrize("stall_threshold", [0.1, None], ids=["stalls", "no-stalls"])
-def test_a_sampler_timer_a_ctrl_c_took_off_the_ready_queue_is_taken_over_and_no_task_is_counted(
-    busy: bool, stall_threshold: Optional[float], receiver: Receiver
-) -> None:
-    loop = asyncio.new_event_loop()
-    errors = collect_loop_errors(loop)
-    try:
-        monitor = loopstat.install(
-            "127.0.0.1", receiver.port, interval=0.05, stall_threshold=stall_threshold, loop=loop
-        )
-        sys.settrace(interrupt_after_taking_the_samplers_timer(3))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                # Pending to the end of the test, however long a loaded machine makes it.
-                loop.run_until_complete(asyncio.sleep(3600))
-        finally:
-            sys.settrace(None)
-        samples_go_on(loop, monitor, busy)
-        assert monitor.running
-        # Two more samples taken while a coroutine runs: the lines counted above
-        # may be a loaded machine's stall reports.
-        seen = len(receiver.values("loopstat.tasks", "g"))
-        loop.run_until_complete(receiver.wait_count("loopstat.tasks", "g", seen + 2))
-        # The sleep the Ctrl-C left pending and the coroutine running the loop now: the application's two.
-        assert monitor.tasks == 2
-        loop.run_until_complete(monitor.stop())
-    finally:
-        loop.close()
-    assert errors == []
-
-
 def others() -> List[asyncio.Task[Any]]:
     """Every task of the running loop but the current one, as an application sees them."""
     return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]

@@ -26,7 +26,6 @@ from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stack_dump, stall_watch, watchdog
 from tests import inside
-from tests.interrupts import interrupting_at_the_call_of
 from tests.machine import runqueue_seconds
 from tests.receiver import Receiver
 
@@ -640,99 +639,6 @@ async def test_with_eager_tasks_a_stall_in_the_coroutine_that_installed_is_named
     assert stall is not None
     assert stall.location is not None
     assert stall.location.endswith(f"test_stalls.py:{line_of(here, 'blocks in the coroutine')} in {here.__name__}")
-
-
-@pytest.mark.parametrize("kind", LOOPS)
-def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
-    kind: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loop = new_loop(kind)
-    loop_thread = threading.get_ident()
-    armed = threading.Event()
-    real = time.perf_counter
-
-    def interrupting_perf_counter() -> float:
-        # Ctrl-C lands while loopstat's beat runs on the loop.
-        if armed.is_set() and threading.get_ident() == loop_thread:
-            armed.clear()
-            raise KeyboardInterrupt
-        return real()
-
-    async def first() -> loopstat.Monitor:
-        monitor = loopstat.install("127.0.0.1", 9)
-        await asyncio.sleep(0.1)
-        armed.set()
-        deadline = real() + 30
-        # Until the Ctrl-C has landed in a beat (busy, so that the beat runs on stdlib loops too).
-        while armed.is_set() and real() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0)
-        return monitor
-
-    async def then(monitor: loopstat.Monitor) -> int:
-        await asyncio.sleep(0.2)
-        return await located_stall(monitor)
-
-    monkeypatch.setattr(stall_watch, "perf_counter", interrupting_perf_counter)
-    try:
-        task = loop.create_task(first())
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(task)
-        assert not armed.is_set()
-        monitor = loop.run_until_complete(task)
-        blocks = loop.run_until_complete(then(monitor))
-        loop.run_until_complete(monitor.stop())
-    finally:
-        loop.close()
-    # The stall the test made is seen and located; a loaded machine may add stalls of its own to the count.
-    assert monitor.stalls >= blocks
-    assert monitor.last_stall is not None
-    assert monitor.last_stall.location is not None
-    assert monitor.last_stall.location.endswith(WHERE)
-
-
-async def waits_and_works(seconds: float) -> None:
-    """Wait in the selector, then work without waiting, by turns: beats and restarts both run."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        await asyncio.sleep(0.005)
-        for _ in range(20):
-            time.sleep(0.002)
-            await asyncio.sleep(0)
-
-
-@pytest.mark.parametrize(("kind", "cut_off"), [("asyncio", "_beat"), ("asyncio", "_restart"), ("uvloop", "_beat")])
-def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_and_stalls_are_seen_again(
-    kind: str, cut_off: str, receiver: Receiver
-) -> None:
-    # (On uvloop this workload leaves the watchdog no restart to post: the beat runs on while the thread works.)
-    loop = new_loop(kind)
-    try:
-        monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
-        sys.settrace(interrupting_at_the_call_of(getattr(stall_watch.StallWatch, cut_off).__code__))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                loop.run_until_complete(waits_and_works(5.0))
-        finally:
-            sys.settrace(None)
-        # A few samples later the lost one is taken back: without that, the
-        # watchdog would wait for a beat that never comes, and no stall would
-        # be reported again.
-        loop.run_until_complete(waits_and_works(0.3))
-        before = monitor.stalls
-
-        async def then() -> None:
-            await asyncio.sleep(0.05)
-            blocking_function(0.3)
-            await wait_for_stalls(monitor, before + 1)
-
-        loop.run_until_complete(then())
-        loop.run_until_complete(monitor.stop())
-    finally:
-        loop.close()
-    assert monitor.last_stall is not None
-    assert monitor.last_stall.location is not None
-    assert monitor.last_stall.location.endswith(WHERE)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
