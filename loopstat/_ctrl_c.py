@@ -111,12 +111,9 @@ class Reviver:
         # When the watchdog last posted a revival.
         self._posted_at = -math.inf
 
-    def _overdue(self, now: float) -> bool:
-        return overdue(now, self._sampler.due, self._interval, self._threshold)
-
     def on_the_loop(self, now: float) -> None:
         """At a beat, on the loop's thread: revive the sampler if its link is lost."""
-        if self._overdue(now):
+        if overdue(now, self._sampler.due, self._interval, self._threshold):
             self._sampler.revive()
 
     def post(self, now: float, every: float) -> None:
@@ -124,7 +121,7 @@ class Reviver:
 
         Called after any look at the stack: posting lets the loop run on.
         """
-        if not self._overdue(now):
+        if not overdue(now, self._sampler.due, self._interval, self._threshold):
             return
         if now - self._posted_at >= every:
             self._posted_at = now

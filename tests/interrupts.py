@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import types
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Optional
+
+import pytest
 
 from loopstat.probes import lag as _lag
 
@@ -80,3 +83,14 @@ def interrupting_the_sampler_as_it_samples(wakeups: int) -> Callable[..., Any]:
         return local if event == "call" and frame.f_code is code else None
 
     return tracer
+
+
+def interrupted(loop: asyncio.AbstractEventLoop, tracer: Optional[Callable[..., Any]], main: Awaitable[Any]) -> None:
+    """Run ``main`` on ``loop`` with the trace function ``tracer`` set until the KeyboardInterrupt it raises comes out
+    of ``run_until_complete()``, as it reaches an application; fails if none does."""
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(main)
+    finally:
+        sys.settrace(None)

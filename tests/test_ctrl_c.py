@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -29,6 +28,7 @@ from tests.fake_time import FakeTimeLoop
 from tests.fake_watch import WatchedTimeLoop
 from tests.interrupts import (
     interrupt_after_taking_the_samplers_timer,
+    interrupted,
     interrupting_at_the_call_of,
     interrupting_the_sampler_as_it_samples,
 )
@@ -83,23 +83,14 @@ def loop() -> Any:
     loop.close()
 
 
-def interrupted(loop: FakeTimeLoop, tracer: Optional[Callable[..., Any]], main: Awaitable[None]) -> None:
-    """Run ``main`` on ``loop`` with ``tracer`` set until the KeyboardInterrupt it raises reaches here."""
-    sys.settrace(tracer)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(main)
-    finally:
-        sys.settrace(None)
-
-
-async def waits_and_works(loop: WatchedTimeLoop, seconds: float) -> None:
-    """Wait in the selector, then work without waiting, by turns: beats and restarts both run."""
+async def waits_and_works(seconds: float, work: Callable[[float], None]) -> None:
+    """Wait in the selector, then ``work`` without waiting, by turns: beats and restarts both run."""
+    loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while loop.time() < end:
         await asyncio.sleep(0.005)
         for _ in range(20):
-            loop.hold(0.002)
+            work(STEP)
             await asyncio.sleep(0)
 
 
@@ -117,8 +108,9 @@ def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_an
     loop: WatchedTimeLoop, waits: bool, cut_off: str
 ) -> None:
     rig = Rig(loop, waits)
-    interrupted(loop, interrupting_at_the_call_of(getattr(StallWatch, cut_off).__code__), waits_and_works(loop, 5.0))
-    loop.run_until_complete(waits_and_works(loop, 0.3))
+    cut = interrupting_at_the_call_of(getattr(StallWatch, cut_off).__code__)
+    interrupted(loop, cut, waits_and_works(5.0, loop.hold))
+    loop.run_until_complete(waits_and_works(0.3, loop.hold))
     assert rig.stalls == []
     loop.call_soon(block, loop, 0.3)
     loop.run_until_complete(asyncio.sleep(0.5))
@@ -226,13 +218,13 @@ def test_a_ctrl_c_in_the_middle_of_a_beat_reaches_the_application_and_the_next_s
         rig = Rig(loop, waits, now=interrupting)
 
         async def first() -> None:
-            await waits_and_works(loop, 0.1)
+            await waits_and_works(0.1, loop.hold)
             armed[0] = True
-            await waits_and_works(loop, 5.0)
+            await waits_and_works(5.0, loop.hold)
 
         interrupted(loop, None, first())
         assert not armed[0]
-        loop.run_until_complete(waits_and_works(loop, 0.3))
+        loop.run_until_complete(waits_and_works(0.3, loop.hold))
         assert rig.stalls == []
         loop.call_soon(block, loop, 0.3)
         loop.run_until_complete(asyncio.sleep(0.5))

@@ -8,7 +8,6 @@ asyncio and uvloop with real sleeps and a real watchdog thread, in the e2e env.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from typing import Optional
@@ -19,8 +18,9 @@ import uvloop
 import loopstat
 from loopstat.probes import lag as _lag
 from loopstat.probes import stall_watch
-from tests.interrupts import interrupt_after_taking_the_samplers_timer, interrupting_at_the_call_of
+from tests.interrupts import interrupt_after_taking_the_samplers_timer, interrupted, interrupting_at_the_call_of
 from tests.receiver import Receiver
+from tests.test_ctrl_c import waits_and_works
 from tests.test_lifecycle import collect_loop_errors, samples_go_on
 from tests.test_stalls import LOOPS, WHERE, blocking_function, located_stall, new_loop, wait_for_stalls
 
@@ -39,12 +39,7 @@ def test_a_link_its_spare_and_a_revival_all_cut_off_are_revived_again_by_the_sta
         # only the stall watch's next revival, a second later, goes on.
         # (A trace function that raises is removed: one for each.)
         for _ in range(3):
-            sys.settrace(interrupting_at_the_call_of(_lag.Sampler._fire.__code__))
-            try:
-                with pytest.raises(KeyboardInterrupt):
-                    loop.run_until_complete(asyncio.sleep(5))
-            finally:
-                sys.settrace(None)
+            interrupted(loop, interrupting_at_the_call_of(_lag.Sampler._fire.__code__), asyncio.sleep(5))
         samples_go_on(loop, monitor, busy=False)
         loop.run_until_complete(monitor.stop())
     finally:
@@ -63,13 +58,8 @@ def test_a_sampler_timer_a_ctrl_c_took_off_the_ready_queue_is_taken_over_and_no_
         monitor = loopstat.install(
             "127.0.0.1", receiver.port, interval=0.05, stall_threshold=stall_threshold, loop=loop
         )
-        sys.settrace(interrupt_after_taking_the_samplers_timer(3))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                # Pending to the end of the test, however long a loaded machine makes it.
-                loop.run_until_complete(asyncio.sleep(3600))
-        finally:
-            sys.settrace(None)
+        # Pending to the end of the test, however long a loaded machine makes it.
+        interrupted(loop, interrupt_after_taking_the_samplers_timer(3), asyncio.sleep(3600))
         samples_go_on(loop, monitor, busy)
         assert monitor.running
         # Two more samples taken while a coroutine runs: the lines counted above
@@ -132,17 +122,6 @@ def test_an_interrupt_in_the_middle_of_a_beat_does_not_stop_stall_detection(
     assert monitor.last_stall.location.endswith(WHERE)
 
 
-async def waits_and_works(seconds: float) -> None:
-    """Wait in the selector, then work without waiting, by turns: beats and restarts both run."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        await asyncio.sleep(0.005)
-        for _ in range(20):
-            time.sleep(0.002)
-            await asyncio.sleep(0)
-
-
 @pytest.mark.parametrize(("kind", "cut_off"), [("asyncio", "_beat"), ("asyncio", "_restart"), ("uvloop", "_beat")])
 def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_and_stalls_are_seen_again(
     kind: str, cut_off: str, receiver: Receiver
@@ -151,16 +130,12 @@ def test_a_beat_or_restart_a_ctrl_c_ended_before_its_first_line_is_taken_back_an
     loop = new_loop(kind)
     try:
         monitor = loopstat.install("127.0.0.1", receiver.port, interval=0.02, stall_threshold=0.05, loop=loop)
-        sys.settrace(interrupting_at_the_call_of(getattr(stall_watch.StallWatch, cut_off).__code__))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                loop.run_until_complete(waits_and_works(5.0))
-        finally:
-            sys.settrace(None)
+        cut = interrupting_at_the_call_of(getattr(stall_watch.StallWatch, cut_off).__code__)
+        interrupted(loop, cut, waits_and_works(5.0, time.sleep))
         # A few samples later the lost one is taken back: without that, the
         # watchdog would wait for a beat that never comes, and no stall would
         # be reported again.
-        loop.run_until_complete(waits_and_works(0.3))
+        loop.run_until_complete(waits_and_works(0.3, time.sleep))
         before = monitor.stalls
 
         async def then() -> None:

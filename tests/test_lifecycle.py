@@ -21,6 +21,7 @@ from loopstat.probes import lag as _lag
 from tests.inside import send_lines
 from tests.interrupts import (
     interrupt_after_taking_the_samplers_timer,
+    interrupted,
     interrupting_at_the_call_of,
     interrupting_the_sampler_as_it_samples,
 )
@@ -252,12 +253,7 @@ def interrupted_in_the_sampler(loop: asyncio.AbstractEventLoop, port: int, then:
     """Ctrl-C lands in the sampler; then the application runs the loop on, or closes it."""
     try:
         monitor = loopstat.install("127.0.0.1", port, interval=0.005, loop=loop)
-        sys.settrace(interrupting_the_sampler_as_it_samples(5))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                loop.run_until_complete(asyncio.sleep(5))
-        finally:
-            sys.settrace(None)
+        interrupted(loop, interrupting_the_sampler_as_it_samples(5), asyncio.sleep(5))
         assert monitor.running
         if then == "run on":
             sent = monitor.sent
@@ -317,12 +313,7 @@ def test_a_sampler_timer_a_ctrl_c_cut_off_is_taken_over_by_its_spare_and_samplin
         monitor = loopstat.install(
             "127.0.0.1", receiver.port, interval=0.05, stall_threshold=stall_threshold, loop=loop
         )
-        sys.settrace(interrupting_at_the_call_of(_lag.Sampler._fire.__code__))
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                loop.run_until_complete(asyncio.sleep(5))
-        finally:
-            sys.settrace(None)
+        interrupted(loop, interrupting_at_the_call_of(_lag.Sampler._fire.__code__), asyncio.sleep(5))
         samples_go_on(loop, monitor, busy)
         assert max(receiver.values("loopstat.lag", "g")) < 500  # the lost wait is no lag
         loop.run_until_complete(monitor.stop())

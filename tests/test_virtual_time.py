@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any, Iterator
 
 import pytest
@@ -20,7 +19,7 @@ from loopstat._options import resolve
 from loopstat.probes import Watched
 from tests import inside
 from tests.fake_time import FakeTimeLoop
-from tests.interrupts import interrupt_after_taking_the_samplers_timer
+from tests.interrupts import interrupt_after_taking_the_samplers_timer, interrupted
 from tests.receiver import Collected
 
 INTERVAL = 0.25
@@ -69,12 +68,7 @@ def test_with_stalls_off_lag_keeps_sampling_through_a_wake_up_lost_to_ctrl_c(
 ) -> None:
     monitor = monitor_on(loop, sent)
     started = loop.time()
-    sys.settrace(interrupt_after_taking_the_samplers_timer(3))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(asyncio.sleep(10.0))
-    finally:
-        sys.settrace(None)
+    interrupted(loop, interrupt_after_taking_the_samplers_timer(3), asyncio.sleep(10.0))
     loop.run_until_complete(asyncio.sleep(5.0))
     elapsed = loop.time() - started
     loop.run_until_complete(monitor.stop())
