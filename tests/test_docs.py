@@ -6,14 +6,17 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 import pytest
 
 import loopstat
+from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The files whose API block must match the code: the README's short one, and the full one.
@@ -183,3 +186,31 @@ def test_every_relative_link_in_the_docs_reaches_its_file_and_heading() -> None:
             ):
                 broken.append(f"{doc}: {link} (no such heading)")
     assert broken == []
+
+
+def quickstart() -> Tuple[str, str]:
+    """The README's quickstart program and the stall log line it says that program writes."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    [program] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "time.sleep(0.4)" in block]
+    [line] = re.findall(r"```\n(loopstat: the event loop was blocked .*?)\n```", text)
+    return program, line
+
+
+def test_the_readme_quickstart_writes_the_stall_line_and_cause_tag_the_readme_shows(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    program, documented = quickstart()
+    (tmp_path / "qs.py").write_text(program, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DD_", "STATSD_", "LOOPSTAT_"))}
+    env["DD_DOGSTATSD_PORT"] = str(receiver.port)  # the program gives no port: the variable's is used
+    done = subprocess.run(
+        [sys.executable, "qs.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    logged = [line for line in done.stderr.splitlines() if line.startswith("loopstat: the event loop was blocked")]
+    # Durations vary from run to run; the location, the task and the wording of the cause do not.
+    shape = r"\d+".join(re.escape(part) for part in re.split(r"\d+(?= ms)", documented))
+    assert len(logged) == 1, done.stderr
+    assert re.fullmatch(shape, logged[0]), (logged[0], documented)
+    receiver.settle(lambda lines: any(line.name == "myapp.stalls" for line in lines))
+    stalls = [line for line in receiver.snapshot() if line.name == "myapp.stalls"]
+    assert [dict(line.tags).get("cause") for line in stalls] == ["blocking_call"]
