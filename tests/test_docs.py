@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -214,3 +215,20 @@ def test_the_readme_quickstart_writes_the_stall_line_and_cause_tag_the_readme_sh
     receiver.settle(lambda lines: any(line.name == "myapp.stalls" for line in lines))
     stalls = [line for line in receiver.snapshot() if line.name == "myapp.stalls"]
     assert [dict(line.tags).get("cause") for line in stalls] == ["blocking_call"]
+
+
+def documented_grafana_panels() -> List[str]:
+    """The panel names of docs/dashboards.md's Grafana table: its first column, panels in one row split on "; "."""
+    text = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    table = text[text.index("| panel | what it shows |") :].split("\n\n", 1)[0]
+    rows = [line.split(" | ", 1)[0].lstrip("| ") for line in table.splitlines()[2:]]
+    return [name for row in rows for name in row.split("; ")]
+
+
+def test_the_dashboards_doc_describes_every_grafana_panel_and_no_other() -> None:
+    dashboard = json.loads((ROOT / "dashboards" / "grafana-graphite.json").read_text(encoding="utf-8"))
+    titles = [panel["title"] for panel in dashboard["panels"] if panel["type"] != "row"]
+    names = documented_grafana_panels()
+    # A panel is described by the row whose name its title starts with (the tagged row adds ": by service" and such).
+    assert [title for title in titles if not any(title.startswith(name) for name in names)] == []
+    assert [name for name in names if not any(title.startswith(name) for title in titles)] == []
