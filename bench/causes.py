@@ -15,6 +15,9 @@ As root, the spinning threads of ``cpu`` and ``gil`` run at real-time priority
 while they spin, so that on a busy machine the truth stays CPU-bound rather
 than a host short of CPU (which is ``scheduler``, a cause of its own).
 
+A stall named otherwise is said on stderr with the figures its reason gives, so that a miss can be told
+apart: the machine's doing (a busy host) or the classifier's.
+
 ``python -m bench causes``; a child is ``python -m bench.causes <loop> <cause> <count>``.
 """
 
@@ -160,11 +163,11 @@ def _favoured_spin(seconds: float) -> None:
         _spin(seconds)
 
 
-async def _classify(cause: str, count: int) -> List[str]:
+async def _classify(cause: str, count: int) -> List[Tuple[str, str]]:
     import loopstat
 
     block, undo = _blocks(cause)
-    found: List[str] = []
+    found: List[Tuple[str, str]] = []
     try:
         # The gc cause is read from a gc callback, which only gc=True installs.
         async with loopstat.install("127.0.0.1", 9, stall_threshold=THRESHOLD, gc=cause == "gc") as monitor:
@@ -177,14 +180,17 @@ async def _classify(cause: str, count: int) -> List[str]:
                         break
                     await asyncio.sleep(0.01)
                 stall = monitor.last_stall
-                found.append(stall.cause if stall is not None and monitor.stalls > seen else "missed")
+                if stall is not None and monitor.stalls > seen:
+                    found.append((stall.cause, stall.reason))
+                else:
+                    found.append(("missed", "no stall was reported within 10 s"))
     finally:
         undo()
     return found
 
 
-def child(loop: str, cause: str, count: int) -> List[str]:
-    """In the child process: ``count`` stalls of ``cause`` on ``loop``; the causes loopstat named."""
+def child(loop: str, cause: str, count: int) -> List[Tuple[str, str]]:
+    """In the child process: ``count`` stalls of ``cause`` on ``loop``; the cause and reason loopstat gave each."""
     if loop == "uvloop":
         import uvloop
 
@@ -233,8 +239,17 @@ def run(loop: str, cause: str, count: int) -> Optional[List[str]]:
                 process.kill()
     if process.returncode != 0:
         raise RuntimeError(f"{cause} on {loop}: {errors.strip()[-500:]}")
-    found: List[str] = json.loads(output)
-    return found
+    from bench.precise import progress  # here, not at the top: the child imports nothing it does not use
+
+    found: List[Tuple[str, str]] = [(name, reason) for name, reason in json.loads(output)]
+    for line in misses(loop, cause, found):
+        progress(line)
+    return [name for name, _ in found]
+
+
+def misses(loop: str, cause: str, found: List[Tuple[str, str]]) -> List[str]:
+    """One line for each stall of ``cause`` named otherwise, with the reason and figures loopstat gave."""
+    return [f"{cause} on {loop}: a stall named {name}: {reason}" for name, reason in found if name != cause]
 
 
 def table(loops: List[str], count: int) -> str:

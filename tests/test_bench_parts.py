@@ -1,4 +1,5 @@
-"""The instruction bench's subsets, options and children, and the stand-in cost bench's children, without valgrind."""
+"""The instruction bench's subsets, options and children, the stand-in cost bench's children, without valgrind, and the
+causes bench's lines for misnamed stalls."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from bench import __main__ as bench_main
-from bench import instructions, stand_in_cost
+from bench import causes, instructions, stand_in_cost
 from bench.web import ROOT, child_env
 
 
@@ -54,3 +55,10 @@ def test_fewer_than_one_layout_or_job_is_refused_by_name(option: str, capsys: py
     with pytest.raises(SystemExit):
         bench_main.parse(["instructions", option, "0"])
     assert f"{option}: at least 1" in capsys.readouterr().err
+
+
+def test_a_stall_of_a_cause_named_otherwise_is_said_with_its_reason_and_one_named_right_is_not() -> None:
+    found = [("gil", "its thread waited for the GIL"), ("cpu", "its thread held the GIL for 60 ms of it")]
+    assert causes.misses("uvloop", "gil", found) == [
+        "gil on uvloop: a stall named cpu: its thread held the GIL for 60 ms of it"
+    ]
