@@ -4,10 +4,12 @@ import asyncio
 import inspect
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 import uvloop
@@ -16,6 +18,26 @@ from loopstat import _origin, _worker
 from loopstat._options import RUN_VARIABLES, VARIABLES, forget
 from tests import ports
 from tests.receiver import Receiver
+
+# A module whose every test is end-to-end says so at its top (docs/testing.md).
+E2E_MODULE = re.compile(r"^pytestmark = pytest\.mark\.e2e\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+    """Under the default ``-m "not e2e"``, a module marked e2e as a whole is not imported at all.
+
+    Every test in it would be deselected anyway; not importing it spares each run (and each
+    pytest-xdist worker) the import, and lets the library's environments go without the
+    end-to-end tools such modules import (pyte, datadog-api-client: setup.cfg).
+    """
+    if config.getoption("markexpr") != "not e2e" or collection_path.suffix != ".py":
+        return None
+    try:
+        source = collection_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # collected as usual: pytest reports whatever is wrong with it
+    return True if E2E_MODULE.search(source) else None
+
 
 # Every variable loopstat reads (install()'s and loopstat-run's); tests start from none of them set.
 ENV_VARS = VARIABLES + RUN_VARIABLES

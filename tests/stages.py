@@ -3,9 +3,9 @@
 ``scripts/test`` calls this once the interpreters are on ``PATH``, tox is in
 ``.venv-tox/`` and the servers are provisioned. The stages run two at a time
 (they mostly wait on real clocks and sockets), each one's output printed whole
-when it ends: the library environments first, then ``e2e``, ``lint`` and
-``type``, each started as soon as a runner is free (``e2e`` beside the last
-library environment). A stage that fails does not stop the others: the summary
+when it ends: ``e2e`` first, the longest, beside the library environments one
+after the other, then ``lint`` and ``type``; each stage starts as soon as a
+runner is free. A stage that fails does not stop the others: the summary
 lists every stage with its result and time, and the exit status is 1 if any failed.
 
 ``--under-load`` runs one CPU-spinning process per core beside the stages, as a
@@ -34,12 +34,14 @@ from typing import List, Optional
 
 TOX = os.path.join(".venv-tox", "bin", "tox")
 
-#: The library's environments, run two at a time.
+#: First: the longest stage (whole programs, mostly real-clock waits), beside the library's environments.
+FIRST = ("e2e",)
+#: The library's environments.
 LIBRARY = ("py39", "py310", "py311", "py312", "py313")
 #: Later Pythons: run only where their interpreter is on PATH.
 LATER = ("py314", "py315")
-#: Run as soon as a runner is free from the library environments (the queue's order).
-AFTER = ("e2e", "lint", "type")
+#: Last: the short checks, as soon as a runner is free.
+AFTER = ("lint", "type")
 
 # Each spinner stops as soon as the run (its argument) is no longer its parent, so
 # that none outlives a killed run, even one killed while the spinner was starting.
@@ -68,8 +70,8 @@ def tox_stage(env: str) -> Stage:
 
 
 def default_stages() -> tuple[list[Stage], list[Stage]]:
-    """The library environments (run in pairs) and the stages after them."""
-    return [tox_stage(env) for env in LIBRARY + LATER], [tox_stage(env) for env in AFTER]
+    """``e2e`` and the library environments, then the stages after them (the queue's order)."""
+    return [tox_stage(env) for env in FIRST + LIBRARY + LATER], [tox_stage(env) for env in AFTER]
 
 
 def run_stage(stage: Stage, lock: threading.Lock, capture: bool) -> None:
@@ -155,9 +157,9 @@ def summary(stages: Sequence[Stage], total: float, load: int) -> str:
 def run(paired: Sequence[Stage], after: Sequence[Stage], *, width: int = 2, load: int = 0) -> int:
     """Run every stage, print the summary, and return 1 if any failed (0 otherwise).
 
-    One queue, ``width`` at a time: a stage of ``after`` starts as soon as a
-    runner is free, so e2e runs beside the last library environment, and lint
-    and type beside whatever is left, rather than each after all of them.
+    One queue, ``width`` at a time, each stage started as soon as a runner is
+    free: with the default stages, e2e (the longest) runs beside the library
+    environments from the start, and lint and type beside whatever is left.
     """
     lock = threading.Lock()
     started = time.monotonic()
