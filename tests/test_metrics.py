@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import statistics
 import time
 from pathlib import Path
 
@@ -43,14 +44,19 @@ async def test_each_sample_goes_out_as_one_datagram(receiver: Receiver) -> None:
 @pytest.mark.e2e  # bounds on the real clock: run once, in the e2e env
 async def test_gauge_and_timing_carry_the_same_lag_in_milliseconds(receiver: Receiver) -> None:
     async with loopstat.install("127.0.0.1", receiver.port, prefix="myapp", interval=0.02) as monitor:
-        await receiver.wait_count("myapp.lag", "ms", 5)
-        lag = monitor.lag
+        await receiver.wait_count("myapp.lag", "ms", 9)
+        lags = [monitor.lag]
+        while len(lags) < 9:
+            await asyncio.sleep(0.02)
+            lags.append(monitor.lag)
     gauges = receiver.values("myapp.lag", "g")
     timings = receiver.values("myapp.lag", "ms")
     assert gauges[: len(timings)] == timings[: len(gauges)]
-    # An idle loop wakes well within 20 ms of its deadline, even when loaded.
-    assert all(0 <= value < 20 for value in timings)
-    assert 0 <= lag < 20
+    # Milliseconds, not seconds or microseconds: an idle loop mostly wakes well within 20 ms of its deadline, even
+    # when loaded (the machine may hold one wake-up back longer: the median, not each one).
+    assert all(value >= 0 for value in timings + lags)
+    assert statistics.median(timings) < 20
+    assert statistics.median(lags) < 20
 
 
 async def test_default_prefix_is_loopstat(receiver: Receiver) -> None:
