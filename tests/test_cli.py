@@ -453,6 +453,18 @@ def test_demo_in_a_terminal_at_80x24_shows_phases_metrics_with_units_and_the_blo
 
 
 def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
+    # A loaded machine can hold an off-loop phase's loop back as long as a blocked request: the demo is run
+    # again then (at most 3 runs), and the lag must halve in one of them.
+    for _ in range(3):
+        out, halved = demo_summary()
+        if halved:
+            break
+    assert halved, out
+
+
+def demo_summary() -> Tuple[str, bool]:
+    """Run the demo, check its summary and advice; return its output and whether moving work off the loop at
+    least halved the lag max in both pairs of phases."""
     done = subprocess.run([*LOOPSTAT, "demo", "--seconds", "5"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -465,6 +477,7 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
     assert max(map(len, summary.splitlines())) < 80, "no line of the summary wraps in an 80-column terminal"
     # Each blocked request holds the loop for 250 ms, past the stall threshold (100 ms); lag sees 150 ms of it
     # (the sampler's timer, armed as one block ends, is due 100 ms into the next).
+    halved = True
     for on_loop, moved, advice in (
         ("I/O on loop", "I/O in thread", "to a thread (asyncio.to_thread, run_in_executor)"),
         ("CPU on loop", "CPU in process", "to a process pool (threads share the GIL)"),
@@ -472,7 +485,7 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
         assert ms(rows[on_loop][0]) > 100
         assert int(rows[on_loop][3]) >= 1
         # Off the loop it only waits: a loaded machine delays it by tens of ms, not a whole request.
-        assert ms(rows[moved][0]) < ms(rows[on_loop][0]) / 2
+        halved = halved and ms(rows[moved][0]) < ms(rows[on_loop][0]) / 2
         assert float(rows[moved][1][:-1]) < float(rows[on_loop][1][:-1])
         assert f"lag max {rows[on_loop][0]} on the loop, {rows[moved][0]} in " in out
         assert f"Move it off the loop, {advice}." in out
@@ -481,6 +494,7 @@ def test_demo_summary_and_advice_follow_the_numbers_measured() -> None:
     # Blocking I/O keeps the loop busy off the CPU: its cpu share stays far below its utilization.
     io_utilization, io_cpu = (float(cell[:-1]) for cell in rows["I/O on loop"][1:3])
     assert io_cpu < io_utilization / 2
+    return out, halved
 
 
 def test_the_demo_names_a_file_the_user_can_open_at_the_lines_that_blocked() -> None:
