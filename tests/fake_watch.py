@@ -79,7 +79,8 @@ class FakeWatchdog(watchdog.Watchdog):
 
 
 class WaitingSelector(JumpingSelector):
-    """Times its waits as the selector clock does (``woke``, ``waiting``, ``on_wake``); the watchdog looks meanwhile."""
+    """Times its waits as the selector clock does (``woke``, ``waiting``, ``on_wake``, ``on_poll``); the watchdog looks
+    meanwhile."""
 
     def __init__(self, clock: FakeClock, dog: FakeWatchdog) -> None:
         super().__init__(clock)
@@ -87,12 +88,16 @@ class WaitingSelector(JumpingSelector):
         self.woke = clock()
         self.waiting = False
         self.on_wake: Optional[Callable[[Events, float], None]] = None
+        self.on_poll: Optional[Callable[[], None]] = None
 
     def _poll(self) -> List[Tuple[Any, int]]:
         return list(selectors.DefaultSelector.select(self, 0))
 
     def select(self, timeout: Optional[float] = None) -> List[Tuple[Any, int]]:
         if timeout == 0:  # a busy loop's poll: no wait
+            on_poll, self.on_poll = self.on_poll, None
+            if on_poll is not None:
+                on_poll()
             return self._poll()
         self.waiting = True
         events = self._poll()

@@ -40,6 +40,7 @@ class Waits(Protocol):
     woke: float
     waiting: bool
     on_wake: Optional[Callable[[Events, float], None]]
+    on_poll: Optional[Callable[[], None]]
 
 
 # The epoll poll below is a copy of ``selectors.EpollSelector.select``'s work for timeout 0, checked
@@ -126,6 +127,8 @@ class SelectorClock:
         #: Called on the loop's thread each time it comes out of a wait, with
         #: the events that woke it and the time it woke.
         self.on_wake: Optional[Callable[[Events, float], None]] = None
+        #: Set while the stall watchdog sleeps: called on the loop's thread at its next busy poll.
+        self.on_poll: Optional[Callable[[], None]] = None
         self._loop: Any = loop
         self._original = selector
         self._detached = False
@@ -185,6 +188,8 @@ class SelectorClock:
                 if now - clock.turn > clock.longest:
                     clock.longest = now - clock.turn
                 clock.turn = now
+                if clock.on_poll is not None:
+                    clock.polled()
                 return _base(self, 0)  # type: ignore[no-any-return]
             return timed(timeout)
 
@@ -197,6 +202,8 @@ class SelectorClock:
                 if now - clock.turn > clock.longest:
                     clock.longest = now - clock.turn
                 clock.turn = now
+                if clock.on_poll is not None:
+                    clock.polled()
                 try:
                     polled = self._selector.poll(0, len(self._fd_to_key) or 1)
                     return ready_of(self._fd_to_key, polled) if polled else []
@@ -226,6 +233,17 @@ class SelectorClock:
         if now - self.turn > self.longest:
             self.longest = now - self.turn
         self.turn = now
+        if self.on_poll is not None:
+            self.polled()
+
+    def polled(self) -> None:
+        """A busy poll while the stall watchdog sleeps: tell it, once. Never raises."""
+        on_poll, self.on_poll = self.on_poll, None
+        try:
+            if on_poll is not None:
+                on_poll()
+        except Exception as error:
+            self._break(error)
 
     def take_longest(self) -> float:
         """The longest turn, in seconds, since the previous call (or the attach); a new maximum starts."""
@@ -267,7 +285,7 @@ class SelectorClock:
             return
         self.broken = True
         self.waiting = True
-        self.on_wake = None
+        self.on_wake = self.on_poll = None
         try:
             log.warning(
                 "loopstat: the selector clock stopped after a fault of its own (%r); utilization and the "
@@ -289,7 +307,7 @@ class SelectorClock:
         and only passes calls on.
         """
         self._detached = True
-        self.on_wake = None
+        self.on_wake = self.on_poll = None
         timed = self._timed
         if timed is not None:
             untouched = type(timed).__bases__ == (type(self._original),) and own_attribute(timed, "select") is ABSENT

@@ -142,6 +142,11 @@ class StallWatch:
                 # The sampler's timer is due: ``sampled`` looks at what came with it.
                 self._quiet_wake = True
                 return
+            self._unpark()
+
+    def _unpark(self) -> None:
+        """The loop has work: the watchdog, asleep since it saw the loop wait, watches it again."""
+        if self.parked:
             self.parked = False
             self._dog().wake()
 
@@ -174,9 +179,8 @@ class StallWatch:
                 # here. It began at that wake-up, no earlier than this sample's deadline (a spare
                 # that took over from a timer lost to a signal comes later than the wake-up it was due at).
                 self._report(now, max(clock.woke, now - late), clock.woke)
-            if self.parked and getattr(self._loop, "_ready", None):
-                self.parked = False
-                self._dog().wake()
+            if getattr(self._loop, "_ready", None):
+                self._unpark()
             return
         if not self.resting:
             self._idle_samples = self._idle_samples + 1 if idle else 0
@@ -307,12 +311,16 @@ class StallWatch:
         clock = self._clock
         if clock is not None:
             # Parked first, then the check: the loop clears ``waiting`` before
-            # it reads ``parked``, so one of the two sides sees the other.
+            # it reads ``parked``, so one of the two sides sees the other. Parked,
+            # a busy poll wakes the watchdog too: after a wake-up left to the
+            # sampler, the loop may run what came due meanwhile without waiting.
             self.parked = True
+            clock.on_poll = self._unpark
             if clock.waiting:
                 self._revive_sampler(now)
                 return None
             self.parked = False
+            clock.on_poll = None
         mark = self.mark()
         due = mark + self.threshold
         if now < due:
@@ -379,7 +387,7 @@ class StallWatch:
     def close(self) -> None:
         self._closed = True  # a restart the watchdog posted may still be on its way
         if self._clock is not None:
-            self._clock.on_wake = None
+            self._clock.on_wake = self._clock.on_poll = None
         # On a closed loop there is nothing left to cancel.
         with contextlib.suppress(Exception):
             if self._handle is not None:
