@@ -7,7 +7,8 @@ watched, in this order:
 
 1. ``gc``: the garbage collector ran most of the stall;
    (a look by the watchdog that came only as the stall ended means the thread
-   held the GIL: ``import`` if the stack is importing, else ``cpu``)
+   held the GIL, unless it was in watched calls most of that time: ``import``
+   if the stack is importing, else ``cpu``)
 2. ``import``: the stack is inside the import system, whatever the module does;
 3. ``blocking_call``: the thread was in the calls the blocking-call probe watches most of it;
 4. ``throttled``: the cgroup's CPU limit froze it (throttled time, and the thread waited to run);
