@@ -91,6 +91,17 @@ def test_a_look_kept_out_by_the_gil_until_the_end_means_the_thread_held_it() -> 
     assert cause(wall=0.002, kept_out=0.29, importing="m.py") == "import"
 
 
+def test_a_look_made_late_while_the_thread_was_in_a_watched_call_is_that_call_not_the_gil() -> None:
+    # A time.sleep of 310 ms on a loaded machine: the watchdog, off the CPU, looked 182 ms late, during the call.
+    verdict = classify(During(duration=0.31, wall=0.028, kept_out=0.182, cpu=0.001, gc=0.0, blocked=0.3))
+    assert (verdict.cause, verdict.why) == (
+        "blocking_call",
+        "its thread was in blocking calls for 28 ms of the 28 ms watched",
+    )
+    # Only a short call at the end of a long hold of the GIL: still the GIL's.
+    assert cause(wall=0.028, kept_out=0.182, cpu=0.001, gc=0.0, blocked=0.03) == "cpu"
+
+
 def test_without_signals_the_cause_is_unknown_and_says_why() -> None:
     assert classify(During(duration=0.4)).why == "it ended before the watchdog could look"
     verdict = classify(stall())

@@ -235,27 +235,40 @@ async def test_the_task_that_waited_is_named_in_the_stall_and_its_log_line(
     async def finished_at_once() -> None:
         time.sleep(BLOCK)
 
-    async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
-        task = asyncio.create_task(handle_request(), name="request-12")
-        await wait_for_stalls(monitor, 1)
-        first = monitor.last_stall
-        await task
-        await asyncio.create_task(finished_at_once())
-        await wait_for_stalls(monitor, 2)
-        second = monitor.last_stall
-    assert first is not None
+    def of(seen: List[Stall], function: str) -> Optional[Stall]:
+        """The stall the watchdog saw in ``function``, if it looked while it lasted."""
+        return next((s for s in seen if (s.location or "").endswith(f" in {function}")), None)
+
+    # A loaded machine can keep the watchdog off the CPU for a whole block (the task is read at its look), and
+    # add stalls of its own: then again (5 tries), each stall told by where it was seen.
+    for _ in range(5):
+        loopstat_log.clear()
+        async with loopstat.install("127.0.0.1", receiver.port, stall_threshold=THRESHOLD) as monitor:
+            await asyncio.sleep(0.05)
+            seen = inside.recorded_stalls(monitor)
+            task = asyncio.create_task(handle_request(), name="request-12")
+            await wait_for_stalls(monitor, monitor.stalls + 1)
+            await task
+            counted = monitor.stalls
+            await asyncio.create_task(finished_at_once())
+            await wait_for_stalls(monitor, counted + 1)
+            await asyncio.sleep(0.05)
+        first, second = of(seen, "handle_request"), of(seen, "finished_at_once")
+        if first is not None and second is not None:
+            break
+    assert first is not None, seen
     assert first.task is not None
     assert first.task.startswith("task 'request-12' ")
     assert first.task.endswith("handle_request")
-    assert second is not None
+    assert second is not None, seen
     assert second.task is not None
     assert second.task.startswith("coroutine ")
     assert second.task.endswith("finished_at_once"), "a task that ended is named by its coroutine"
     [line] = [r.getMessage() for r in loopstat_log.records if "request-12" in r.getMessage()]
     assert f"({first.task}): {first.reason}" in line
     stalls = [s for s in receiver.snapshot() if s.name == "loopstat.stalls"]
-    assert stalls
-    assert all(("cause", "blocking_call") in s.tags for s in stalls), "the cause as a tag, never the task"
+    assert ("cause", "blocking_call") in [tag for s in stalls for tag in s.tags]
+    assert all(key != "task" for s in stalls for key, _ in s.tags), "the cause as a tag, never the task"
     assert not any("request-12" in str(s.tags) for s in receiver.snapshot())
 
 

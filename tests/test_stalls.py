@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 import loopstat
-from loopstat import _threads
+from loopstat import Stall, _threads
 from loopstat.probes import frames as stacks
 from loopstat.probes import gc as gc_probe
 from loopstat.probes import stack_dump, stall_watch, watchdog
@@ -436,16 +436,17 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     depth = 100_000
     old_limit = sys.getrecursionlimit()
 
-    def deep() -> loopstat.Monitor:
+    def deep() -> List[Stall]:
         loop = new_loop(kind)
 
-        async def main() -> loopstat.Monitor:
+        async def main() -> List[Stall]:
             async with loopstat.install("127.0.0.1", 9) as monitor:
                 await asyncio.sleep(0.2)
+                seen = inside.recorded_stalls(monitor)
                 recurse(depth, 0.3)
                 await wait_for_stalls(monitor, 1)
                 await asyncio.sleep(0.4)  # time enough for a second stall, if reporting made one
-            return monitor
+            return seen
 
         try:
             return loop.run_until_complete(main())
@@ -455,12 +456,14 @@ def test_a_stall_at_the_bottom_of_a_deep_stack_keeps_a_bounded_stack_and_is_repo
     sys.setrecursionlimit(depth + 1000)
     try:
         # Python before 3.11 spends C stack on every Python call.
-        monitor = in_thread(deep, stack_size=512 * 1024 * 1024)
+        seen = in_thread(deep, stack_size=512 * 1024 * 1024)
     finally:
         sys.setrecursionlimit(old_limit)
-    assert monitor.stalls == 1
-    stall = monitor.last_stall
-    assert stall is not None
+    # A loaded machine may hold the whole process off the CPU: such a stall of its own (cause ``scheduler``)
+    # may come besides; any other is a second report.
+    theirs = [s for s in seen if s.cause == "scheduler" and s.location is None]
+    assert len(seen) == len(theirs) + 1, seen
+    [stall] = [s for s in seen if s not in theirs]
     assert stall.location is not None
     # Caught on its way down (100,000 calls take a while) or at the bottom.
     recurse_line = inspect.getsourcelines(recurse)[1]

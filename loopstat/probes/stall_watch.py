@@ -362,7 +362,11 @@ class StallWatch:
                 # The signals next: reading their files lets the loop run on, so only after ``then``.
                 late = looked - _stall_capture.planned_look(mark, self.threshold, self.resting, self._planned)
                 signals = _stall_capture.read_signals(self._explainer, coroutine, frames, late)
-                self.capture = capture_stack(mark, frames, whole, self.outer, signals)
+                capture = capture_stack(mark, frames, whole, self.outer, signals)
+                # Made late, a look that finds loopstat's own code may find the loop past the stall (the
+                # application's callback returned, the sampler's runs): it says nothing of whose the stall is.
+                if not (capture.own and late > self.period):
+                    self.capture = capture
         return when
 
     def _next_look(self, now: float, mark: float, due: float) -> float:
