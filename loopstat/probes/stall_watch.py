@@ -139,8 +139,7 @@ class StallWatch:
         if self.parked:
             sampler = self._sampler
             if not events and sampler is not None and self._loop.time() >= sampler.next_sample:
-                # The sampler's timer is due: ``sampled`` looks at what came with it.
-                self._quiet_wake = True
+                self._quiet_wake = True  # the sampler's timer is due: ``sampled`` looks at what came with it
                 return
             self._unpark()
 
@@ -153,16 +152,14 @@ class StallWatch:
     def sampled(self, now: float, late: float, busy: Optional[float], wall: float) -> None:
         """Called by the sampler on the loop's thread, ``late`` seconds after its deadline.
 
-        ``busy`` is the seconds the thread spent on the CPU or in watched blocking
-        calls in the ``wall`` seconds since the previous sample (None after the
-        loop moved to another thread).
+        ``busy`` is the seconds the thread spent on the CPU or in watched blocking calls in the ``wall``
+        seconds since the previous sample (None after the loop moved to another thread).
 
-        Stdlib loops: a wake-up that was only the sampler's left the watchdog
-        asleep; if other callbacks are ready, the loop has more to do, and the
-        watchdog is woken to watch it. uvloop: the beat rests while the loop's
-        thread idles and resumes when it works; while it rests, a sample that
-        came more than ``threshold`` late is the stall: from the deadline, or
-        longer if the thread spent more time on the CPU or in watched blocking calls since the last sample.
+        Stdlib loops: a wake-up that was only the sampler's left the watchdog asleep; if other callbacks
+        are ready (or come due: the next busy poll), the watchdog is woken to watch them. uvloop: the beat
+        rests while the loop's thread idles and resumes when it works; while it rests, a sample that came
+        more than ``threshold`` late is the stall: from the deadline, or longer if the thread spent more
+        time on the CPU or in watched blocking calls since the last sample.
         """
         self._recover(now - late)
         failed, self.failed_look = self.failed_look, None
@@ -310,10 +307,9 @@ class StallWatch:
             return when
         clock = self._clock
         if clock is not None:
-            # Parked first, then the check: the loop clears ``waiting`` before
-            # it reads ``parked``, so one of the two sides sees the other. Parked,
-            # a busy poll wakes the watchdog too: after a wake-up left to the
-            # sampler, the loop may run what came due meanwhile without waiting.
+            # Parked first, then the check: the loop clears ``waiting`` before it reads ``parked``, so one of the two
+            # sides sees the other. A busy poll wakes it too: after a wake-up left to the sampler, what came due
+            # meanwhile runs without a wait.
             self.parked = True
             clock.on_poll = self._unpark
             if clock.waiting:
@@ -363,8 +359,8 @@ class StallWatch:
                 late = looked - _stall_capture.planned_look(mark, self.threshold, self.resting, self._planned)
                 signals = _stall_capture.read_signals(self._explainer, coroutine, frames, late)
                 capture = capture_stack(mark, frames, whole, self.outer, signals)
-                # Made late, a look that finds loopstat's own code may find the loop past the stall (the
-                # application's callback returned, the sampler's runs): it says nothing of whose the stall is.
+                # Made late, a look that finds loopstat's own code may find the loop past the stall (the application's
+                # callback returned, the sampler's runs): it says nothing of whose the stall is.
                 if not (capture.own and late > self.period):
                     self.capture = capture
         return when
