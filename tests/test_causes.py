@@ -102,6 +102,18 @@ def test_a_look_made_late_while_the_thread_was_in_a_watched_call_is_that_call_no
     assert cause(wall=0.028, kept_out=0.182, cpu=0.001, gc=0.0, blocked=0.03) == "cpu"
 
 
+def test_a_look_made_late_while_the_cgroup_limit_froze_the_process_is_throttling_not_the_gil() -> None:
+    # 10 ms of CPU per 100 ms: the watchdog, in the same cgroup, was frozen with the loop and looked 92 ms late.
+    frozen = During(duration=0.4, wall=0.06, kept_out=0.092, cpu=0.006, gc=0.0, run_delay=0.05, throttled=0.05)
+    verdict = classify(frozen)
+    assert (verdict.cause, verdict.why) == (
+        "throttled",
+        "the container was CPU-throttled for 50 ms of the 60 ms watched",
+    )
+    # Not frozen as it looked: a late look is the GIL's.
+    assert cause(wall=0.06, kept_out=0.092, cpu=0.006, gc=0.0, run_delay=0.05, throttled=0.001) == "cpu"
+
+
 def test_without_signals_the_cause_is_unknown_and_says_why() -> None:
     assert classify(During(duration=0.4)).why == "it ended before the watchdog could look"
     verdict = classify(stall())

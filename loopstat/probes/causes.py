@@ -7,8 +7,9 @@ watched, in this order:
 
 1. ``gc``: the garbage collector ran most of the stall;
    (a look by the watchdog that came only as the stall ended means the thread
-   held the GIL, unless it was in watched calls most of that time: ``import``
-   if the stack is importing, else ``cpu``)
+   held the GIL, unless it was in watched calls most of that time or the
+   cgroup's CPU limit froze the process as it looked: ``import`` if the stack
+   is importing, else ``cpu``)
 2. ``import``: the stack is inside the import system, whatever the module does;
 3. ``blocking_call``: the thread was in the calls the blocking-call probe watches most of it;
 4. ``throttled``: the cgroup's CPU limit froze it (throttled time, and the thread waited to run);
@@ -108,13 +109,15 @@ def classify(during: During) -> Verdict:
     # In a watched call (the GIL let go) from before the look was due to the end: the watchdog was kept
     # off the CPU by a loaded machine, not out of the GIL.
     in_a_call = blocked is not None and blocked >= MOST * (during.kept_out + wall)
-    if during.kept_out >= wall and not in_a_call:
+    # Frozen by the cgroup's CPU limit as it looked: the limit froze the watchdog too (it is the process's).
+    throttled = during.throttled
+    frozen = throttled is not None and throttled >= SOME * wall
+    if during.kept_out >= wall and not in_a_call and not frozen:
         # The watchdog got in only as the stall ended: the loop's thread held the GIL, running.
         if during.importing is not None:
             return Verdict("import", f"it was importing a module{module}")
         return Verdict("cpu", f"its thread held the GIL for {_ms(during.kept_out)} of it (in C code, most likely)")
     of = f" of the {_ms(wall)} watched"
-    throttled = during.throttled
     cpu, delay, others = during.cpu, during.run_delay, during.others_cpu
     if during.importing is not None:
         return Verdict("import", f"it was importing a module{module}")
