@@ -60,6 +60,11 @@ def start(monitor: loopstat.Monitor) -> None:
     monitor._start()
 
 
+def holds(monitor: loopstat.Monitor) -> Tuple[bool, bool]:
+    """Whether a monitor holds a sink (its socket) and a close guard on its loop."""
+    return monitor._sink is not None, monitor._close_guard is not None
+
+
 def guard_close(monitor: loopstat.Monitor) -> None:
     """Make ``loop.close()`` release a monitor built by hand, as ``install()`` does for its own."""
     monitor._guard_close()

@@ -18,6 +18,7 @@ import loopstat
 from loopstat._install import install_lazily
 from loopstat._options import resolve
 from loopstat.probes import lag as _lag
+from tests import inside
 from tests.inside import send_lines
 from tests.interrupts import (
     interrupt_after_taking_the_samplers_timer,
@@ -613,17 +614,17 @@ def test_loopstat_runs_monitor_holds_nothing_before_its_first_sample_and_begins_
     try:
         ended = install_lazily(settings, short)
         short.run_until_complete(asyncio.sleep(0))
-        assert (ended._sink, ended.probes, ended._close_guard) == (None, (), None)
+        assert (inside.holds(ended), ended.probes) == ((False, False), ())
         assert (ended.sent, ended.dropped, ended.errors) == (0, 0, 0)
         short.close()
         assert not ended.running
 
         monitor = install_lazily(settings, loop)
         loop.run_until_complete(asyncio.sleep(0))
-        assert (monitor._sink, monitor.probes, monitor._close_guard) == (None, (), None)
+        assert (inside.holds(monitor), monitor.probes) == ((False, False), ())
         loop.run_until_complete(receiver.wait_count("loopstat.tasks", "g", 1))  # begun at the first timer
         assert {"lag", "tasks", "stalls"} <= set(monitor.probes)
-        assert monitor._close_guard is not None
+        assert inside.holds(monitor) == (True, True)
         loop.close()  # the close guard releases everything
         assert not monitor.running
         assert monitor.probes == ()
