@@ -234,8 +234,9 @@ guarded = threading.Event()
 
 def ctrl_c():
     while not done.wait(random.uniform(0.02, 0.2)):
-        # At most a second: a Ctrl-C Python swallowed (in a weakref callback) is never caught.
-        guarded.wait(1.0)
+        # At most 5 s: a Ctrl-C Python swallowed (in a weakref callback) is never caught. Not less: a
+        # loaded machine can take a second to get back into the try, and one landing in a handler escapes.
+        guarded.wait(5.0)
         if done.is_set():
             return
         guarded.clear()
