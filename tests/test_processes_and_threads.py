@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,9 @@ asyncio.run(main())
 """
 
 
+STALL_LINE = re.compile(r"^loopstat: the event loop was blocked for .*\n", re.MULTILINE)
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_forked_child_does_not_share_the_parents_monitor_and_can_install_its_own(
     tmp_path: Path, receiver: Receiver
@@ -73,7 +77,8 @@ def test_forked_child_does_not_share_the_parents_monitor_and_can_install_its_own
     done = subprocess.run(
         [sys.executable, "-X", "dev", "-W", "error", str(script)], capture_output=True, text=True, timeout=60
     )
-    assert (done.returncode, done.stderr) == (0, "")
+    # A loaded machine can stall these loops (a fork of 282 ms was seen): loopstat says so, as it should.
+    assert (done.returncode, STALL_LINE.sub("", done.stderr)) == (0, "")
     receiver.settle(lambda lines: any(x.name == "child.lag" for x in lines))
     parent_ports = receiver.ports_of(b"parent.")
     child_ports = receiver.ports_of(b"child.")
